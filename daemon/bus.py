@@ -1,0 +1,171 @@
+"""The socket layout of tolk's ZeroMQ bus.
+
+Every service binds two PUB sockets in the runtime directory and nothing else:
+
+    ipc://{runtime_dir}/{service}.bulk    audio and video (AudioIn, AudioOut, VideoFrame)
+    ipc://{runtime_dir}/{service}.state   small messages (heartbeats, captions, state, config)
+
+Subscribers connect to the publishers they need. There is no broker to fail, the sockets
+live in one runtime directory shared by all units (so a restarted publisher rebinds the
+same path and its subscribers reconnect by themselves), and nothing listens on a network
+interface. High-water marks are bounded everywhere: a slow reader loses the oldest-not-yet-sent
+audio rather than growing memory; a stale audio chunk is worth less than a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from daemon.messages import Channel, Message, MessageError, topic_of
+
+DEFAULT_RUNTIME_DIR = Path("/run/tolk")
+SERVICES: tuple[str, ...] = ("capture", "camera", "session", "playback", "control")
+# Bulk: about 4 s of 20 ms chunks; state: plenty for bursts of captions.
+HWM = {Channel.BULK: 200, Channel.STATE: 1000}
+_IPC_PATH_MAX = 107
+
+
+class BusError(RuntimeError):
+    pass
+
+
+def runtime_dir() -> Path:
+    """TOLK_RUNTIME_DIR, else systemd's RUNTIME_DIRECTORY, else /run/tolk."""
+    env = os.environ.get("TOLK_RUNTIME_DIR") or os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(env) if env else DEFAULT_RUNTIME_DIR
+
+
+def endpoint(service: str, channel: Channel, directory: Path | None = None) -> str:
+    path = (directory or runtime_dir()) / f"{service}.{channel.value}"
+    if len(str(path)) > _IPC_PATH_MAX:
+        raise BusError(f"ipc path too long ({len(str(path))} > {_IPC_PATH_MAX} characters): {path}")
+    return f"ipc://{path}"
+
+
+class Publisher:
+    """One PUB socket. Sending never blocks: at the high-water mark ZeroMQ drops for slow peers.
+
+    A Publisher belongs to one thread (ZeroMQ sockets are not thread-safe): the capture thread
+    owns its bulk publisher, the event loop its state publisher.
+    """
+
+    def __init__(self, ctx: zmq.Context, service: str, channel: Channel, directory: Path | None = None) -> None:
+        self.address = endpoint(service, channel, directory)
+        self.channel = channel
+        self._seq: dict[str, int] = {}
+        self._sock = ctx.socket(zmq.PUB)
+        self._sock.setsockopt(zmq.SNDHWM, HWM[channel])
+        self._sock.setsockopt(zmq.LINGER, 0)
+        path = self.address.removeprefix("ipc://")
+        # A previous instance that died leaves its socket file; binding over it is what we want.
+        if os.path.exists(path):
+            os.unlink(path)
+        try:
+            self._sock.bind(self.address)
+        except zmq.ZMQError as exc:
+            self._sock.close(0)
+            raise BusError(f"cannot bind {self.address}: {exc}") from None
+        self.sent = 0
+
+    def publish(self, msg: Message) -> None:
+        if msg.channel is not self.channel:
+            raise BusError(f"{msg.topic} belongs on the {msg.channel.value} socket, not {self.channel.value}")
+        if msg.seq == 0:
+            msg.seq = self._seq.get(msg.topic, 0) + 1
+        self._seq[msg.topic] = msg.seq
+        # PUB never blocks on send; NOBLOCK makes that explicit.
+        self._sock.send_multipart(msg.to_frames(), flags=zmq.NOBLOCK, copy=False)
+        self.sent += 1
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+
+class Subscriber:
+    """An asyncio SUB socket connected to some services' sockets of one channel.
+
+    Undecodable frames are counted in ``rejected`` and skipped: one bad peer never stops a reader.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        channel: Channel,
+        services: Iterable[str],
+        topics: Iterable[type[Message]],
+        directory: Path | None = None,
+    ) -> None:
+        self._sock = ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, HWM[channel])
+        self._sock.setsockopt(zmq.LINGER, 0)
+        for cls in topics:
+            if cls.channel is not channel:
+                raise BusError(f"{cls.topic} is not on the {channel.value} channel")
+            self._sock.setsockopt(zmq.SUBSCRIBE, topic_of(cls))
+        for service in services:
+            self._sock.connect(endpoint(service, channel, directory))
+        self.received = 0
+        self.rejected = 0
+        self.last_error = ""
+
+    async def recv(self) -> Message:
+        while True:
+            frames = await self._sock.recv_multipart(copy=True)
+            try:
+                msg = Message.from_frames(frames)
+            except MessageError as exc:
+                self.rejected += 1
+                self.last_error = str(exc)
+                continue
+            self.received += 1
+            return msg
+
+    def __aiter__(self) -> Subscriber:
+        return self
+
+    async def __anext__(self) -> Message:
+        return await self.recv()
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+
+class Bus:
+    """A service's view of the bus: its two publishers and the subscribers it opens."""
+
+    def __init__(self, service: str, directory: Path | None = None) -> None:
+        self.service = service
+        self.directory = directory or runtime_dir()
+        if not self.directory.is_dir():
+            raise BusError(f"runtime directory {self.directory} does not exist (set TOLK_RUNTIME_DIR)")
+        # Publishers are plain sockets (sending never awaits, and the capture thread owns one);
+        # subscribers are asyncio sockets on the same underlying context.
+        self.sync_ctx = zmq.Context()
+        self.ctx = zmq.asyncio.Context.shadow(self.sync_ctx.underlying)
+        self._subs: list[Subscriber] = []
+        self.state = Publisher(self.sync_ctx, service, Channel.STATE, self.directory)
+        self.bulk = Publisher(self.sync_ctx, service, Channel.BULK, self.directory)
+
+    def publish(self, msg: Message) -> None:
+        """Publish from the event loop's thread (bulk from another thread: use ``self.bulk`` there only)."""
+        (self.bulk if msg.channel is Channel.BULK else self.state).publish(msg)
+
+    def subscribe(self, services: Iterable[str], *topics: type[Message]) -> Subscriber:
+        channels = {cls.channel for cls in topics}
+        if len(channels) != 1:
+            raise BusError("subscribe to topics of one channel at a time")
+        sub = Subscriber(self.ctx, channels.pop(), services, topics, self.directory)
+        self._subs.append(sub)
+        return sub
+
+    def close(self) -> None:
+        for sub in self._subs:
+            sub.close()
+        self.state.close()
+        self.bulk.close()
+        self.sync_ctx.term()

@@ -1,0 +1,120 @@
+"""The ``tolk`` command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from daemon import config as config_mod
+
+if TYPE_CHECKING:
+    from daemon.service import Service
+
+PROCESSES: tuple[str, ...] = ("capture", "camera", "session", "playback", "control")
+
+
+def load_service(name: str) -> type[Service]:
+    """``services.<name>`` exposes ``SERVICE``, its Service class."""
+    if name not in PROCESSES:
+        raise SystemExit(f"tolk: unknown service {name!r}; services are {', '.join(PROCESSES)}")
+    module = importlib.import_module(f"services.{name}")
+    return module.SERVICE  # type: ignore[no-any-return]
+
+
+def _cmd_service(args: argparse.Namespace) -> int:
+    from daemon.service import run_service
+
+    return run_service(load_service(args.name), args.config)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.demo:
+        from daemon.demo import run_demo
+
+        return run_demo(args)
+    from daemon.supervisor import run_all
+
+    return run_all(args.config, restart=not args.no_restart)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        print(f"tolk: invalid config ({exc.source}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    data = config_mod.public_dict(cfg)
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print(_as_toml(data), end="")
+    print(f"# config OK ({config_mod.config_path(args.config) or 'embedded defaults'})", file=sys.stderr)
+    return 0
+
+
+def _as_toml(data: dict[str, object]) -> str:
+    import tomlkit
+
+    doc = tomlkit.document()
+    for section, values in data.items():
+        table = tomlkit.table()
+        for key, value in dict(values).items():  # type: ignore[call-overload]
+            if value is None:
+                table.add(tomlkit.comment(f"{key} is unset"))
+            else:
+                table.add(key, value)
+        doc.add(section, table)
+    return tomlkit.dumps(doc)
+
+
+def _cmd_simulator(args: argparse.Namespace) -> int:
+    from services.simulator import main as simulator_main
+
+    return simulator_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tolk", description="The tolk kiosk translation appliance.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", help="config file (default: $TOLK_CONFIG or /etc/tolk/tolk.toml)")
+        return p
+
+    run = with_config(sub.add_parser("run", help="run every process of the box (systemd does this on a device)"))
+    run.add_argument("--no-restart", action="store_true", help="do not restart a process that dies")
+    run.add_argument("--demo", action="store_true", help="no sound card, no account: WAV in, simulator, WAV out")
+    run.add_argument("--wav", help="demo: the speech to translate (default: a sentence spoken by espeak-ng)")
+    run.add_argument("--out", default="tolk-demo-out", help="demo: folder for the translated audio")
+    run.set_defaults(func=_cmd_run)
+
+    svc = with_config(sub.add_parser("service", help="run one process (what each systemd unit calls)"))
+    svc.add_argument("name", choices=PROCESSES)
+    svc.set_defaults(func=_cmd_service)
+
+    cfg = sub.add_parser("config", help="config tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = with_config(cfg_sub.add_parser("check", help="validate and print the merged config, key masked"))
+    check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    check.set_defaults(func=_cmd_config_check)
+
+    sim = sub.add_parser("simulator", help="a local stand-in for the realtime service (tests, demos)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument("--record", help="write every client event received, one JSON per line, to this file")
+    sim.set_defaults(func=_cmd_simulator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""tolk's configuration: one typed model, validated the same way for the file and for HTTP.
+
+Layers, lowest first: the model's embedded defaults, the config file (``--config``,
+``TOLK_CONFIG``, else ``/etc/tolk/tolk.toml`` when it exists), then the overlay that the
+HTTP API writes in the state directory. The API key is never part of the model: it comes
+from ``DASHSCOPE_API_KEY``, ``[service] api_key_file`` or a systemd credential, and is only
+ever shown masked.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from daemon import languages as lang
+
+DEFAULT_CONFIG_PATH = Path("/etc/tolk/tolk.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/tolk")
+OVERLAY_NAME = "config.toml"
+CREDENTIAL_NAME = "dashscope-api-key"
+INTL_URL = "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime"
+DEFAULT_MODEL = "qwen3-livetranslate-flash-realtime"
+
+Modality = Literal["text", "audio"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_code(value: str, allowed: tuple[str, ...] | frozenset[str], what: str) -> str:
+    if value in allowed:
+        return value
+    hint = difflib.get_close_matches(value, list(allowed), n=1)
+    maybe = f"; did you mean {hint[0]!r}?" if hint else ""
+    raise ValueError(f"{value!r} is not a {what}: use one of {', '.join(sorted(allowed))}{maybe}")
+
+
+class LanguagesConfig(_Section):
+    source: str = Field("zh", description="Language spoken near the box (one of the 18 source codes).")
+    target: str = Field("en", description="Language the box translates into.")
+
+    @field_validator("source", "target")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _check_code(value, lang.SOURCE_LANGUAGES, "language code the service knows")
+
+
+class OutputConfig(_Section):
+    modalities: list[Modality] | None = Field(
+        None, description='["text"] or ["text", "audio"]; unset: audio whenever the target has it.'
+    )
+    voice: str | None = Field(None, description="Voice for translated speech; unset: one that speaks the target.")
+    source_captions: bool = Field(True, description="Also show what was said, in the source language.")
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, value: list[Modality] | None) -> list[Modality] | None:
+        if value is None:
+            return None
+        if sorted(set(value)) not in (["text"], ["audio", "text"]) or len(value) != len(set(value)):
+            raise ValueError(f'{value!r} is not allowed: use ["text"] or ["text", "audio"]')
+        return ["text", "audio"] if "audio" in value else ["text"]
+
+    @field_validator("voice")
+    @classmethod
+    def _voice(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return _check_code(value, tuple(lang.VOICES), "voice")
+
+
+class ServiceConfig(_Section):
+    url: str = Field(INTL_URL, description="Realtime WebSocket endpoint, without ?model=.")
+    model: str = Field(DEFAULT_MODEL, description="Model name, sent as ?model=.")
+    api_key_file: Path | None = Field(None, description="File holding the API key (else DASHSCOPE_API_KEY).")
+    connect_timeout_s: float = Field(10.0, gt=0, le=120)
+    finish_timeout_s: float = Field(5.0, gt=0, le=60, description="How long stop waits for session.finished.")
+    chunk_ms: int = Field(100, ge=20, le=500, description="Audio per input_audio_buffer.append.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError(f"{value!r} is not a WebSocket URL: it must start with wss:// (or ws:// on loopback)")
+        if "?" in value:
+            raise ValueError(f"{value!r} must not carry a query: the model goes in [service] model")
+        return value
+
+
+class AudioConfig(_Section):
+    capture_device: str = Field("default", description="ALSA PCM name of the microphone.")
+    playback_device: str = Field("default", description="ALSA PCM name of the speaker.")
+    period_ms: int = Field(20, ge=10, le=20, description="Capture period; 10-20 ms keeps latency low.")
+    playback_start_ms: int = Field(120, ge=0, le=2000, description="Audio buffered before playback starts.")
+
+
+class CameraConfig(_Section):
+    source: str = Field("none", description='"none", "picamera2", "v4l2:/dev/videoN" or "file:/path".')
+    max_fps: float = Field(1.0, gt=0, le=2, description="Never more than 2 frames/s (the service's limit).")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        if value in ("none", "picamera2") or value.startswith(("v4l2:/dev/", "file:/")):
+            return value
+        raise ValueError(f'{value!r} is not a camera source: use "none", "picamera2", "v4l2:/dev/videoN" or "file:/path"')
+
+
+class ControlConfig(_Section):
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT of the HTTP API and pages.")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Section):
+    languages: LanguagesConfig = Field(default_factory=LanguagesConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _combination(self) -> Config:
+        target = self.languages.target
+        mods = self.output.modalities
+        if mods is not None and "audio" in mods and not lang.has_audio(target):
+            raise ValueError(
+                f"output.modalities = {mods!r} with languages.target = {target!r}: "
+                f"{lang.describe(target)} is text-only; set modalities to [\"text\"] "
+                f"or pick an audio target ({', '.join(sorted(lang.AUDIO_TARGETS))})"
+            )
+        voice = self.output.voice
+        if voice is not None and "audio" in self.modalities and target not in lang.VOICES[voice]:
+            raise ValueError(
+                f"output.voice = {voice!r} cannot speak {lang.describe(target)}: "
+                f"voices for {target} are {', '.join(lang.voices_for(target))}"
+            )
+        return self
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities sent to the service: text-only targets always get ``["text"]``."""
+        if self.output.modalities is not None:
+            return list(self.output.modalities)
+        return ["text", "audio"] if lang.has_audio(self.languages.target) else ["text"]
+
+    @property
+    def voice(self) -> str | None:
+        """The voice sent to the service, or None when no audio is produced."""
+        if "audio" not in self.modalities:
+            return None
+        return self.output.voice or lang.default_voice_for(self.languages.target)
+
+
+class ConfigError(Exception):
+    """A config that cannot be used. ``problems`` holds one line per bad key."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _describe_error(err: Mapping[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        section, _, key = loc.rpartition(".")
+        known = list(_fields_at(section))
+        hint = difflib.get_close_matches(key, known, n=1)
+        maybe = f"; did you mean {hint[0]!r}?" if hint else ""
+        where = f"[{section}]" if section else "the top level"
+        return f"{loc}: unknown key in {where} (known: {', '.join(known)}){maybe}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if loc:
+        return f"{loc} = {err.get('input')!r}: {msg}"
+    return msg
+
+
+def _fields_at(dotted: str) -> dict[str, Any]:
+    model: type[BaseModel] = Config
+    for part in filter(None, dotted.split(".")):
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return {}
+        model = annotation
+    return dict(model.model_fields)
+
+
+def validate(data: Mapping[str, Any], source: str = "config") -> Config:
+    """Validate plain data (parsed TOML or JSON) into a Config, or raise ConfigError."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe_error(e) for e in exc.errors()], source) from None
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {path}"], str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from None
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The base config file: explicit, else TOLK_CONFIG, else /etc/tolk/tolk.toml if present."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("TOLK_CONFIG"):
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def state_dir() -> Path:
+    """Where the HTTP API keeps its changes: TOLK_STATE_DIR, systemd's STATE_DIRECTORY, /var/lib/tolk."""
+    env = os.environ.get("TOLK_STATE_DIR") or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(env) if env else DEFAULT_STATE_DIR
+
+
+def overlay_path() -> Path:
+    return state_dir() / OVERLAY_NAME
+
+
+def load_layers(explicit: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The raw base file and overlay, each {} when absent (an explicit missing file is an error)."""
+    path = config_path(explicit)
+    base = read_toml(path) if path is not None else {}
+    over_path = overlay_path()
+    overlay = read_toml(over_path) if over_path.exists() else {}
+    return base, overlay
+
+
+def load(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """The merged, validated config. Raises ConfigError naming the file and key on any problem."""
+    base, overlay = load_layers(explicit)
+    path = config_path(explicit)
+    base_cfg = validate(base, str(path or "defaults"))
+    if not overlay:
+        return base_cfg
+    return validate(deep_merge(base, overlay), f"{path or 'defaults'} + {overlay_path()}")
+
+
+def api_key(cfg: Config) -> tuple[str | None, str]:
+    """The API key and where it came from. Never log the first element."""
+    if key := os.environ.get("DASHSCOPE_API_KEY", "").strip():
+        return key, "DASHSCOPE_API_KEY"
+    candidates: list[tuple[Path, str]] = []
+    if cfg.service.api_key_file is not None:
+        candidates.append((cfg.service.api_key_file, f"file {cfg.service.api_key_file}"))
+    if creds := os.environ.get("CREDENTIALS_DIRECTORY"):
+        candidates.append((Path(creds) / CREDENTIAL_NAME, f"credential {CREDENTIAL_NAME}"))
+    for path, origin in candidates:
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+        if key:
+            return key, origin
+    return None, "not set"
+
+
+def mask(secret: str | None) -> str:
+    # Not even a suffix: a kiosk's screen and logs are seen by strangers.
+    return "********" if secret else "(not set)"
+
+
+def public_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain data, safe to print or return: effective values filled, key masked."""
+    data = cfg.model_dump(mode="json")
+    data["output"]["effective_modalities"] = cfg.modalities
+    data["output"]["effective_voice"] = cfg.voice
+    key, origin = api_key(cfg)
+    data["service"]["api_key"] = f"{mask(key)} ({origin})" if key else "(not set)"
+    return data
+
+
+def changed_sections(old: Config, new: Config) -> set[str]:
+    return {name for name in Config.model_fields if getattr(old, name) != getattr(new, name)}

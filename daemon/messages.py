@@ -1,0 +1,268 @@
+"""Every message that travels on tolk's bus, in one module imported by every process.
+
+Wire form (ZeroMQ multipart): ``[topic, header, payload?]``.
+
+- ``topic``: ASCII, the SUB filter (``b"audio.in"``).
+- ``header``: compact JSON: ``v`` (protocol version), ``seq`` (per-publisher, per-topic
+  sequence number), ``t`` (``time.monotonic_ns()`` when the thing happened: the end of a
+  capture period, a delta's arrival) and the message's own small fields.
+- ``payload``: raw bytes for bulk messages (PCM, JPEG); never base64 on the bus.
+
+``CLOCK_MONOTONIC`` is shared by all processes of one boot, so ``t`` stamps compare across
+processes and measure the box's own latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, Self
+
+PROTOCOL_VERSION = 1
+
+
+class Channel(Enum):
+    """Bulk data and small control/state messages use separate sockets: a mute never queues behind audio."""
+
+    BULK = "bulk"
+    STATE = "state"
+
+
+class MessageError(ValueError):
+    """Frames that are not a message of this protocol version."""
+
+
+_REGISTRY: dict[bytes, type[Message]] = {}
+
+
+@dataclass(kw_only=True)
+class Message:
+    topic: ClassVar[str]
+    channel: ClassVar[Channel] = Channel.STATE
+    payload_field: ClassVar[str | None] = None
+
+    seq: int = 0
+    t: int = field(default_factory=time.monotonic_ns)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        topic = cls.__dict__.get("topic")
+        if topic is not None:
+            key = topic.encode("ascii")
+            if key in _REGISTRY:
+                raise TypeError(f"topic {topic!r} defined twice")
+            _REGISTRY[key] = cls
+
+    def to_frames(self) -> list[bytes]:
+        header: dict[str, Any] = {"v": PROTOCOL_VERSION}
+        payload: bytes | None = None
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == self.payload_field:
+                payload = bytes(value)
+            else:
+                header[f.name] = value
+        frames = [self.topic.encode("ascii"), json.dumps(header, separators=(",", ":")).encode()]
+        if payload is not None:
+            frames.append(payload)
+        return frames
+
+    @classmethod
+    def from_frames(cls, frames: list[bytes]) -> Self:
+        """Decode frames; on the base class, dispatch on the topic. Raises MessageError."""
+        if len(frames) < 2:
+            raise MessageError(f"expected at least 2 frames, got {len(frames)}")
+        target = _REGISTRY.get(bytes(frames[0]))
+        if target is None:
+            raise MessageError(f"unknown topic {bytes(frames[0])[:40]!r}")
+        if not issubclass(target, cls):
+            raise MessageError(f"topic {target.topic!r} is not a {cls.__name__}")
+        try:
+            header = json.loads(frames[1])
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MessageError(f"{target.topic}: header is not JSON: {exc}") from None
+        if not isinstance(header, dict):
+            raise MessageError(f"{target.topic}: header is not an object")
+        version = header.pop("v", None)
+        if version != PROTOCOL_VERSION:
+            raise MessageError(f"{target.topic}: protocol version {version!r}, expected {PROTOCOL_VERSION}")
+        if target.payload_field is not None:
+            if len(frames) != 3:
+                raise MessageError(f"{target.topic}: expected a payload frame")
+            header[target.payload_field] = bytes(frames[2])
+        elif len(frames) != 2:
+            raise MessageError(f"{target.topic}: unexpected payload frame")
+        known = {f.name for f in dataclasses.fields(target)}
+        try:
+            msg = target(**{k: v for k, v in header.items() if k in known})
+        except TypeError as exc:
+            raise MessageError(f"{target.topic}: {exc}") from None
+        msg._check_types()
+        return msg  # type: ignore[return-value]
+
+    def _check_types(self) -> None:
+        for f in dataclasses.fields(self):
+            expected = _SIMPLE_TYPES.get(str(f.type))
+            value = getattr(self, f.name)
+            if expected is not None and not isinstance(value, expected):
+                raise MessageError(f"{self.topic}: field {f.name} has {type(value).__name__}, expected {f.type}")
+            if isinstance(value, bool) and str(f.type) == "int":
+                raise MessageError(f"{self.topic}: field {f.name} is a bool, expected int")
+
+
+_SIMPLE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int,
+    "str": str,
+    "bool": bool,
+    "bytes": bytes,
+    "float": (int, float),
+    "str | None": (str, type(None)),
+    "int | None": (int, type(None)),
+    "dict[str, Any]": dict,
+    "dict[str, float]": dict,
+    "list[str]": list,
+}
+
+
+def topic_of(cls: type[Message]) -> bytes:
+    return cls.topic.encode("ascii")
+
+
+# --- audio -----------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class AudioIn(Message):
+    """One capture period, 16 kHz mono S16_LE. ``t`` is the end of the period."""
+
+    topic = "audio.in"
+    channel = Channel.BULK
+    payload_field = "pcm"
+
+    pcm: bytes = b""
+    rate: int = 16000
+    muted: bool = False
+
+
+@dataclass(kw_only=True)
+class AudioOut(Message):
+    """Translated speech, 24 kHz mono S16_LE. ``t`` is when the delta arrived from the service."""
+
+    topic = "audio.out"
+    channel = Channel.BULK
+    payload_field = "pcm"
+
+    pcm: bytes = b""
+    rate: int = 24000
+    response_id: str = ""
+
+
+@dataclass(kw_only=True)
+class VideoFrame(Message):
+    """A JPEG worth sending. ``t`` is the capture time."""
+
+    topic = "video.frame"
+    channel = Channel.BULK
+    payload_field = "jpeg"
+
+    jpeg: bytes = b""
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(kw_only=True)
+class SpeechActivity(Message):
+    """Capture's view of whether someone is speaking."""
+
+    topic = "speech"
+    speaking: bool = False
+
+
+@dataclass(kw_only=True)
+class PlaybackState(Message):
+    """``started``: the first sample reached the device; ``drained``: the device played everything."""
+
+    topic = "playback"
+    state: str = "drained"
+    response_id: str = ""
+    frames: int = 0
+    underruns: int = 0
+
+
+# --- session ---------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class Caption(Message):
+    """One caption update. ``kind`` is ``source`` or ``translation``; a final one replaces all partials."""
+
+    topic = "caption"
+    utterance: str = ""
+    kind: str = "translation"
+    text: str = ""
+    stash: str = ""
+    final: bool = False
+    language: str = ""
+
+
+@dataclass(kw_only=True)
+class SessionStatus(Message):
+    """The realtime session's state: connecting, configuring, live, backoff, failed, stopped."""
+
+    topic = "session.state"
+    state: str = "connecting"
+    detail: str = ""
+    last_error: str = ""
+    reconnects: int = 0
+    session_id: str = ""
+
+
+@dataclass(kw_only=True)
+class Usage(Message):
+    """Tokens used since the session process started, summed over every response.done."""
+
+    topic = "usage"
+    input_audio_tokens: int = 0
+    input_text_tokens: int = 0
+    output_audio_tokens: int = 0
+    output_text_tokens: int = 0
+    image_tokens_estimate: int = 0
+    audio_seconds_sent: float = 0.0
+
+
+# --- every process ---------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class Heartbeat(Message):
+    """Sent by every service each second; control marks a service down when they stop."""
+
+    topic = "heartbeat"
+    service: str = ""
+    pid: int = 0
+    state: str = "starting"
+    status: str = ""
+    counters: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class ConfigChanged(Message):
+    """The stored config changed: each service re-reads it and applies what concerns it."""
+
+    topic = "config"
+    sections: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class Command(Message):
+    """An operator's command: mute, unmute, restart-session, speaker-test."""
+
+    topic = "command"
+    name: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = tuple(_REGISTRY.values())

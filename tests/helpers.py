@@ -1,0 +1,143 @@
+"""Shared test helpers: short runtime dirs, real alsa-lib PCMs, a real NOTIFY_SOCKET, service processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def short_tmpdir(prefix: str = "tk") -> Path:
+    """A temp dir with a short path: ipc:// paths must stay under 107 characters."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class NotifySocket:
+    """A real sd_notify datagram socket, as systemd binds for a Type=notify unit."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = str(directory / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[str] = []
+
+    def wait_for(self, needle: str, timeout: float = 15.0) -> list[str]:
+        """Read datagrams until one contains ``needle``; returns all read so far."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(needle in m for m in self.messages):
+                return self.messages
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                break
+            self.messages.append(data.decode())
+        if any(needle in m for m in self.messages):
+            return self.messages
+        raise AssertionError(f"no {needle!r} within {timeout}s; got {self.messages}")
+
+    def drain(self, seconds: float) -> list[str]:
+        """Collect every datagram that arrives within ``seconds``."""
+        got: list[str] = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                got.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                break
+        self.messages.extend(got)
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def alsa_home(directory: Path, asoundrc: str) -> Path:
+    """A HOME whose ~/.asoundrc defines the test PCMs (alsa-lib reads it on first use per process)."""
+    home = directory / "home"
+    home.mkdir(exist_ok=True)
+    (home / ".asoundrc").write_text(asoundrc, encoding="utf-8")
+    return home
+
+
+def service_env(runtime: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    env.pop("DASHSCOPE_API_KEY", None)
+    env["TOLK_RUNTIME_DIR"] = str(runtime)
+    env["TOLK_STATE_DIR"] = str(runtime / "state")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def tolk_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "daemon.cli", *args]
+
+
+@contextmanager
+def running(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> Iterator[subprocess.Popen[bytes]]:
+    """A process that is terminated (then killed) when the block ends, its output kept in ``log``."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}; last={last!r}")
+
+
+def espeak_wav(text: str, out: Path, voice: str = "en", rate16k: bool = True) -> Path:
+    """Speech from espeak-ng, converted by sox to 16 kHz mono S16 when asked."""
+    raw = out.with_suffix(".espeak.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True, capture_output=True)
+    if not rate16k:
+        return raw
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
+    return out
+
+
+def wav_pcm(path: Path) -> bytes:
+    import wave
+
+    with wave.open(str(path), "rb") as w:
+        return w.readframes(w.getnframes())
+
+
+def rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
