@@ -63,8 +63,11 @@ def _as_toml(data: dict[str, object]) -> str:
     doc = tomlkit.document()
     for section, values in data.items():
         table = tomlkit.table()
+        fields = config_mod.Config.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
         for key, value in dict(values).items():  # type: ignore[call-overload]
-            if value is None:
+            if key not in fields:  # derived or masked values: shown, but not as settable keys
+                table.add(tomlkit.comment(f"{key}: {json.dumps(value, ensure_ascii=False)}"))
+            elif value is None:
                 table.add(tomlkit.comment(f"{key} is unset"))
             else:
                 table.add(key, value)

@@ -1,0 +1,218 @@
+"""``tolk run --demo``: the whole box on a machine with no sound card and no account.
+
+A WAV goes in through an ALSA ``file`` PCM (fed through a FIFO at real time, so capture runs
+on its own clock as it would on a microphone), the protocol simulator stands in for the
+service, the translated audio lands in a WAV through a ``file`` playback PCM, and the
+captions are printed as they arrive. Every process is the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import tomlkit
+import zmq.asyncio
+
+from daemon import config as config_mod
+from daemon import logs
+from daemon.bus import Subscriber
+from daemon.messages import Caption, Channel, SessionStatus
+from daemon.supervisor import Supervisor
+
+SAMPLES = {
+    "en": ("en", "Good morning and welcome to the museum. The exhibition opens at nine."),
+    "zh": ("cmn", "早上好，欢迎来到博物馆。展览九点开始。"),
+    "de": ("de", "Guten Morgen und willkommen im Museum. Die Ausstellung beginnt um neun."),
+    "fr": ("fr", "Bonjour et bienvenue au musée. L'exposition ouvre à neuf heures."),
+    "es": ("es", "Buenos días y bienvenidos al museo. La exposición abre a las nueve."),
+}
+PERIOD_MS = 20
+RATE = 16000
+CHUNK = RATE * PERIOD_MS // 1000 * 2
+WAIT_FOR_TRANSLATION_S = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def speak(source: str, out: Path) -> Path:
+    """A sentence in the source language from espeak-ng, as 16 kHz mono S16 (English if none at hand)."""
+    voice, text = SAMPLES.get(source, SAMPLES["en"])
+    raw = out.with_suffix(".espeak.wav")
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"tolk: the demo needs {tool} (apt-get install espeak-ng sox), or pass --wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out)], check=True)
+    return out
+
+
+def read_pcm16k(path: Path) -> bytes:
+    with wave.open(str(path), "rb") as w:
+        if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (RATE, 1, 2):
+            raise SystemExit(f"tolk: {path} must be 16 kHz mono 16-bit (sox in.wav -r 16000 -c 1 -b 16 out.wav)")
+        return w.readframes(w.getnframes())
+
+
+def write_wav(raw: bytes, path: Path, rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(raw)
+
+
+def demo_asoundrc(fifo: Path, speaker_raw: Path) -> str:
+    return f"""
+pcm.demo_mic {{
+    type file
+    slave.pcm null
+    file "/dev/null"
+    infile "{fifo}"
+    format raw
+}}
+pcm.demo_speaker {{
+    type file
+    slave.pcm null
+    file "{speaker_raw}"
+    format raw
+}}
+"""
+
+
+def demo_config(base: str | None, url: str, path: Path) -> Path:
+    base_path = config_mod.config_path(base)
+    doc = tomlkit.parse(base_path.read_text()) if base_path else tomlkit.document()
+    overrides = {
+        "audio": {"capture_device": "demo_mic", "playback_device": "demo_speaker", "period_ms": PERIOD_MS},
+        "service": {"url": url},
+        "control": {"listen": f"127.0.0.1:{_free_port()}"},
+    }
+    for section, values in overrides.items():
+        table = doc.setdefault(section, tomlkit.table())
+        for key, value in values.items():
+            table[key] = value
+    path.write_text(tomlkit.dumps(doc))
+    config_mod.validate(tomlkit.parse(path.read_text()).unwrap(), str(path))
+    return path
+
+
+async def _feed(fifo_fd: int, speech: bytes, done: asyncio.Event) -> None:
+    """Write one period at a time on an absolute schedule: 0.5 s silence, the speech, then silence."""
+    silence = bytes(CHUNK)
+    lead = [silence] * (500 // PERIOD_MS)
+    body = [speech[i : i + CHUNK].ljust(CHUNK, b"\0") for i in range(0, len(speech), CHUNK)]
+    chunks = iter([*lead, *body])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    n = 0
+    while not done.is_set():
+        os.write(fifo_fd, next(chunks, silence))
+        n += 1
+        await asyncio.sleep(max(0.0, start + n * PERIOD_MS / 1000 - loop.time()))
+
+
+async def _captions(runtime: Path, done: asyncio.Event) -> list[str]:
+    ctx = zmq.asyncio.Context()
+    sub = Subscriber(ctx, Channel.STATE, ["session"], [Caption, SessionStatus], runtime)
+    finals: list[str] = []
+    try:
+        async for msg in sub:
+            if isinstance(msg, SessionStatus):
+                print(f"  session: {msg.state} {msg.detail}".rstrip(), flush=True)
+            elif isinstance(msg, Caption) and msg.final:
+                print(f"  [{msg.kind} {msg.language}] {msg.text}", flush=True)
+                if msg.kind == "translation":
+                    finals.append(msg.text)
+                    done.set()
+    finally:
+        sub.close()
+        ctx.term()
+    return finals
+
+
+async def _run(args: argparse.Namespace, work: Path, out: Path) -> int:
+    port = _free_port()
+    record = out / "simulator-events.jsonl"
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "simulator", "--port", str(port), "--record", str(record)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if time.monotonic() > deadline or sim.poll() is not None:
+                print("tolk: the simulator did not start", file=sys.stderr)
+                return 1
+            await asyncio.sleep(0.1)
+        url = f"ws://127.0.0.1:{port}/api-ws/v1/realtime"
+        cfg_path = demo_config(args.config, url, work / "tolk.toml")
+        cfg = config_mod.load(cfg_path)
+        wav = Path(args.wav) if args.wav else speak(cfg.languages.source, work / "speech.wav")
+        speech = read_pcm16k(wav)
+        fifo = work / "mic.fifo"
+        os.mkfifo(fifo)
+        # O_RDWR: the FIFO never blocks its opener and never sees EOF while capture reopens it.
+        fifo_fd = os.open(fifo, os.O_RDWR)
+        speaker_raw = out / "translation.raw"
+        home = work / "home"
+        home.mkdir()
+        (home / ".asoundrc").write_text(demo_asoundrc(fifo, speaker_raw))
+        env = dict(os.environ, HOME=str(home), TOLK_RUNTIME_DIR=str(work / "run"), TOLK_STATE_DIR=str(work / "state"))
+        env.pop("DASHSCOPE_API_KEY", None)
+        os.environ.update(TOLK_RUNTIME_DIR=env["TOLK_RUNTIME_DIR"], TOLK_STATE_DIR=env["TOLK_STATE_DIR"])
+        sup = Supervisor(str(cfg_path), restart=False, env=env)
+        print(f"tolk demo: {cfg.languages.source} → {cfg.languages.target}, {len(speech) / 2 / RATE:.1f} s of speech")
+        try:
+            await sup.start()
+            done = asyncio.Event()
+            captions = asyncio.create_task(_captions(sup.runtime, done))
+            feeder = asyncio.create_task(_feed(fifo_fd, speech, done))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), len(speech) / 2 / RATE + WAIT_FOR_TRANSLATION_S)
+            await asyncio.sleep(1.5)  # let playback drain the tail of the translated audio
+            done.set()
+            feeder.cancel()
+            captions.cancel()
+            finals = await asyncio.gather(captions, return_exceptions=True)
+        finally:
+            await sup.stop()
+            os.close(fifo_fd)
+        played = speaker_raw.read_bytes() if speaker_raw.exists() else b""
+        write_wav(played, out / "translation.wav", 24000)
+        ok = bool(played) and done.is_set()
+        print(f"tolk demo: {len(played) / 2 / 24000:.2f} s of translated audio in {out / 'translation.wav'}")
+        print(f"tolk demo: simulator's record of what the box sent: {record}")
+        if not ok:
+            print(f"tolk demo: no translation came back ({finals})", file=sys.stderr)
+        return 0 if ok else 1
+    finally:
+        sim.terminate()
+        sim.wait(10)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    logs.setup("demo", "info")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="tolk-demo-", dir="/tmp"))
+    try:
+        return asyncio.run(_run(args, work, out))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
