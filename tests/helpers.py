@@ -141,3 +141,53 @@ def wav_pcm(path: Path) -> bytes:
 
 def rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+class PulseMic:
+    """A microphone with a real clock: a private PulseAudio whose source ``mic`` plays what is
+    written into a FIFO at exactly real time (16 kHz mono s16le); see TESTING.md."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        rt = directory / "rt"
+        rt.mkdir(parents=True, exist_ok=True)
+        rt.chmod(0o700)
+        (directory / "phome").mkdir(exist_ok=True)
+        self.fifo = rt / "mic.fifo"
+        self.server = f"unix:{rt}/native"
+        env = dict(os.environ, HOME=str(directory / "phome"), XDG_RUNTIME_DIR=str(rt))
+        self.proc = subprocess.Popen(
+            [
+                "pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit",
+                "--use-pid-file=no", f"--log-target=file:{directory}/pulse.log",
+                "-L", f"module-native-protocol-unix socket={rt}/native auth-anonymous=1",
+                "-L", "module-null-sink sink_name=spk rate=24000 channels=1",
+                "-L", f"module-pipe-source source_name=mic file={self.fifo} format=s16le rate=16000 channels=1",
+            ],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(lambda: self.fifo.exists() and (rt / "native").exists(), 10, what="pulseaudio to start")
+        # O_RDWR: never blocks, never EOF for the reader between writes.
+        self.fd = os.open(self.fifo, os.O_RDWR)
+
+    def asoundrc(self, name: str = "mic") -> str:
+        return f'pcm.{name} {{\n    type pulse\n    server "{self.server}"\n    device "mic"\n}}\n'
+
+    def write(self, pcm: bytes) -> None:
+        view = memoryview(pcm)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
