@@ -1,0 +1,73 @@
+"""The units pass systemd's own checks: `systemd-analyze verify` silent, `security` exposure OK or better."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import PROCESSES
+from tests.helpers import REPO
+
+UNITS = REPO / "systemd"
+SERVICES = [f"tolk-{name}.service" for name in PROCESSES]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root holding the units, the ExecStart/ExecReload binaries and Debian's own units."""
+    root = tmp_path_factory.mktemp("root")
+    for src, dst in ((Path("/lib/systemd/system"), root / "lib/systemd/system"),):
+        shutil.copytree(src, dst, symlinks=True)
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "usr/local/bin/tolk").write_text("#!/bin/sh\n")
+    (root / "usr/local/bin/tolk").chmod(0o755)
+    (root / "bin").mkdir()
+    shutil.copy("/bin/kill", root / "bin/kill")
+    dest = root / "etc/systemd/system"
+    dest.mkdir(parents=True)
+    for unit in UNITS.iterdir():
+        shutil.copy(unit, dest / unit.name)
+    return root
+
+
+def _unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(UNITS / name)
+    return parser
+
+
+@pytest.mark.parametrize("unit", [*SERVICES, "tolk.target"])
+def test_verify_is_silent(root: Path, unit: str) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", unit], capture_output=True, text=True, cwd=root
+    )
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("unit", SERVICES)
+def test_security_exposure_is_ok_or_better(root: Path, unit: str) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", f"--root={root}", unit],
+        capture_output=True,
+        text=True,
+    )
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 4.0
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_each_unit_runs_its_process_under_the_target(name: str) -> None:
+    unit = _unit(f"tolk-{name}.service")
+    assert unit["Unit"]["PartOf"] == "tolk.target"
+    assert unit["Service"]["Type"] == "notify"
+    assert unit["Service"]["ExecStart"] == f"/usr/local/bin/tolk service {name}"
+    assert unit["Service"]["Restart"] == "always" and unit["Service"]["RuntimeDirectory"] == "tolk"
+    assert "WatchdogSec" in unit["Service"]
+    assert f"tolk-{name}.service" in _unit("tolk.target")["Unit"]["Wants"]
