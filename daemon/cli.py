@@ -21,7 +21,8 @@ def load_service(name: str) -> type[Service]:
     if name not in PROCESSES:
         raise SystemExit(f"tolk: unknown service {name!r}; services are {', '.join(PROCESSES)}")
     module = importlib.import_module(f"services.{name}")
-    return module.SERVICE  # type: ignore[no-any-return]
+    service: type[Service] = module.SERVICE
+    return service
 
 
 def _cmd_service(args: argparse.Namespace) -> int:
@@ -75,6 +76,12 @@ def _as_toml(data: dict[str, object]) -> str:
     return tomlkit.dumps(doc)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from services.control.status_cli import main as status_main
+
+    return status_main(args.config, as_json=args.json)
+
+
 def _cmd_simulator(args: argparse.Namespace) -> int:
     from services.simulator import main as simulator_main
 
@@ -105,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = with_config(cfg_sub.add_parser("check", help="validate and print the merged config, key masked"))
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     check.set_defaults(func=_cmd_config_check)
+
+    status = with_config(sub.add_parser("status", help="how the box is: processes, session, captions"))
+    status.add_argument("--json", action="store_true", help="print the raw /api/status JSON")
+    status.set_defaults(func=_cmd_status)
 
     sim = sub.add_parser("simulator", help="a local stand-in for the realtime service (tests, demos)")
     sim.add_argument("--host", default="127.0.0.1")

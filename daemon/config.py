@@ -110,7 +110,9 @@ class CameraConfig(_Section):
     def _source(cls, value: str) -> str:
         if value in ("none", "picamera2") or value.startswith(("v4l2:/dev/", "file:/")):
             return value
-        raise ValueError(f'{value!r} is not a camera source: use "none", "picamera2", "v4l2:/dev/videoN" or "file:/path"')
+        raise ValueError(
+            f'{value!r} is not a camera source: use "none", "picamera2", "v4l2:/dev/videoN" or "file:/path"'
+        )
 
 
 class ControlConfig(_Section):

@@ -97,10 +97,11 @@ pcm.demo_speaker {{
 def demo_config(base: str | None, url: str, path: Path) -> Path:
     base_path = config_mod.config_path(base)
     doc = tomlkit.parse(base_path.read_text()) if base_path else tomlkit.document()
-    overrides = {
+    overrides: dict[str, dict[str, object]] = {
         "audio": {"capture_device": "demo_mic", "playback_device": "demo_speaker", "period_ms": PERIOD_MS},
         "service": {"url": url},
         "control": {"listen": f"127.0.0.1:{_free_port()}"},
+        "log": {"level": "warning"},  # the demo's own output is the captions
     }
     for section, values in overrides.items():
         table = doc.setdefault(section, tomlkit.table())
@@ -111,7 +112,7 @@ def demo_config(base: str | None, url: str, path: Path) -> Path:
     return path
 
 
-async def _feed(fifo_fd: int, speech: bytes, done: asyncio.Event) -> None:
+async def _feed(fifo_fd: int, speech: bytes) -> None:
     """Write one period at a time on an absolute schedule: 0.5 s silence, the speech, then silence."""
     silence = bytes(CHUNK)
     lead = [silence] * (500 // PERIOD_MS)
@@ -120,47 +121,57 @@ async def _feed(fifo_fd: int, speech: bytes, done: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     start = loop.time()
     n = 0
-    while not done.is_set():
+    while True:
         os.write(fifo_fd, next(chunks, silence))
         n += 1
         await asyncio.sleep(max(0.0, start + n * PERIOD_MS / 1000 - loop.time()))
 
 
-async def _captions(runtime: Path, done: asyncio.Event) -> list[str]:
+async def _captions(runtime: Path, translated: asyncio.Event) -> None:
     ctx = zmq.asyncio.Context()
     sub = Subscriber(ctx, Channel.STATE, ["session"], [Caption, SessionStatus], runtime)
-    finals: list[str] = []
+    last_state = ""
     try:
         async for msg in sub:
             if isinstance(msg, SessionStatus):
-                print(f"  session: {msg.state} {msg.detail}".rstrip(), flush=True)
+                line = f"  session: {msg.state} {msg.detail}".rstrip()
+                if line != last_state:  # the session repeats its state for late joiners
+                    print(line, flush=True)
+                    last_state = line
             elif isinstance(msg, Caption) and msg.final:
                 print(f"  [{msg.kind} {msg.language}] {msg.text}", flush=True)
                 if msg.kind == "translation":
-                    finals.append(msg.text)
-                    done.set()
+                    translated.set()
     finally:
         sub.close()
         ctx.term()
-    return finals
+
+
+async def _listening(port: int, proc: asyncio.subprocess.Process, within_s: float = 15.0) -> bool:
+    """Wait until something accepts on the port, while the process lives."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and proc.returncode is None:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return True
+    return False
 
 
 async def _run(args: argparse.Namespace, work: Path, out: Path) -> int:
     port = _free_port()
     record = out / "simulator-events.jsonl"
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "simulator", "--port", str(port), "--record", str(record)],
-        stdout=subprocess.DEVNULL,
-    )
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon.cli", "simulator", "--port", str(port), "--record", str(record),
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline or sim.poll() is not None:
-                print("tolk: the simulator did not start", file=sys.stderr)
-                return 1
-            await asyncio.sleep(0.1)
+        if not await _listening(port, sim):
+            print("tolk: the simulator did not start", file=sys.stderr)
+            return 1
         url = f"ws://127.0.0.1:{port}/api-ws/v1/realtime"
         cfg_path = demo_config(args.config, url, work / "tolk.toml")
         cfg = config_mod.load(cfg_path)
@@ -179,32 +190,33 @@ async def _run(args: argparse.Namespace, work: Path, out: Path) -> int:
         os.environ.update(TOLK_RUNTIME_DIR=env["TOLK_RUNTIME_DIR"], TOLK_STATE_DIR=env["TOLK_STATE_DIR"])
         sup = Supervisor(str(cfg_path), restart=False, env=env)
         print(f"tolk demo: {cfg.languages.source} → {cfg.languages.target}, {len(speech) / 2 / RATE:.1f} s of speech")
+        translated = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
         try:
             await sup.start()
-            done = asyncio.Event()
-            captions = asyncio.create_task(_captions(sup.runtime, done))
-            feeder = asyncio.create_task(_feed(fifo_fd, speech, done))
+            tasks.append(asyncio.create_task(_captions(sup.runtime, translated), name="demo:captions"))
+            tasks.append(asyncio.create_task(_feed(fifo_fd, speech), name="demo:microphone"))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), len(speech) / 2 / RATE + WAIT_FOR_TRANSLATION_S)
+                await asyncio.wait_for(translated.wait(), len(speech) / 2 / RATE + WAIT_FOR_TRANSLATION_S)
             await asyncio.sleep(1.5)  # let playback drain the tail of the translated audio
-            done.set()
-            feeder.cancel()
-            captions.cancel()
-            finals = await asyncio.gather(captions, return_exceptions=True)
         finally:
+            # The microphone keeps running until capture has stopped, as a real one would.
             await sup.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             os.close(fifo_fd)
         played = speaker_raw.read_bytes() if speaker_raw.exists() else b""
         write_wav(played, out / "translation.wav", 24000)
-        ok = bool(played) and done.is_set()
+        ok = bool(played) and translated.is_set()
         print(f"tolk demo: {len(played) / 2 / 24000:.2f} s of translated audio in {out / 'translation.wav'}")
         print(f"tolk demo: simulator's record of what the box sent: {record}")
         if not ok:
-            print(f"tolk demo: no translation came back ({finals})", file=sys.stderr)
+            print("tolk demo: no translation came back", file=sys.stderr)
         return 0 if ok else 1
     finally:
         sim.terminate()
-        sim.wait(10)
+        await sim.wait()
 
 
 def run_demo(args: argparse.Namespace) -> int:

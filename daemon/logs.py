@@ -35,8 +35,8 @@ def redact(secret: str | None) -> None:
 
 def setup(service: str, level: str = "info") -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if os.environ.get("JOURNAL_STREAM"):
         from systemd.journal import JournalHandler

@@ -101,7 +101,7 @@ class Message:
         except TypeError as exc:
             raise MessageError(f"{target.topic}: {exc}") from None
         msg._check_types()
-        return msg  # type: ignore[return-value]
+        return msg
 
     def _check_types(self) -> None:
         for f in dataclasses.fields(self):

@@ -32,7 +32,7 @@ class Notifier:
     def _send(self, state: str) -> None:
         if not self.enabled:
             return
-        from systemd import daemon  # imported here: only needed under systemd
+        from systemd import daemon  # type: ignore[attr-defined]  # only needed under systemd
 
         try:
             daemon.notify(state)

@@ -61,14 +61,14 @@ class Service(ABC):
 
     # --- to override -------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook
         """Open what the service needs. Raise to refuse to start."""
 
     @abstractmethod
     async def run(self) -> None:
         """The work, until cancelled."""
 
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027 - optional hook
         """Release everything. Called once, after run() was cancelled."""
 
     async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:

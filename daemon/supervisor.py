@@ -168,7 +168,9 @@ class Supervisor:
             child.restarts = [t for t in child.restarts if now - t < START_LIMIT[1]]
             if not self.restart or len(child.restarts) >= START_LIMIT[0]:
                 if self.restart:
-                    self.failed = f"{child.name} keeps failing ({len(child.restarts)} restarts in {START_LIMIT[1]:.0f} s)"
+                    self.failed = (
+                        f"{child.name} keeps failing ({len(child.restarts)} restarts in {START_LIMIT[1]:.0f} s)"
+                    )
                     log.error("%s", self.failed)
                     self.request_stop()
                 return
@@ -194,7 +196,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
         if procs:
-            _, pending = await asyncio.wait([asyncio.create_task(p.wait()) for p in procs], timeout=STOP_TIMEOUT_S)
+            await asyncio.wait([asyncio.create_task(p.wait()) for p in procs], timeout=STOP_TIMEOUT_S)
             for proc in procs:
                 if proc.returncode is None:
                     log.error("pid %d did not stop in %.0f s: killing it", proc.pid, STOP_TIMEOUT_S)

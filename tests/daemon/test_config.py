@@ -12,9 +12,10 @@ from daemon import config as cfgmod
 from daemon import languages as lang
 from tests.helpers import REPO, service_env, tolk_cmd
 
-SEED_SOURCES = "en zh ru fr de pt es it id ko ja vi th ar yue hi el tr".split()
-SEED_AUDIO = "en zh ru fr de pt es it ko ja yue".split()
-SEED_TEXT_ONLY = "id vi th ar hi el tr".split()
+SEED_SOURCES = ["en", "zh", "ru", "fr", "de", "pt", "es", "it", "id"]
+SEED_SOURCES += ["ko", "ja", "vi", "th", "ar", "yue", "hi", "el", "tr"]
+SEED_AUDIO = ["en", "zh", "ru", "fr", "de", "pt", "es", "it", "ko", "ja", "yue"]
+SEED_TEXT_ONLY = ["id", "vi", "th", "ar", "hi", "el", "tr"]
 SEED_VOICES = {
     "Cherry": "zh en fr de ru it es pt ja ko",
     "Nofish": "zh en fr de ru it es pt ja ko",

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.helpers import NotifySocket, REPO, service_env, wait_until
+from tests.helpers import REPO, NotifySocket, service_env, wait_until
 
 
 def _start(rundir: Path, notify: NotifySocket, config: Path, **env: str) -> subprocess.Popen[bytes]:

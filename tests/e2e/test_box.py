@@ -166,7 +166,9 @@ listen = "127.0.0.1:{http_port}"
 def test_a_process_that_cannot_start_fails_tolk_run(rundir: Path) -> None:
     config = rundir / "tolk.toml"
     busy = free_port()
-    config.write_text(f'[control]\nlisten = "127.0.0.1:{busy}"\n[audio]\ncapture_device = "null"\nplayback_device = "null"\n')
+    config.write_text(
+        f'[control]\nlisten = "127.0.0.1:{busy}"\n[audio]\ncapture_device = "null"\nplayback_device = "null"\n'
+    )
     import socket
 
     with socket.socket() as blocker:

@@ -1,0 +1,108 @@
+"""Opening the WebSocket to the realtime service, and deciding what a failure means.
+
+The network is behind ``connect_service`` (the only place that calls websockets' client) so
+the session loop itself only sees a connection or a ``ConnectFailure`` that says whether a
+retry can help (a refused key cannot: no retry storm against the account).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from urllib.parse import quote, urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+#: Handshake statuses after which only a person can help (key, account, model name).
+_FATAL_STATUS = {
+    401: "the service refused the API key (HTTP 401): check the key and its region ([service] url)",
+    403: "access denied (HTTP 403): the account cannot use this model (no access, or overdue payment)",
+    404: "not found (HTTP 404): check [service] url and [service] model",
+}
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+MAX_MESSAGE_BYTES = 4 * 2**20
+
+
+class ConnectFailure(Exception):
+    """The connection could not be opened or was lost. ``fatal``: retrying cannot help."""
+
+    def __init__(self, message: str, fatal: bool = False, throttled: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fatal = fatal
+        self.throttled = throttled
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def is_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").strip("[]").lower()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def service_url(url: str, model: str) -> str:
+    return f"{url}?model={quote(model, safe='')}"
+
+
+def describe_handshake(exc: BaseException) -> ConnectFailure:
+    """What a failed opening means for retrying."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status in _FATAL_STATUS:
+            return ConnectFailure(_FATAL_STATUS[status], fatal=True)
+        if status == 429:
+            return ConnectFailure("the service is throttling this account (HTTP 429)", throttled=True)
+        return ConnectFailure(f"the service refused the connection (HTTP {status})")
+    if isinstance(exc, InvalidURI):
+        return ConnectFailure(f"[service] url is not usable: {exc}", fatal=True)
+    if isinstance(exc, TimeoutError):
+        return ConnectFailure("timed out opening the connection")
+    if isinstance(exc, InvalidHandshake):
+        return ConnectFailure(f"handshake failed: {exc}")
+    if isinstance(exc, OSError):
+        return ConnectFailure(f"network: {exc.strerror or exc}")
+    return ConnectFailure(f"cannot connect: {exc!r}")
+
+
+async def connect_service(url: str, model: str, api_key: str | None, timeout_s: float) -> ClientConnection:
+    """Open the connection (handshake only); raises ConnectFailure."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        return await connect(
+            service_url(url, model),
+            additional_headers=headers,
+            open_timeout=timeout_s,
+            max_size=MAX_MESSAGE_BYTES,
+            # A local endpoint is never reached through a proxy; a cloud one honours the system's.
+            proxy=None if is_loopback(url) else True,
+            # Bounded: a stop must not hang on a peer that never answers the close.
+            close_timeout=2.0,
+        )
+    except (InvalidHandshake, OSError, TimeoutError) as exc:
+        raise describe_handshake(exc) from None
+
+
+class Backoff:
+    """Capped exponential backoff with jitter, so a fleet of kiosks does not reconnect in step."""
+
+    def __init__(self, base_s: float = 0.5, cap_s: float = 30.0, rng: random.Random | None = None) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self, floor_s: float = 0.0) -> float:
+        ceiling = min(self.cap_s, self.base_s * (2**self.failures))
+        self.failures = min(self.failures + 1, 30)
+        # Half fixed, half random: never zero, never all kiosks at once.
+        return max(floor_s, ceiling * (0.5 + 0.5 * self._rng.random()))
+
+    def reset(self) -> None:
+        self.failures = 0

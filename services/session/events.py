@@ -1,0 +1,163 @@
+"""What the session does with each server event: audio and captions onto the bus, usage, errors.
+
+A malformed event is counted and skipped, an unknown one logged once; neither stops the session.
+An ``error`` is logged and remembered; only auth/quota codes end the session (``failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+
+from daemon.messages import AudioOut, Usage
+from daemon.service import Service
+from services.session import protocol
+from services.session.connection import ConnectFailure
+
+_MAX_UNKNOWN_LOGGED = 100
+
+
+class ServiceRejected(Exception):
+    """The service answered a handshake step with an ``error`` event."""
+
+    def __init__(self, step: str, error: protocol.ServiceError) -> None:
+        super().__init__(f"the service refused {step}: {error}")
+        self.step = step
+        self.error = error
+
+
+class EventHandler(Service):
+    """The receiving half of the session service (the connection loop lives in service.py)."""
+
+    def setup_events(self) -> None:
+        cfg = self.config
+        self.captions = protocol.CaptionAssembler(cfg.languages.source, cfg.languages.target)
+        self.finished = asyncio.Event()
+        self.ending = False
+        self.fatal: protocol.ServiceError | None = None
+        self._totals = dict.fromkeys(
+            ("input_audio_tokens", "input_text_tokens", "output_audio_tokens", "output_text_tokens"), 0
+        )
+        self._image_tokens = 0.0
+        self._unknown: set[str] = set()
+
+    async def expect(self, ws: ClientConnection, wanted: str, timeout_s: float) -> dict[str, Any]:
+        """Read until ``wanted`` arrives; an ``error`` first raises ServiceRejected."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            left = deadline - loop.time()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                raw = await asyncio.wait_for(ws.recv(), left)
+            except TimeoutError:
+                raise ConnectFailure(f"no {wanted} from the service within {timeout_s:.0f} s") from None
+            event = self.parse(raw)
+            if event is None:
+                continue
+            if event["type"] == wanted:
+                self.mark_fresh()
+                return event
+            if event["type"] == "error":
+                step = "the connection" if wanted == "session.created" else "the configuration"
+                raise ServiceRejected(step, protocol.service_error(event))
+            self.dispatch(event, time.monotonic_ns())
+
+    async def receive(self, ws: ClientConnection) -> None:
+        """Handle events until the connection closes; raises ConnectFailure unless we closed it."""
+        async for raw in ws:
+            received = time.monotonic_ns()
+            event = self.parse(raw)
+            if event is not None:
+                self.dispatch(event, received)
+            if self.fatal is not None:
+                error, self.fatal = self.fatal, None
+                await ws.close()
+                raise ConnectFailure(f"the service reported {error}", fatal=True)
+        if not self.ending:
+            reason = f"code {ws.close_code}" + (f" ({ws.close_reason})" if ws.close_reason else "")
+            raise ConnectFailure(f"the service closed the connection: {reason}")
+
+    def parse(self, raw: str | bytes) -> dict[str, Any] | None:
+        try:
+            return protocol.parse(raw)
+        except protocol.ProtocolError as exc:
+            self.malformed(exc)
+            return None
+
+    def malformed(self, exc: Exception) -> None:
+        self.count("malformed_events")
+        seen = self.counters["malformed_events"]
+        if seen <= 5 or seen % 100 == 0:
+            self.log.warning("malformed event #%d skipped: %s", seen, exc)
+
+    def dispatch(self, event: dict[str, Any], received_ns: int) -> None:
+        kind = event["type"]
+        self.mark_fresh()
+        try:
+            if kind == "response.audio.delta":
+                response_id = event.get("response_id")
+                pcm = protocol.audio_delta(event)
+                self.count("deltas_received")
+                rid = response_id if isinstance(response_id, str) else ""
+                self.bus.publish(AudioOut(pcm=pcm, response_id=rid, t=received_ns))
+            elif (caption := self.captions.feed(event)) is not None:
+                self.bus.publish(caption)
+            elif kind == "response.done":
+                self._on_response_done(event)
+            elif kind == "error":
+                self._on_error(protocol.service_error(event))
+            elif kind == "session.finished":
+                self.finished.set()
+            elif kind == "session.updated":
+                self.log.info("the service accepted the new configuration")
+            elif kind not in protocol.SERVER_EVENT_TYPES and kind not in self._unknown:
+                self._log_unknown(kind)
+        except protocol.ProtocolError as exc:
+            self.malformed(exc)
+
+    def _log_unknown(self, kind: str) -> None:
+        if len(self._unknown) < _MAX_UNKNOWN_LOGGED:
+            self._unknown.add(kind)
+            self.log.info("unknown event type %r ignored (logged once)", kind[:80])
+
+    def _on_error(self, error: protocol.ServiceError) -> None:
+        self.count("errors_received")
+        self.last_error = str(error)
+        if error.fatal:
+            self.log.error("service error, giving up: %s", error)
+            self.fatal = error
+        else:
+            self.log.warning("service error: %s", error)
+        self.publish_status()
+
+    def _on_response_done(self, event: dict[str, Any]) -> None:
+        response = event.get("response")
+        status = response.get("status") if isinstance(response, dict) else None
+        if status not in (None, "completed"):
+            self.log.info("response ended %s", status)
+        delta = protocol.usage(event)
+        if delta is None:
+            return
+        for name in self._totals:
+            self._totals[name] += getattr(delta, name)
+        self.bus.publish(
+            Usage(
+                **self._totals,
+                image_tokens_estimate=round(self._image_tokens),
+                audio_seconds_sent=round(self.counters.get("audio_seconds_sent", 0.0), 3),
+            )
+        )
+
+    def add_image_tokens(self, tokens: float) -> None:
+        self._image_tokens += tokens
+
+    # Provided by the session service.
+    last_error: str
+
+    def publish_status(self) -> None:
+        raise NotImplementedError

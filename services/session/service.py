@@ -1,0 +1,339 @@
+"""The realtime session process: microphone audio to the service, translation back onto the bus.
+
+One connection at a time: connect -> ``session.created`` -> ``session.update`` ->
+``session.updated`` -> live (audio out, events in) until it closes; then reconnect with backoff
+and jitter. A refused key, a missing key or a refused configuration stop the retrying and say
+so in the state; only a config change or a ``restart-session`` command tries again (a refused
+configuration is also retried slowly). READY never waits for the network: a box must start
+offline. Events are handled in ``events.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from daemon import config as config_mod
+from daemon.messages import AudioIn, Command, SessionStatus, VideoFrame
+from daemon.service import STOP_TIMEOUT_S, ServiceContext
+from services.session import protocol
+from services.session.connection import Backoff, ConnectFailure, connect_service, is_loopback
+from services.session.events import EventHandler, ServiceRejected
+from services.session.outgoing import Outgoing
+
+NO_KEY = "no API key: set DASHSCOPE_API_KEY or [service] api_key_file"
+#: A configuration the service refused is tried again this rarely (or at once on a config change).
+CONFIG_RETRY_S = 60.0
+#: The service closes sessions after about 120 minutes; rotate before it does.
+ROTATE_AFTER_S = 110 * 60.0
+#: A connection that stayed live this long resets the backoff.
+STABLE_S = 10.0
+#: SessionStatus is re-sent this often so that a process that joins late learns the state.
+STATUS_REPEAT_S = 2.0
+COUNTERS = (
+    "chunks_sent",
+    "audio_seconds_sent",
+    "deltas_received",
+    "reconnects",
+    "backlog_dropped",
+    "malformed_events",
+    "images_sent",
+    "images_rejected",
+)
+
+
+class SessionService(EventHandler):
+    name = "session"
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        self.session_state = "connecting"
+        self.detail = ""
+        self.last_error = ""
+        self.reconnects = 0
+        self.session_id = ""
+        self.ids = protocol.EventIds()
+        self.outgoing = Outgoing(self.config.service.chunk_ms)
+        self.backoff = Backoff()
+        self._ws: ClientConnection | None = None
+        self._live = False
+        self._audio_sent = False
+        self._wake = asyncio.Event()
+        self.setup_events()
+        for counter in COUNTERS:
+            self.counters[counter] = 0
+
+    async def start(self) -> None:
+        # Only the bus: READY must not wait for the network (a box starts offline too).
+        self._audio = self.bus.subscribe(["capture"], AudioIn)
+        self._video = self.bus.subscribe(["camera"], VideoFrame)
+        self._commands = self.bus.subscribe(["control"], Command)
+
+    async def run(self) -> None:
+        self.spawn(self._read_audio(), "audio-in")
+        self.spawn(self._read_video(), "video-in")
+        self.spawn(self._read_commands(), "commands")
+        self.spawn(self._repeat_status(), "status")
+        await self._connect_loop()
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def status(self) -> str:
+        line = f"{self.session_state}: {self.detail}" if self.detail else self.session_state
+        if self.reconnects:
+            line += f" (reconnects {self.reconnects})"
+        return line
+
+    def set_state(self, state: str, detail: str = "") -> None:
+        if (state, detail) == (self.session_state, self.detail):
+            return
+        self.session_state, self.detail = state, detail
+        log = self.log.warning if state in ("failed", "backoff") else self.log.info
+        log("session %s", self.status())
+        self.publish_status()
+
+    def publish_status(self) -> None:
+        self.bus.publish(
+            SessionStatus(
+                state=self.session_state,
+                detail=self.detail,
+                last_error=self.last_error,
+                reconnects=self.reconnects,
+                session_id=self.session_id,
+            )
+        )
+
+    async def _repeat_status(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_REPEAT_S)
+            self.publish_status()
+            if not self._live:
+                # Waiting on a bounded timer or on a person is honest work: restarting the
+                # process cannot fix a refused key, and would retry against the account.
+                self.mark_fresh()
+
+    # --- the connection loop -------------------------------------------------------------------
+
+    async def _connect_loop(self) -> None:
+        attempt = 0
+        while True:
+            self._wake.clear()
+            key, _origin = config_mod.api_key(self.config)
+            if key is None and not is_loopback(self.config.service.url):
+                self.last_error = NO_KEY
+                self.set_state("failed", NO_KEY)
+                await self._wake.wait()
+                continue
+            if attempt:
+                self.reconnects += 1
+                self.count("reconnects")
+            attempt += 1
+            delay = 0.0
+            try:
+                # Returns only when we ended the session on purpose (rotation, restart): reconnect now.
+                await self._session(key)
+            except ConnectFailure as exc:
+                self.last_error = str(exc)
+                if exc.fatal:
+                    self.set_state("failed", str(exc))
+                    await self._wake.wait()
+                    continue
+                delay = self.backoff.next_delay(floor_s=5.0 if exc.throttled else 0.0)
+                self.set_state("backoff", f"retry in {delay:.1f} s after: {exc}")
+            except ServiceRejected as exc:
+                self.last_error = str(exc)
+                self.set_state("failed", str(exc))
+                if exc.error.fatal:
+                    await self._wake.wait()
+                    continue
+                delay = CONFIG_RETRY_S
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _session(self, key: str | None) -> None:
+        """One connection, from handshake to close. Returns when it closed cleanly."""
+        service = self.config.service
+        self.set_state("connecting", service.url)
+        ws = await connect_service(service.url, service.model, key, service.connect_timeout_s)
+        self._ws = ws
+        sender: asyncio.Task[None] | None = None
+        try:
+            created = await self.expect(ws, "session.created", service.connect_timeout_s)
+            session = created.get("session")
+            ident = session.get("id") if isinstance(session, dict) else None
+            self.session_id = ident if isinstance(ident, str) else ""
+            self.set_state("configuring", f"{self.config.languages.source} → {self.config.languages.target}")
+            sent = self.config
+            await self._send(ws, protocol.session_update(sent, self.ids.next()))
+            await self.expect(ws, "session.updated", service.connect_timeout_s)
+            self._go_live()
+            if protocol.session_config(self.config) != protocol.session_config(sent):
+                # The config changed while the service was taking the previous one.
+                await self._send(ws, protocol.session_update(self.config, self.ids.next()))
+            sender = self.spawn(self._send_loop(ws), "sender")
+            rotate = asyncio.get_running_loop().call_later(
+                ROTATE_AFTER_S,
+                lambda: self.spawn(self._end_session(ws, "rotating before the 120 min limit"), "rotate"),
+            )
+            live_since = time.monotonic()
+            try:
+                await self.receive(ws)
+            finally:
+                rotate.cancel()
+                if time.monotonic() - live_since >= STABLE_S:
+                    self.backoff.reset()
+        except ConnectionClosed as exc:
+            raise ConnectFailure(f"connection closed: {_close_reason(exc)}") from None
+        finally:
+            if sender is not None:
+                sender.cancel()
+            task = asyncio.current_task()
+            # Shutting down: stop() still finishes the session on this connection.
+            if task is None or not task.cancelling():
+                self._live = False
+                self._ws = None
+                await ws.close()
+
+    def _go_live(self) -> None:
+        self._live = True
+        self.ending = False
+        self._audio_sent = False
+        self.captions.new_session()
+        self.set_state("live", _live_detail(self.config))
+        self.mark_fresh()
+
+    async def _send(self, ws: ClientConnection, event: dict[str, object]) -> None:
+        await ws.send(protocol.encode(event))
+
+    async def _send_loop(self, ws: ClientConnection) -> None:
+        """Audio in order, then (after the first audio) the camera frame when one may go."""
+        try:
+            while True:
+                await self.outgoing.wait()
+                await self._send_pending(ws)
+        except ConnectionClosed:
+            return  # the receiver reports the close
+
+    async def _send_pending(self, ws: ClientConnection) -> None:
+        while self._live and (chunk := self.outgoing.peek_audio()) is not None:
+            await self._send(ws, protocol.audio_append(chunk, self.ids.next()))
+            self.outgoing.pop_audio()
+            self._audio_sent = True
+            self.count("chunks_sent")
+            self.count("audio_seconds_sent", len(chunk) / (protocol.INPUT_RATE * protocol.BYTES_PER_SAMPLE))
+            self.mark_fresh()
+        # The service requires an audio append before the first image.
+        if self._live and self._audio_sent and (frame := self.outgoing.take_image()) is not None:
+            await self._send(ws, protocol.image_append(frame.jpeg, self.ids.next()))
+            self.count("images_sent")
+            self.add_image_tokens(protocol.image_tokens(frame.width, frame.height))
+
+    async def _end_session(self, ws: ClientConnection, why: str, limit_s: float | None = None) -> None:
+        """``session.finish``, wait (bounded) for ``session.finished``, close. A receiver must run."""
+        if not self._live:
+            await ws.close()  # not live yet: nothing to finish
+            return
+        self.log.info("finishing the session: %s", why)
+        self._live = False
+        self.ending = True
+        self.finished.clear()
+        timeout = min(self.config.service.finish_timeout_s, limit_s or float("inf"))
+        try:
+            await self._send(ws, protocol.session_finish(self.ids.next()))
+            await asyncio.wait_for(self.finished.wait(), timeout)
+        except TimeoutError:
+            self.log.warning("no session.finished in %.1f s; closing", timeout)
+        except ConnectionClosed:
+            pass
+        await ws.close()
+
+    async def _restart_session(self, why: str) -> None:
+        self.backoff.reset()
+        ws = self._ws
+        if ws is not None and self._live:
+            await self._end_session(ws, why)  # the connection loop reconnects at once
+            return
+        if ws is not None:
+            await ws.close()  # a handshake in progress: give it up
+        self._wake.set()
+
+    # --- bus inputs ------------------------------------------------------------------------------
+
+    async def _read_audio(self) -> None:
+        async for msg in self._audio:
+            assert isinstance(msg, AudioIn)
+            if msg.rate != protocol.INPUT_RATE:
+                self.count("audio_in_rejected")
+                continue
+            self.outgoing.add_audio(msg.pcm)
+            self.counters["backlog_dropped"] = self.outgoing.dropped
+
+    async def _read_video(self) -> None:
+        async for msg in self._video:
+            assert isinstance(msg, VideoFrame)
+            problem = protocol.image_problem(msg.jpeg)
+            if problem is not None:
+                self.count("images_rejected")
+                self.log.debug("camera frame not sent: %s", problem)
+                continue
+            self.outgoing.add_image(msg)
+
+    async def _read_commands(self) -> None:
+        async for msg in self._commands:
+            assert isinstance(msg, Command)
+            if msg.name == "restart-session":
+                self.log.info("restart-session requested")
+                await self._restart_session("restart requested")
+
+    # --- config and shutdown ---------------------------------------------------------------------
+
+    async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:
+        old, self.config = self.config, new
+        self.captions.source, self.captions.target = new.languages.source, new.languages.target
+        self.outgoing.set_chunk_ms(new.service.chunk_ms)
+        if (old.service.url, old.service.model) != (new.service.url, new.service.model):
+            await self._restart_session("service url or model changed")
+            return
+        ws = self._ws
+        if changed & {"languages", "output"} and self._live and ws is not None:
+            self.log.info("sending the new configuration to the live session")
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(ws, protocol.session_update(new, self.ids.next()))
+            self.set_state("live", _live_detail(new))
+        elif self.session_state == "failed":
+            self._wake.set()  # the change may be what was missing (a key file, a voice)
+
+    async def stop(self) -> None:
+        ws = self._ws
+        if ws is not None and self._live:
+            # Send what the microphone still held, then end the session the documented way.
+            self.outgoing.flush_partial()
+            with contextlib.suppress(ConnectionClosed):
+                await self._send_pending(ws)
+            reader = asyncio.create_task(self.receive(ws), name="session:final-events")
+            # Within the lifecycle's stop budget, leaving time for the close handshake.
+            await self._end_session(ws, "shutting down", limit_s=STOP_TIMEOUT_S - 3.0)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, ConnectFailure):
+                await reader
+        elif ws is not None:
+            await ws.close()
+        self._live = False
+        self._ws = None
+        self.set_state("stopped")
+
+
+def _live_detail(cfg: config_mod.Config) -> str:
+    return f"{cfg.languages.source} → {cfg.languages.target}, {'+'.join(cfg.modalities)}"
+
+
+def _close_reason(exc: ConnectionClosed) -> str:
+    close = exc.rcvd or exc.sent
+    if close is None:
+        return "no close frame (network lost)"
+    return f"code {close.code}" + (f" ({close.reason})" if close.reason else "")

@@ -1,0 +1,192 @@
+"""One client connection to the simulator: validate what arrives, answer as the service does.
+
+The reader checks every client event against the documented rules (``rules.py``), answers a
+bad one with an ``error`` and records it as a violation. Ended utterances and ``session.finish``
+go to one responder task in order, so a response is never interleaved with another or with
+``session.finished``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from services.simulator import responses
+from services.simulator.faults import Faults
+from services.simulator.rules import ClientRules, Rejected
+from services.simulator.speech import Endpointer, Utterance, reply_seconds, tone
+
+if TYPE_CHECKING:
+    from services.simulator.server import ConnectionLog, Simulator
+
+log = logging.getLogger("tolk.simulator")
+#: "The client must disconnect after receiving session.finished."
+DISCONNECT_WITHIN_S = 10.0
+MAX_PENDING_RESPONSES = 16
+
+
+@dataclass
+class _Finish:
+    pass
+
+
+class Conversation:
+    def __init__(self, sim: Simulator, ws: ServerConnection, faults: Faults, record: ConnectionLog) -> None:
+        self.sim = sim
+        self.ws = ws
+        self.faults = faults
+        self.record = record
+        self.rules = ClientRules()
+        self.ids = responses.Ids(str(record.number))
+        self.endpointer = Endpointer(**sim.endpointer_options)
+        self.session_id = self.ids.next("sess")
+        self.audio_s = 0.0
+        self.audio_since_response_s = 0.0
+        self.jobs: asyncio.Queue[Utterance | _Finish] = asyncio.Queue(MAX_PENDING_RESPONSES)
+        self._rng = random.Random(record.number)
+
+    async def run(self) -> None:
+        if self.faults.stall:
+            async for raw in self.ws:
+                self.sim.record_frame(self.record, raw)
+            return
+        await self.send(
+            self.ids.event(
+                "session.created",
+                session=responses.session_object(self.session_id, self.record.model, self.rules.session),
+            )
+        )
+        responder = asyncio.create_task(self._respond(), name=f"simulator:respond-{self.record.number}")
+        try:
+            async for raw in self.ws:
+                await self._on_frame(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            responder.cancel()
+            await asyncio.gather(responder, return_exceptions=True)
+
+    async def send(self, event: dict[str, Any] | str | bytes) -> None:
+        if isinstance(event, dict):
+            self.record.sent.append(event["type"])
+            del self.record.sent[:-1000]
+            await self.ws.send(responses.encode(event))
+        else:
+            await self.ws.send(event)
+
+    # --- what the client sends ---------------------------------------------------------------
+
+    async def _on_frame(self, raw: str | bytes) -> None:
+        before = (self.rules.session, self.rules.explicit_voice, self.rules.updated)
+        try:
+            accepted = self.rules.check(raw, asyncio.get_running_loop().time())
+        except Rejected as exc:
+            self.sim.violation(self.record, str(exc))
+            self.sim.record_frame(self.record, raw, rejected=str(exc))
+            await self.send(responses.error_event(self.ids, str(exc), exc.code, exc.param, exc.event_id))
+            return
+        event = accepted.event
+        self.sim.record_event(self.record, event, accepted.payload)
+        kind = event["type"]
+        if kind == "session.update":
+            await self._session_update(event, before)
+        elif kind == "input_audio_buffer.append":
+            await self._audio(accepted.payload)
+        elif kind == "session.finish":
+            await self.jobs.put(_Finish())
+
+    async def _session_update(self, event: dict[str, Any], before: tuple[dict[str, Any], bool, bool]) -> None:
+        if self.faults.reject_update is not None:
+            self.rules.session, self.rules.explicit_voice, self.rules.updated = before
+            await self.send(
+                responses.error_event(
+                    self.ids, self.faults.reject_update, self.faults.reject_code, "session", event["event_id"]
+                )
+            )
+            return
+        await self.send(
+            self.ids.event(
+                "session.updated",
+                session=responses.session_object(self.session_id, self.record.model, self.rules.session),
+            )
+        )
+
+    async def _audio(self, pcm: bytes) -> None:
+        seconds = len(pcm) / 32000
+        self.audio_s += seconds
+        self.audio_since_response_s += seconds
+        for utterance in self.endpointer.feed(pcm):
+            try:
+                self.jobs.put_nowait(utterance)
+            except asyncio.QueueFull:
+                log.warning(
+                    "connection %d: too many responses pending; utterance dropped", self.record.number
+                )
+        limit, times = self.faults.close_after_audio_s, self.faults.close_after_audio_times
+        if limit is not None and self.audio_s >= limit and (times is None or self.record.number <= times):
+            log.info("connection %d: closing after %.1f s of audio (fault)", self.record.number, self.audio_s)
+            await self.ws.close(1011, "simulated failure")
+
+    # --- what the simulator says -------------------------------------------------------------
+
+    async def _respond(self) -> None:
+        while True:
+            job = await self.jobs.get()
+            if isinstance(job, _Finish):
+                await self._finish()
+                return
+            if self.faults.delay_s:
+                await asyncio.sleep(self.faults.delay_s)
+            if self.faults.malformed:
+                for frame in responses.MALFORMED_FRAMES:
+                    await self.send(frame)
+            if not await self._reply(job):
+                return
+
+    async def _reply(self, utterance: Utterance) -> bool:
+        session = self.rules.session
+        events: list[dict[str, Any]] = []
+        source = session.get("input_audio_transcription")
+        if source is not None:
+            events += responses.transcription_events(self.ids, utterance, source.get("language", "en"))
+        audio = tone(reply_seconds(utterance), utterance.number) if "audio" in session["modalities"] else b""
+        input_s, self.audio_since_response_s = self.audio_since_response_s, 0.0
+        events += responses.response_events(self.ids, utterance, session, input_s, audio)
+        self.sim.responses += 1
+        for event in events:
+            await self._pace()
+            await self.send(event)
+            if self.faults.close_mid_response and event["type"] == "response.audio.delta":
+                log.info("connection %d: closing mid-response (fault)", self.record.number)
+                await self.ws.close(1011, "simulated failure")
+                return False
+        return True
+
+    async def _pace(self) -> None:
+        if not self.faults.bursty:
+            await asyncio.sleep(self.sim.pace_s)
+        elif self._rng.random() < 0.3:
+            await asyncio.sleep(self._rng.uniform(0.15, 0.4))  # a gap, then a bunch back to back
+
+    async def _finish(self) -> None:
+        """Flush what was heard, say ``session.finished``, and expect the client to go."""
+        pending = self.endpointer.flush()
+        source = self.rules.session.get("input_audio_transcription")
+        if pending is not None and source is not None:
+            for event in responses.transcription_events(self.ids, pending, source.get("language", "en")):
+                await self.send(event)
+        await self.send(self.ids.event("session.finished"))
+        self.record.finished = True
+        try:
+            await asyncio.wait_for(self.ws.wait_closed(), DISCONNECT_WITHIN_S)
+        except TimeoutError:
+            self.sim.violation(
+                self.record, f"client still connected {DISCONNECT_WITHIN_S:.0f} s after session.finished"
+            )
+            await self.ws.close()

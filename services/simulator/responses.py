@@ -1,0 +1,195 @@
+"""The server events the simulator sends, built in the documented shapes and order (protocol.md 5).
+
+Pure: each function returns the events as dicts; the server paces and sends them.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from typing import Any
+
+from services.simulator.speech import Utterance
+
+AUDIO_TOKENS_PER_S = 12.5
+
+
+class Ids:
+    """Server-side ids in the service's styles (``event_…``, ``resp_…``, ``item_…``)."""
+
+    def __init__(self, tag: str) -> None:
+        self._tag = tag
+        self._counter = itertools.count(1)
+
+    def next(self, prefix: str) -> str:
+        return f"{prefix}_sim{self._tag}x{next(self._counter)}"
+
+    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {"event_id": self.next("event"), "type": kind, **fields}
+
+
+def encode(event: dict[str, Any]) -> str:
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def session_object(session_id: str, model: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {"id": session_id, "object": "realtime.session", "model": model, **config}
+
+
+def error_event(ids: Ids, message: str, code: str, param: str = "", event_id: str = "") -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "type": "invalid_request_error",
+        "code": code,
+        "message": message,
+        "param": param,
+    }
+    if event_id:
+        error["event_id"] = event_id
+    return ids.event("error", error=error)
+
+
+def translation_text(utterance: Utterance, source: str, target: str) -> str:
+    return (
+        f"[simulated] utterance {utterance.number}: {utterance.speech_s:.1f} s of speech, {source} → {target}"
+    )
+
+
+def source_text(utterance: Utterance, source: str) -> str:
+    return f"[simulated] speech {utterance.number} in {source}, {utterance.speech_s:.1f} s"
+
+
+def snapshots(text: str, parts: int) -> list[tuple[str, str]]:
+    """Growing (text, stash) pairs as the service re-sends them: confirmed prefix + tentative rest."""
+    words = text.split(" ")
+    out = []
+    for k in range(1, parts + 1):
+        confirmed = len(words) * (k - 1) // parts
+        tentative = len(words) * k // parts
+        out.append((" ".join(words[:confirmed]), " ".join(words[confirmed:tentative])))
+    return out
+
+
+def transcription_events(ids: Ids, utterance: Utterance, language: str) -> list[dict[str, Any]]:
+    item_id = ids.next("item")
+    transcript = source_text(utterance, language)
+    events = [
+        ids.event(
+            "conversation.item.input_audio_transcription.text",
+            item_id=item_id,
+            content_index=0,
+            text=text,
+            stash=stash,
+            language=language,
+        )
+        for text, stash in snapshots(transcript, 2)
+    ]
+    events.append(
+        ids.event(
+            "conversation.item.input_audio_transcription.completed",
+            item_id=item_id,
+            content_index=0,
+            transcript=transcript,
+            language=language,
+        )
+    )
+    return events
+
+
+def response_events(
+    ids: Ids,
+    utterance: Utterance,
+    session: dict[str, Any],
+    input_audio_s: float,
+    audio: bytes,
+    parts: int = 4,
+) -> list[dict[str, Any]]:
+    """The whole lifecycle of one response, in the documented order (protocol.md 5.2).
+
+    With audio in the modalities: interleaved ``response.audio_transcript.text`` snapshots and
+    ``response.audio.delta``; text-only: ``response.text.text`` and no audio at all.
+    """
+    with_audio = "audio" in session["modalities"]
+    source = session.get("input_audio_transcription", {}).get("language", "en")
+    target = session.get("translation", {}).get("language", "en")
+    transcript = translation_text(utterance, source, target)
+    response_id, item_id = ids.next("resp"), ids.next("item")
+    part_type = "audio" if with_audio else "text"
+    where = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
+    response: dict[str, Any] = {
+        "id": response_id,
+        "object": "realtime.response",
+        "conversation_id": ids.next("conv"),
+        "status": "in_progress",
+        "modalities": list(session["modalities"]),
+        "output": [],
+    }
+    if with_audio:
+        response |= {"voice": session.get("voice"), "output_audio_format": "pcm24"}
+    item: dict[str, Any] = {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "status": "in_progress",
+        "role": "assistant",
+        "content": [],
+    }
+    events = [
+        ids.event("response.created", response=response),
+        ids.event("response.output_item.added", response_id=response_id, output_index=0, item=item),
+        ids.event("response.content_part.added", **where, part={"type": part_type, "text": ""}),
+    ]
+    pieces = _split(audio, parts) if with_audio else []
+    for n, (text, stash) in enumerate(snapshots(transcript, parts)):
+        kind = "response.audio_transcript.text" if with_audio else "response.text.text"
+        events.append(ids.event(kind, **where, text=text, stash=stash))
+        if with_audio and pieces[n]:
+            events.append(
+                ids.event("response.audio.delta", **where, delta=base64.b64encode(pieces[n]).decode())
+            )
+    if with_audio:
+        events.append(ids.event("response.audio_transcript.done", **where, transcript=transcript))
+        events.append(ids.event("response.audio.done", **where))
+        content = {"type": "audio", "transcript": transcript}
+    else:
+        events.append(ids.event("response.text.done", **where, text=transcript))
+        content = {"type": "text", "text": transcript}
+    events.append(
+        ids.event("response.content_part.done", **where, part={"type": part_type, "text": transcript})
+    )
+    done_item = item | {"status": "completed", "content": [content]}
+    events.append(
+        ids.event("response.output_item.done", response_id=response_id, output_index=0, item=done_item)
+    )
+    out_audio_s = len(audio) / 48000 if with_audio else 0.0
+    text_tokens = len(transcript.split())
+    audio_in_tokens = round(input_audio_s * AUDIO_TOKENS_PER_S)
+    audio_out_tokens = round(out_audio_s * AUDIO_TOKENS_PER_S)
+    usage = {
+        "total_tokens": audio_in_tokens + audio_out_tokens + text_tokens,
+        "input_tokens": audio_in_tokens,
+        "output_tokens": audio_out_tokens + text_tokens,
+        "input_tokens_details": {"text_tokens": 0, "audio_tokens": audio_in_tokens},
+        "output_tokens_details": {"text_tokens": text_tokens, "audio_tokens": audio_out_tokens},
+    }
+    done = response | {"status": "completed", "output": [done_item], "usage": usage}
+    events.append(ids.event("response.done", response=done))
+    return events
+
+
+def _split(audio: bytes, parts: int) -> list[bytes]:
+    samples = len(audio) // 2
+    bounds = [samples * k // parts * 2 for k in range(parts + 1)]
+    return [audio[bounds[k] : bounds[k + 1]] for k in range(parts)]
+
+
+MALFORMED_FRAMES: tuple[str | bytes, ...] = (
+    "this is not JSON {",
+    "[1, 2, 3]",
+    '{"event_id": "event_bad1", "no_type": true}',
+    b"\x00\x01binary",
+    '{"event_id": "event_bad2", "type": "response.audio.delta", "delta": "!!not base64!!"}',
+    '{"event_id": "event_bad3", "type": "response.audio_transcript.text", "text": 42}',
+    '{"event_id": "event_bad4", "type": "simulator.surprise"}',
+)
+"""What ``malformed`` faults send: every kind of broken event a client must survive."""

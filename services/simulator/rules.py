@@ -1,0 +1,279 @@
+"""The documented rules for client events (protocol.md 2-4, 6), checked one connection at a time.
+
+``ClientRules.check`` takes one received frame and returns the accepted event, or raises
+``Rejected`` carrying the ``error`` the service documents for it (protocol.md 2.3/5.5). The rules
+hold the client to the documentation, not to what a lenient server might let through: known
+event types and fields only, a unique string ``event_id`` on every event, strict plain base64,
+audio only after ``session.updated``, images only after the first audio append (JPEG, at most
+500 KB, at most 2 per second), and nothing after ``session.finish``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon import languages as lang
+
+ASR_MODEL = "qwen3-asr-flash-realtime"
+MAX_IMAGE_BYTES = 500_000
+JPEG_MAGIC = b"\xff\xd8\xff"
+IMAGES_PER_S = 2
+#: Network jitter can bring a client's evenly spaced images slightly closer together.
+IMAGE_WINDOW_TOLERANCE_S = 0.05
+#: Event ids remembered for the uniqueness check (about 3 hours of 100 ms appends).
+REMEMBERED_IDS = 100_000
+
+EVENT_FIELDS: dict[str, frozenset[str]] = {
+    "session.update": frozenset({"event_id", "type", "session"}),
+    "input_audio_buffer.append": frozenset({"event_id", "type", "audio"}),
+    "input_image_buffer.append": frozenset({"event_id", "type", "image"}),
+    "session.finish": frozenset({"event_id", "type"}),
+}
+SESSION_FIELDS = frozenset(
+    {
+        "modalities",
+        "voice",
+        "input_audio_format",
+        "output_audio_format",
+        "input_audio_transcription",
+        "translation",
+    }
+)
+_UNDOCUMENTED = {
+    "turn_detection": "turn_detection is not documented for qwen3 (the service finds turns); leave it out",
+    "instructions": "instructions are not part of the LiveTranslate session",
+}
+
+
+class Rejected(Exception):
+    """A client event the service would answer with an ``error``."""
+
+    def __init__(self, message: str, code: str = "invalid_value", param: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+        self.event_id = ""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def default_session() -> dict[str, Any]:
+    """What ``session.created`` reports before any update (protocol.md 5.1, qwen3 defaults)."""
+    return {
+        "modalities": ["text", "audio"],
+        "voice": lang.DEFAULT_VOICE,
+        "input_audio_format": "pcm16",
+        "output_audio_format": "pcm24",
+        "translation": {"language": "en"},
+    }
+
+
+def strict_base64(value: Any, param: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise Rejected(f"{param} must be a non-empty base64 string", param=param)
+    if value.startswith("data:"):
+        raise Rejected(f"{param} is a data: URL; send plain base64", param=param)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Rejected(f"{param} is not valid base64: {exc}", param=param) from None
+
+
+@dataclass
+class Accepted:
+    event: dict[str, Any]
+    payload: bytes = b""
+
+
+@dataclass
+class ClientRules:
+    session: dict[str, Any] = field(default_factory=default_session)
+    explicit_voice: bool = False
+    updated: bool = False
+    audio_appends: int = 0
+    finished: bool = False
+    _ids: set[str] = field(default_factory=set)
+    _id_order: deque[str] = field(default_factory=deque)
+    _image_times: deque[float] = field(default_factory=lambda: deque(maxlen=IMAGES_PER_S))
+
+    def check(self, raw: str | bytes, now: float) -> Accepted:
+        """The accepted event and its decoded payload; raises Rejected."""
+        if isinstance(raw, bytes):
+            raise Rejected(
+                f"binary frame of {len(raw)} bytes: events are JSON text frames", code="invalid_frame"
+            )
+        try:
+            event = json.loads(raw)
+        except ValueError as exc:
+            raise Rejected(f"not JSON: {exc}", code="invalid_json") from None
+        if not isinstance(event, dict):
+            raise Rejected(f"an event is a JSON object, not {type(event).__name__}", code="invalid_json")
+        event_id = event.get("event_id")
+        self._check_id(event_id)
+        try:
+            return self._check_event(event, now)
+        except Rejected as exc:
+            exc.event_id = event_id if isinstance(event_id, str) else ""
+            raise
+
+    def _check_id(self, event_id: Any) -> None:
+        if event_id is None:
+            raise Rejected("event_id is missing", code="missing_required_parameter", param="event_id")
+        if not isinstance(event_id, str) or not event_id:
+            raise Rejected("event_id must be a non-empty string", param="event_id")
+        if event_id in self._ids:
+            raise Rejected(
+                f"event_id {event_id[:80]!r} was already used", code="duplicate_event_id", param="event_id"
+            )
+        self._ids.add(event_id)
+        self._id_order.append(event_id)
+        if len(self._id_order) > REMEMBERED_IDS:
+            self._ids.discard(self._id_order.popleft())
+
+    def _check_event(self, event: dict[str, Any], now: float) -> Accepted:
+        kind = event.get("type")
+        if self.finished:
+            raise Rejected(
+                f"{kind!r} after session.finish: the client must only disconnect", code="invalid_state"
+            )
+        if not isinstance(kind, str) or kind not in EVENT_FIELDS:
+            raise Rejected(f"unknown event type {kind!r}", code="invalid_event_type", param="type")
+        fields = EVENT_FIELDS[kind]
+        unknown = sorted(set(event) - fields)
+        if unknown:
+            raise Rejected(f"{kind}: unknown field(s) {', '.join(unknown)}", param=unknown[0])
+        missing = sorted(fields - set(event))
+        if missing:
+            raise Rejected(
+                f"{kind}: missing {', '.join(missing)}", code="missing_required_parameter", param=missing[0]
+            )
+        if kind == "session.update":
+            self._session_update(event["session"])
+            return Accepted(event)
+        if kind == "input_audio_buffer.append":
+            return Accepted(event, self._audio(event["audio"]))
+        if kind == "input_image_buffer.append":
+            return Accepted(event, self._image(event["image"], now))
+        self.finished = True
+        return Accepted(event)
+
+    def _audio(self, value: Any) -> bytes:
+        if not self.updated:
+            raise Rejected("audio before session.updated: wait for it", code="invalid_state", param="audio")
+        pcm = strict_base64(value, "audio")
+        if len(pcm) % 2:
+            raise Rejected(f"audio of {len(pcm)} bytes is not whole 16-bit samples", param="audio")
+        self.audio_appends += 1
+        return pcm
+
+    def _image(self, value: Any, now: float) -> bytes:
+        if not self.audio_appends:
+            raise Rejected(
+                "image before the first input_audio_buffer.append", code="invalid_state", param="image"
+            )
+        jpeg = strict_base64(value, "image")
+        if not jpeg.startswith(JPEG_MAGIC):
+            raise Rejected("image is not a JPEG (JPG/JPEG only)", code="invalid_image_format", param="image")
+        if len(jpeg) > MAX_IMAGE_BYTES:
+            raise Rejected(f"image of {len(jpeg)} bytes is over {MAX_IMAGE_BYTES} bytes", param="image")
+        times = self._image_times
+        if len(times) == IMAGES_PER_S and now - times[0] < 1.0 - IMAGE_WINDOW_TOLERANCE_S:
+            raise Rejected(
+                f"more than {IMAGES_PER_S} images per second", code="rate_limit_exceeded", param="image"
+            )
+        times.append(now)
+        return jpeg
+
+    def _session_update(self, session: Any) -> None:
+        if not isinstance(session, dict):
+            raise Rejected("session must be an object", param="session")
+        for key in session:
+            if key in _UNDOCUMENTED:
+                raise Rejected(_UNDOCUMENTED[key], code="unknown_parameter", param=f"session.{key}")
+            if key not in SESSION_FIELDS:
+                raise Rejected(
+                    f"unknown session field {key!r}", code="unknown_parameter", param=f"session.{key}"
+                )
+        merged = copy.deepcopy(self.session)
+        for key, value in session.items():
+            _check_session_field(key, value)
+            merged[key] = copy.deepcopy(value)
+        explicit_voice = self.explicit_voice or "voice" in session
+        _check_combination(merged, explicit_voice)
+        self.session, self.explicit_voice, self.updated = merged, explicit_voice, True
+
+
+def _check_session_field(key: str, value: Any) -> None:
+    param = f"session.{key}"
+    if key == "modalities":
+        ok = isinstance(value, list) and all(isinstance(m, str) for m in value)
+        if not ok or len(value) != len(set(value)) or sorted(value) not in (["text"], ["audio", "text"]):
+            raise Rejected(
+                f"Invalid modalities: {value!r}. Supported combinations are: ['text'] and ['audio', 'text'].",
+                param=param,
+            )
+    elif key == "voice":
+        if value not in lang.VOICES:
+            raise Rejected(f"unknown voice {value!r}: voices are {', '.join(lang.VOICES)}", param=param)
+    elif key == "input_audio_format":
+        if value != "pcm16":
+            raise Rejected(f"input_audio_format {value!r}: currently only 'pcm16'", param=param)
+    elif key == "output_audio_format":
+        if value != "pcm24":
+            raise Rejected(f"output_audio_format {value!r}: currently only 'pcm24'", param=param)
+    elif key == "input_audio_transcription":
+        _check_object(value, {"model", "language"}, param)
+        if value.get("model") != ASR_MODEL:
+            raise Rejected(f"{param}.model must be {ASR_MODEL!r}", param=f"{param}.model")
+        if "language" in value and value["language"] not in lang.SOURCE_LANGUAGES:
+            raise Rejected(f"unsupported source language {value['language']!r}", param=f"{param}.language")
+    elif key == "translation":
+        _check_object(value, {"language", "corpus"}, param)
+        if "language" in value and value["language"] not in lang.SOURCE_LANGUAGES:
+            raise Rejected(f"unsupported target language {value['language']!r}", param=f"{param}.language")
+        if "corpus" in value:
+            _check_corpus(value["corpus"], f"{param}.corpus")
+
+
+def _check_object(value: Any, allowed: set[str], param: str) -> None:
+    if not isinstance(value, dict):
+        raise Rejected(f"{param} must be an object", param=param)
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise Rejected(
+            f"{param}: unknown field(s) {', '.join(unknown)}", code="unknown_parameter", param=param
+        )
+
+
+def _check_corpus(corpus: Any, param: str) -> None:
+    _check_object(corpus, {"phrases"}, param)
+    phrases = corpus.get("phrases", {})
+    if not isinstance(phrases, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in phrases.items()
+    ):
+        raise Rejected(f"{param}.phrases must map source terms to target terms", param=f"{param}.phrases")
+
+
+def _check_combination(session: dict[str, Any], explicit_voice: bool) -> None:
+    target = session.get("translation", {}).get("language", "en")
+    if "audio" not in session["modalities"]:
+        return
+    if not lang.has_audio(target):
+        raise Rejected(
+            f"target language {target!r} supports text output only; use modalities ['text']",
+            param="session.modalities",
+        )
+    voice = session.get("voice", lang.DEFAULT_VOICE)
+    if explicit_voice and target not in lang.VOICES.get(voice, ()):
+        raise Rejected(
+            f"voice {voice!r} cannot speak {target!r}; voices for it: {', '.join(lang.voices_for(target))}",
+            param="session.voice",
+        )

@@ -1,0 +1,293 @@
+"""The simulator's WebSocket server: the handshake, per-connection logs, and the recording.
+
+``Simulator`` runs in the caller's event loop (``async with Simulator(...) as sim``), or in a
+thread of its own for tests that drive processes synchronously (``running_in_thread``). What
+it saw is kept for assertions: ``events`` (every client event, payloads replaced by their
+decoded byte length), ``audio_in`` (the audio appended, in arrival order), ``appends``,
+``violations`` (every documented rule the client broke), ``attempts`` (handshakes, refused ones
+included) and ``connections``. Memory stays bounded: past the caps the oldest are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from services.simulator.conversation import Conversation
+from services.simulator.faults import Faults, FaultSpecError
+
+log = logging.getLogger("tolk.simulator")
+
+PATH = "/api-ws/v1/realtime"
+MODELS = frozenset({"qwen3-livetranslate-flash-realtime", "qwen3-livetranslate-flash-realtime-2025-09-22"})
+MAX_EVENTS = 200_000
+MAX_AUDIO_BYTES = 64 * 2**20  # about 35 minutes of 16 kHz audio
+MAX_VIOLATIONS = 10_000
+
+
+@dataclass
+class ConnectionLog:
+    number: int
+    model: str
+    authorization: str | None
+    faults: Faults
+    events: int = 0
+    audio_bytes: int = 0
+    appends: int = 0
+    finished: bool = False
+    violations: list[str] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)  # types of the server events sent, in order
+
+
+class Recorder:
+    """``FILE``: one JSON line per client event; ``FILE.pcm``: the raw audio; flushed as they come."""
+
+    def __init__(self, path: Path) -> None:
+        # Open for the simulator's whole life, closed by close().
+        self.events: IO[str] = path.open("w", encoding="utf-8")
+        self.audio: IO[bytes] = Path(f"{path}.pcm").open("wb")  # noqa: SIM115
+
+    def write(self, entry: dict[str, Any], pcm: bytes = b"") -> None:
+        self.events.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self.events.flush()
+        if pcm:
+            self.audio.write(pcm)
+            self.audio.flush()
+
+    def close(self) -> None:
+        self.events.close()
+        self.audio.close()
+
+
+class Simulator:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        faults: Faults | None = None,
+        api_key: str | None = None,
+        record: str | Path | None = None,
+        pace_s: float = 0.01,
+        threshold_rms: float = 500.0,
+        min_speech_ms: int = 250,
+        end_silence_ms: int = 600,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.faults = faults or Faults()
+        self.api_key = api_key
+        self.pace_s = pace_s
+        self.endpointer_options: dict[str, Any] = {
+            "threshold_rms": threshold_rms,
+            "min_speech_ms": min_speech_ms,
+            "end_silence_ms": end_silence_ms,
+        }
+        self.record_path = Path(record) if record else None
+        self.attempts = 0
+        self.refused = 0
+        self.responses = 0
+        self.appends = 0
+        self.audio_dropped = 0
+        self.events: list[dict[str, Any]] = []
+        self.violations: list[str] = []
+        self.audio_in = bytearray()
+        self.connections: list[ConnectionLog] = []
+        self._handshakes: dict[int, ConnectionLog] = {}
+        self._server: Server | None = None
+        self._recorder: Recorder | None = None
+
+    @property
+    def url(self) -> str:
+        """The endpoint to put in ``[service] url`` (the client adds ``?model=``)."""
+        return f"ws://{self.host}:{self.port}{PATH}"
+
+    async def start(self) -> None:
+        if self.record_path is not None:
+            self._recorder = Recorder(self.record_path)
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._handshake,
+            max_size=2**22,
+            compression=None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("simulator listening on %s (faults: %s)", self.url, self.faults.describe())
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._recorder is not None:
+            self._recorder.close()
+            self._recorder = None
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- handshake and connections -----------------------------------------------------------
+
+    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.attempts += 1
+        parts = urlsplit(request.path)
+        query = parse_qs(parts.query)
+        if parts.path != PATH:
+            return _refuse(connection, HTTPStatus.NOT_FOUND, "NotFound", f"no endpoint at {parts.path}")
+        model = query.get("model", [""])[0]
+        if model not in MODELS:
+            return _refuse(connection, HTTPStatus.NOT_FOUND, "ModelNotFound", f"model {model!r} not found")
+        faults = self.faults
+        if "faults" in query:
+            try:
+                faults = Faults.parse(query["faults"][0])
+            except FaultSpecError as exc:
+                return _refuse(connection, HTTPStatus.BAD_REQUEST, "InvalidParameter", str(exc))
+        if faults.refuse_status is not None and (
+            faults.refuse_times is None or self.refused < faults.refuse_times
+        ):
+            self.refused += 1
+            code = {401: "InvalidApiKey", 403: "AccessDenied", 429: "Throttling.RateQuota"}.get(
+                faults.refuse_status
+            )
+            return _refuse(connection, faults.refuse_status, code or "Refused", "refused (simulated)")
+        authorization = request.headers.get("Authorization")
+        if self.api_key is not None and authorization != f"Bearer {self.api_key}":
+            return _refuse(connection, HTTPStatus.UNAUTHORIZED, "InvalidApiKey", "invalid API key")
+        record = ConnectionLog(len(self.connections) + 1, model, authorization, faults)
+        self._handshakes[id(connection)] = record
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        record = self._handshakes.pop(id(ws))
+        self.connections.append(record)
+        log.info("connection %d opened", record.number)
+        try:
+            await Conversation(self, ws, record.faults, record).run()
+        finally:
+            log.info(
+                "connection %d closed (%d events, %d violations)",
+                record.number,
+                record.events,
+                len(record.violations),
+            )
+
+    # --- recording ---------------------------------------------------------------------------
+
+    def record_event(self, record: ConnectionLog, event: dict[str, Any], payload: bytes) -> None:
+        entry = dict(event)
+        for key in ("audio", "image"):
+            if key in entry:
+                entry[key] = len(payload)
+        record.events += 1
+        self._keep(entry)
+        pcm = payload if event["type"] == "input_audio_buffer.append" else b""
+        if pcm:
+            record.appends += 1
+            record.audio_bytes += len(pcm)
+            self.appends += 1
+            self.audio_in += pcm
+            if len(self.audio_in) > MAX_AUDIO_BYTES:
+                excess = len(self.audio_in) - MAX_AUDIO_BYTES
+                del self.audio_in[:excess]
+                self.audio_dropped += excess
+        if self._recorder is not None:
+            self._recorder.write(entry, pcm)
+
+    def record_frame(self, record: ConnectionLog, raw: str | bytes, rejected: str = "") -> None:
+        """A frame that is not an accepted event: kept as far as it can be read."""
+        entry: dict[str, Any]
+        try:
+            parsed = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            entry = {
+                k: (len(v) if k in ("audio", "image") and isinstance(v, str) else v)
+                for k, v in parsed.items()
+            }
+        else:
+            entry = {"frame": raw[:200] if isinstance(raw, str) else f"<{len(raw)} binary bytes>"}
+        if rejected:
+            entry["simulator.rejected"] = rejected
+        record.events += 1
+        self._keep(entry)
+        if self._recorder is not None:
+            self._recorder.write(entry)
+
+    def violation(self, record: ConnectionLog, message: str) -> None:
+        line = f"connection {record.number}: {message}"
+        log.warning("client violation: %s", line)
+        record.violations.append(message)
+        self.violations.append(line)
+        del self.violations[:-MAX_VIOLATIONS]
+        del record.violations[:-MAX_VIOLATIONS]
+
+    def _keep(self, entry: dict[str, Any]) -> None:
+        self.events.append(entry)
+        if len(self.events) > MAX_EVENTS:
+            del self.events[: MAX_EVENTS // 10]
+
+    def events_of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in list(self.events) if e.get("type") == kind]
+
+
+def _refuse(connection: ServerConnection, status: int, code: str, message: str) -> Response:
+    response = connection.respond(status, json.dumps({"code": code, "message": message}) + "\n")
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+@contextmanager
+def running_in_thread(**options: Any) -> Iterator[Simulator]:
+    """A Simulator on its own event loop thread, for tests that drive processes synchronously.
+
+    Its lists may be read from the calling thread (copy them first: ``list(sim.events)``).
+    """
+    loop = asyncio.new_event_loop()
+    sim = Simulator(**options)
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def serve_forever() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(sim.start())
+        except BaseException as exc:  # reported to the caller below
+            failure.append(exc)
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve_forever, name="simulator", daemon=True)
+    thread.start()
+    started.wait(10)
+    if failure:
+        loop.close()
+        raise failure[0]
+    try:
+        yield sim
+    finally:
+        asyncio.run_coroutine_threadsafe(sim.stop(), loop).result(15)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

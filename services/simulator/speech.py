@@ -1,0 +1,111 @@
+"""What the simulator 'hears' and 'says': an energy end-of-speech detector and a short tone.
+
+The service decides by itself when a segment ended (server VAD, protocol.md 5.2). The
+simulator stands in for it with frame energy: 20 ms frames of the 16 kHz input are speech when
+their RMS is above a threshold; after at least ``min_speech_ms`` of speech, ``end_silence_ms`` of
+silence ends the utterance. Shorter bursts (a cough, a click) are forgotten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+INPUT_RATE = 16000
+OUTPUT_RATE = 24000
+FRAME_MS = 20
+_FRAME_BYTES = INPUT_RATE * FRAME_MS // 1000 * 2
+
+
+@dataclass(frozen=True)
+class Utterance:
+    number: int
+    speech_s: float  # frames above the threshold
+    span_s: float  # from the first speech frame to the end of the trailing silence
+
+
+class Endpointer:
+    def __init__(
+        self, threshold_rms: float = 500.0, min_speech_ms: int = 250, end_silence_ms: int = 600
+    ) -> None:
+        self.threshold_rms = threshold_rms
+        self.min_speech_ms = min_speech_ms
+        self.end_silence_ms = end_silence_ms
+        self.utterances = 0
+        self._carry = bytearray()
+        self._in_segment = False
+        self._speech_ms = 0
+        self._span_ms = 0
+        self._silence_ms = 0
+
+    @property
+    def pending_speech_s(self) -> float:
+        """Speech heard in the segment still open (0 when none or too short to count)."""
+        return self._speech_ms / 1000 if self._speech_ms >= self.min_speech_ms else 0.0
+
+    def feed(self, pcm: bytes) -> list[Utterance]:
+        """Utterances that ended within this audio."""
+        self._carry += pcm
+        usable = len(self._carry) - len(self._carry) % _FRAME_BYTES
+        if not usable:
+            return []
+        frames = (
+            np.frombuffer(bytes(self._carry[:usable]), dtype="<i2")
+            .astype(np.float64)
+            .reshape(-1, _FRAME_BYTES // 2)
+        )
+        del self._carry[:usable]
+        ended: list[Utterance] = []
+        for rms in np.sqrt(np.mean(frames * frames, axis=1)):
+            if (utterance := self._frame(float(rms) > self.threshold_rms)) is not None:
+                ended.append(utterance)
+        return ended
+
+    def flush(self) -> Utterance | None:
+        """End the open segment now (the client finished the session)."""
+        utterance = self._end() if self._speech_ms >= self.min_speech_ms else None
+        self._reset()
+        return utterance
+
+    def _frame(self, loud: bool) -> Utterance | None:
+        if loud:
+            self._in_segment = True
+            self._speech_ms += FRAME_MS
+            self._silence_ms = 0
+        elif self._in_segment:
+            self._silence_ms += FRAME_MS
+        if self._in_segment:
+            self._span_ms += FRAME_MS
+        if self._in_segment and self._silence_ms >= self.end_silence_ms:
+            utterance = self._end() if self._speech_ms >= self.min_speech_ms else None
+            self._reset()
+            return utterance
+        return None
+
+    def _end(self) -> Utterance:
+        self.utterances += 1
+        return Utterance(self.utterances, self._speech_ms / 1000, self._span_ms / 1000)
+
+    def _reset(self) -> None:
+        self._in_segment = False
+        self._speech_ms = self._span_ms = self._silence_ms = 0
+
+
+def tone(seconds: float, number: int) -> bytes:
+    """24 kHz mono s16le: a soft tone whose pitch tells utterances apart, with short fades."""
+    n = max(1, int(seconds * OUTPUT_RATE))
+    t = np.arange(n) / OUTPUT_RATE
+    freq = 330.0 + 55.0 * ((number - 1) % 8)
+    wave = 0.25 * np.sin(2 * np.pi * freq * t)
+    fade = min(n // 2, OUTPUT_RATE // 100)
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade)
+        wave[:fade] *= ramp
+        wave[-fade:] *= ramp[::-1]
+    return (wave * 32767).astype("<i2").tobytes()
+
+
+def reply_seconds(utterance: Utterance) -> float:
+    """How long the simulated translation speaks: 0.5 to 1 s."""
+    return min(1.0, max(0.5, 0.6 * utterance.speech_s))
