@@ -1,0 +1,143 @@
+"""The HTTP API: health, status and config. ``create_app`` takes its collaborators, for tests.
+
+Every response has a pydantic model, so ``/openapi.json`` describes what really comes back.
+Errors are JSON too: ``{"error": ..., "problems": [...]}`` with one line per problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Body, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from daemon.messages import ConfigChanged
+from daemon.messages import Message as BusMessage
+from services.control.models import ConfigRejected, Health, PublicConfig, StatusReport
+from services.control.status import StatusAggregator
+from services.control.store import ConfigStore, OverlayUnreadable, PatchRejected
+
+#: A config change is a few hundred bytes; anything near this limit is a mistake or an attack.
+MAX_BODY_BYTES = 64 * 1024
+
+_PATCH_EXAMPLE = {"languages": {"target": "ja"}, "output": {"voice": None}}
+
+
+class BodyLimit:
+    """Refuses request bodies over ``max_bytes`` with 413, declared (Content-Length) or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._too_large(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # Raised inside the route's body read: FastAPI turns it into the 413 response.
+                    raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _detail(self) -> str:
+        return f"request body larger than {self.max_bytes} bytes"
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse({"error": "request too large", "problems": [self._detail()]}, status_code=413)
+        await response(scope, receive, send)
+
+
+def _readable(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    return f"{loc}: {err.get('msg', 'invalid')}"
+
+
+def create_app(
+    status: StatusAggregator,
+    store: ConfigStore,
+    publish: Callable[[BusMessage], None],
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The control API over ``status`` (bus view), ``store`` (config) and ``publish`` (to the bus)."""
+    app = FastAPI(
+        title="tolk control",
+        summary="Health, status and configuration of a tolk translation kiosk.",
+        version="1",
+        # The interactive docs load scripts from a CDN: useless on an offline kiosk.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [_readable(e) for e in exc.errors()]
+        if "json" not in request.headers.get("content-type", "json"):
+            problems.append("send the body as JSON, with Content-Type: application/json")
+        return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail), "problems": [str(exc.detail)]}, status_code=exc.status_code)
+
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "A process is down or the session is not usable."}},
+        summary="200 when every process heartbeats and the session is live or backing off; else 503.",
+    )
+    async def health(response: Response) -> Health:
+        result = status.health()
+        if not result.ok:
+            response.status_code = 503
+        return result
+
+    @app.get("/api/status", response_model=StatusReport, summary="Processes, session, usage, latest captions.")
+    async def get_status() -> StatusReport:
+        return status.report(store.current)
+
+    @app.get("/api/config", response_model=PublicConfig, summary="The running config; the API key masked.")
+    async def get_config() -> dict[str, Any]:
+        return store.public()
+
+    @app.patch(
+        "/api/config",
+        response_model=PublicConfig,
+        responses={
+            422: {"model": ConfigRejected, "description": "Refused; nothing was changed."},
+            413: {"model": ConfigRejected, "description": f"Body over {max_body_bytes} bytes."},
+        },
+        summary="Change part of the config (same shape as the file; null removes an HTTP override).",
+    )
+    async def patch_config(
+        changes: dict[str, Any] = Body(..., examples=[_PATCH_EXAMPLE]),  # noqa: B008
+    ) -> Any:
+        try:
+            _, changed = await store.patch(changes)
+        except PatchRejected as exc:
+            return JSONResponse({"error": "config refused", "problems": exc.problems}, status_code=422)
+        except OverlayUnreadable as exc:
+            return JSONResponse({"error": "stored config unreadable", "problems": [str(exc)]}, status_code=500)
+        if changed:
+            publish(ConfigChanged(sections=sorted(changed)))
+        return store.public()
+
+    return app

@@ -1,0 +1,109 @@
+"""The shapes the HTTP API returns: pydantic models, so /openapi.json describes the real responses."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from daemon.config import Config, OutputConfig, ServiceConfig
+
+
+class Health(BaseModel):
+    ok: bool = Field(description="True only when every process heartbeats and the session is usable.")
+    reasons: list[str] = Field(default_factory=list, description="What is wrong, one line per problem.")
+
+
+class ProcessStatus(BaseModel):
+    name: str
+    up: bool
+    state: str = Field(description="'down' when down, else the state the process reports (ready, running…).")
+    reported_state: str = Field(description="The state in its last heartbeat; 'unknown' before the first.")
+    status: str = Field(description="The process's one-line status.")
+    pid: int | None = None
+    age_s: float | None = Field(None, description="Seconds since its last heartbeat arrived; null: never.")
+    counters: dict[str, float] = Field(default_factory=dict)
+
+
+class SessionInfo(BaseModel):
+    state: str = Field(description="connecting, configuring, live, backoff, failed, stopped; unknown before any.")
+    detail: str = ""
+    last_error: str = ""
+    reconnects: int = 0
+    session_id: str = ""
+    for_s: float = Field(description="Seconds since control first saw this state.")
+
+
+class UsageInfo(BaseModel):
+    input_audio_tokens: int = 0
+    input_text_tokens: int = 0
+    output_audio_tokens: int = 0
+    output_text_tokens: int = 0
+    image_tokens_estimate: int = 0
+    audio_seconds_sent: float = 0.0
+
+
+class PlaybackInfo(BaseModel):
+    state: str
+    response_id: str = ""
+    underruns: int = 0
+    age_s: float
+
+
+class CaptionText(BaseModel):
+    text: str = Field(description="A partial's text includes the not yet confirmed stash.")
+    final: bool
+    language: str = ""
+
+
+class CaptionInfo(BaseModel):
+    utterance: str
+    source: CaptionText | None = Field(None, description="What was said; null when not captioned.")
+    translation: CaptionText | None = None
+    age_s: float = Field(description="Seconds since this utterance last changed.")
+
+
+class ConfigSummary(BaseModel):
+    source: str
+    target: str
+    modalities: list[str]
+    voice: str | None
+    camera: str
+    listen: str
+
+
+class StatusReport(BaseModel):
+    health: Health
+    processes: dict[str, ProcessStatus] = Field(description="By process name, in start order.")
+    session: SessionInfo
+    usage: UsageInfo | None = None
+    speaking: bool | None = Field(None, description="Whether capture hears speech; null: not reported yet.")
+    playback: PlaybackInfo | None = None
+    captions: list[CaptionInfo] = Field(default_factory=list, description="The latest utterances, oldest first.")
+    config: ConfigSummary
+
+
+class ConfigRejected(BaseModel):
+    error: str
+    problems: list[str] = Field(description="One line per problem: the key, the value given and what is allowed.")
+
+
+# --- the public config: the config model plus the effective values, the key masked ---------------
+
+
+class PublicOutput(OutputConfig):
+    model_config = ConfigDict(extra="allow")
+
+    effective_modalities: list[str] = Field(description="What is sent to the service.")
+    effective_voice: str | None = Field(description="The voice used, or null when no audio is produced.")
+
+
+class PublicService(ServiceConfig):
+    model_config = ConfigDict(extra="allow")
+
+    api_key: str = Field(description="Masked: whether a key is set and where it comes from, never the key.")
+
+
+class PublicConfig(Config):
+    model_config = ConfigDict(extra="allow")
+
+    output: PublicOutput
+    service: PublicService

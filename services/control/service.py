@@ -1,0 +1,88 @@
+"""``tolk service control``: the HTTP API, the bus's view of every process, the config's writer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from daemon import config as config_mod
+from daemon.bus import SERVICES, Subscriber
+from daemon.service import Service, ServiceContext
+from services.control.api import create_app
+from services.control.http_server import HttpListener, ListenError
+from services.control.status import STATE_TOPICS, StatusAggregator
+from services.control.store import ConfigStore
+
+#: How often the listener checks itself with a real request (the watchdog wants one within 5 s).
+SELF_CHECK_S = 2.0
+
+
+class ControlService(Service):
+    name = "control"
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        self.aggregator = StatusAggregator()
+        self.store = ConfigStore(ctx.config, ctx.config_path)
+        self.app = create_app(self.aggregator, self.store, self.bus.publish)
+        self.listener: HttpListener | None = None
+        self._sub: Subscriber | None = None
+        self._listen_problem = ""
+
+    async def start(self) -> None:
+        # Subscribe first: the sockets connect while the listener starts, so the first
+        # /api/status already has heartbeats (our own included: control is a process too).
+        self._sub = self.bus.subscribe(SERVICES, *STATE_TOPICS)
+        listener = HttpListener(self.app, self.config.control.listen, self.log)
+        await listener.open(self.spawn)
+        self.listener = listener
+
+    async def run(self) -> None:
+        assert self._sub is not None
+        self.spawn(self.aggregator.consume(self._sub), "bus-states")
+        while True:
+            listener = self.listener
+            if listener is None or not listener.serving():
+                raise RuntimeError(f"the HTTP listener on {self.config.control.listen} stopped")
+            # Fresh only when a real request through our own socket got an answer: a hung app
+            # or a stalled event loop stops the watchdog pings.
+            if await listener.probe():
+                self.mark_fresh()
+            else:
+                self.count("self_check_failures")
+            self.counters["http_requests"] = listener.requests
+            self.counters["config_writes"] = self.store.writes
+            self.counters["bus_messages"] = self.aggregator.received
+            self.counters["bus_rejected"] = self._sub.rejected
+            await asyncio.sleep(SELF_CHECK_S)
+
+    async def stop(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
+
+    async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:
+        self.store.replace(new)
+        if self.listener is not None and new.control.listen != self.listener.listen:
+            await self._move_listener(new.control.listen)
+        await super().apply_config(new, changed)
+
+    async def _move_listener(self, listen: str) -> None:
+        """Open the new address before closing the old: a refused address keeps the API reachable."""
+        assert self.listener is not None
+        moved = HttpListener(self.app, listen, self.log)
+        try:
+            await moved.open(self.spawn)
+        except ListenError as exc:
+            self._listen_problem = str(exc)
+            self.log.error("keeping http://%s: %s", self.listener.listen, exc)
+            return
+        old, self.listener = self.listener, moved
+        self._listen_problem = ""
+        # Let the response that made this change leave before the old socket closes.
+        await asyncio.sleep(0.2)
+        await old.close()
+
+    def status(self) -> str:
+        if self.listener is None:
+            return self.state
+        line = f"serving on {self.listener.listen}"
+        return f"{line} ({self._listen_problem})" if self._listen_problem else line

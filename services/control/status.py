@@ -1,0 +1,274 @@
+"""What control knows about the box: the latest state each process put on the bus.
+
+Every process heartbeats each second on its state socket. A process is ``down`` when its
+last heartbeat is older than ``DOWN_AFTER_S`` or says it is stopping, stopped or failed.
+Ages are measured from when control *received* a message (control's own monotonic clock),
+so a publisher with a wrong clock cannot look alive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from daemon.bus import SERVICES, Subscriber
+from daemon.config import Config
+from daemon.messages import (
+    Caption,
+    Heartbeat,
+    Message,
+    PlaybackState,
+    SessionStatus,
+    SpeechActivity,
+    Usage,
+)
+from services.control.models import (
+    CaptionInfo,
+    CaptionText,
+    ConfigSummary,
+    Health,
+    PlaybackInfo,
+    ProcessStatus,
+    SessionInfo,
+    StatusReport,
+    UsageInfo,
+)
+
+#: Three missed heartbeats (they come each second) and a process counts as down.
+DOWN_AFTER_S = 3.0
+#: Lifecycle states that mean "not working", however fresh the heartbeat.
+DOWN_STATES = frozenset({"stopping", "stopped", "failed"})
+#: Session states that are healthy: working, or honestly waiting before the next attempt.
+SESSION_OK_STATES = frozenset({"live", "backoff"})
+#: Session states that are fine for a while (a connect, a rotation), then mean it is stuck.
+SESSION_SETTLING_STATES = frozenset({"connecting", "configuring"})
+SESSION_SETTLE_S = 30.0
+#: How many utterances the status keeps (oldest dropped first).
+CAPTIONS_KEPT = 6
+
+#: The messages control listens to on every process's state socket.
+STATE_TOPICS: tuple[type[Message], ...] = (
+    Heartbeat,
+    SessionStatus,
+    Usage,
+    Caption,
+    SpeechActivity,
+    PlaybackState,
+)
+
+
+@dataclass
+class _Process:
+    name: str
+    state: str = "unknown"
+    status: str = ""
+    pid: int | None = None
+    counters: dict[str, float] = field(default_factory=dict)
+    seen_at: float | None = None
+
+
+@dataclass
+class _Utterance:
+    utterance: str
+    source: CaptionText | None = None
+    translation: CaptionText | None = None
+    updated_at: float = 0.0
+
+
+class StatusAggregator:
+    """Folds the bus's state messages into the latest view of each process, the session and captions."""
+
+    def __init__(
+        self,
+        processes: Iterable[str] = SERVICES,
+        clock: Callable[[], float] = time.monotonic,
+        down_after_s: float = DOWN_AFTER_S,
+        captions_kept: int = CAPTIONS_KEPT,
+    ) -> None:
+        self.clock = clock
+        self.down_after_s = down_after_s
+        self.captions_kept = captions_kept
+        self.received = 0
+        # Only the known processes are tracked: a stray publisher cannot grow this map.
+        self._processes = {name: _Process(name) for name in processes}
+        self._session: SessionStatus | None = None
+        self._session_since = 0.0
+        self._usage: Usage | None = None
+        self._speaking: bool | None = None
+        self._playback: PlaybackState | None = None
+        self._playback_at = 0.0
+        self._utterances: OrderedDict[str, _Utterance] = OrderedDict()
+
+    # --- input -----------------------------------------------------------------------------------
+
+    async def consume(self, sub: Subscriber) -> None:
+        """Fold messages from ``sub`` until cancelled."""
+        async for msg in sub:
+            self.handle(msg)
+
+    def handle(self, msg: Message) -> None:
+        self.received += 1
+        now = self.clock()
+        if isinstance(msg, Heartbeat):
+            self._heartbeat(msg, now)
+        elif isinstance(msg, SessionStatus):
+            if self._session is None or self._session.state != msg.state:
+                self._session_since = now
+            self._session = msg
+        elif isinstance(msg, Usage):
+            self._usage = msg
+        elif isinstance(msg, Caption):
+            self._caption(msg, now)
+        elif isinstance(msg, SpeechActivity):
+            self._speaking = msg.speaking
+        elif isinstance(msg, PlaybackState):
+            self._playback, self._playback_at = msg, now
+
+    def _heartbeat(self, msg: Heartbeat, now: float) -> None:
+        proc = self._processes.get(msg.service)
+        if proc is None:
+            return
+        proc.state, proc.status, proc.pid = msg.state, msg.status, msg.pid
+        proc.counters = dict(msg.counters)
+        proc.seen_at = now
+
+    def _caption(self, msg: Caption, now: float) -> None:
+        utt = self._utterances.get(msg.utterance)
+        if utt is None:
+            utt = self._utterances[msg.utterance] = _Utterance(msg.utterance)
+            while len(self._utterances) > self.captions_kept:
+                self._utterances.popitem(last=False)
+        # Partial text is the confirmed part plus the unconfirmed stash; a final replaces it all,
+        # and a partial arriving after the final (reordering) must not undo it.
+        kind = "source" if msg.kind == "source" else "translation"
+        current: CaptionText | None = getattr(utt, kind)
+        if current is not None and current.final and not msg.final:
+            return
+        text = msg.text if msg.final else msg.text + msg.stash
+        setattr(utt, kind, CaptionText(text=text, final=msg.final, language=msg.language))
+        utt.updated_at = now
+
+    # --- views -----------------------------------------------------------------------------------
+
+    def process_statuses(self) -> dict[str, ProcessStatus]:
+        now = self.clock()
+        out = {}
+        for proc in self._processes.values():
+            age = None if proc.seen_at is None else round(now - proc.seen_at, 2)
+            up = self._process_problem(proc, now) is None
+            out[proc.name] = ProcessStatus(
+                name=proc.name,
+                up=up,
+                state=proc.state if up else "down",
+                reported_state=proc.state,
+                status=proc.status,
+                pid=proc.pid,
+                age_s=age,
+                counters=proc.counters,
+            )
+        return out
+
+    def _process_problem(self, proc: _Process, now: float) -> str | None:
+        if proc.seen_at is None:
+            return f"{proc.name}: no heartbeat received"
+        age = now - proc.seen_at
+        if age > self.down_after_s:
+            return f"{proc.name}: no heartbeat for {age:.1f} s"
+        if proc.state in DOWN_STATES:
+            said = f" — {proc.status}" if proc.status and proc.status != proc.state else ""
+            return f"{proc.name}: {proc.state}{said}"
+        return None
+
+    def _session_problem(self, now: float) -> str | None:
+        session = self._session
+        if session is None:
+            return "session: no session state received"
+        state = session.state
+        if state in SESSION_OK_STATES:
+            return None
+        if state in SESSION_SETTLING_STATES:
+            lasted = now - self._session_since
+            return None if lasted <= SESSION_SETTLE_S else f"session: {state} for {lasted:.0f} s"
+        why = session.last_error or session.detail
+        return f"session: {state}" + (f" — {why}" if why else "")
+
+    def health(self) -> Health:
+        now = self.clock()
+        reasons = [p for proc in self._processes.values() if (p := self._process_problem(proc, now))]
+        if problem := self._session_problem(now):
+            reasons.append(problem)
+        return Health(ok=not reasons, reasons=reasons)
+
+    def session_info(self) -> SessionInfo:
+        s = self._session
+        if s is None:
+            return SessionInfo(state="unknown", detail="no state reported yet", for_s=0.0)
+        return SessionInfo(
+            state=s.state,
+            detail=s.detail,
+            last_error=s.last_error,
+            reconnects=s.reconnects,
+            session_id=s.session_id,
+            for_s=round(self.clock() - self._session_since, 2),
+        )
+
+    def usage_info(self) -> UsageInfo | None:
+        u = self._usage
+        if u is None:
+            return None
+        return UsageInfo(
+            input_audio_tokens=u.input_audio_tokens,
+            input_text_tokens=u.input_text_tokens,
+            output_audio_tokens=u.output_audio_tokens,
+            output_text_tokens=u.output_text_tokens,
+            image_tokens_estimate=u.image_tokens_estimate,
+            audio_seconds_sent=u.audio_seconds_sent,
+        )
+
+    def captions(self) -> list[CaptionInfo]:
+        now = self.clock()
+        return [
+            CaptionInfo(
+                utterance=u.utterance,
+                source=u.source,
+                translation=u.translation,
+                age_s=round(now - u.updated_at, 2),
+            )
+            for u in self._utterances.values()
+        ]
+
+    def playback_info(self) -> PlaybackInfo | None:
+        p = self._playback
+        if p is None:
+            return None
+        return PlaybackInfo(
+            state=p.state,
+            response_id=p.response_id,
+            underruns=p.underruns,
+            age_s=round(self.clock() - self._playback_at, 2),
+        )
+
+    def report(self, cfg: Config) -> StatusReport:
+        return StatusReport(
+            health=self.health(),
+            processes=self.process_statuses(),
+            session=self.session_info(),
+            usage=self.usage_info(),
+            speaking=self._speaking,
+            playback=self.playback_info(),
+            captions=self.captions(),
+            config=summary(cfg),
+        )
+
+
+def summary(cfg: Config) -> ConfigSummary:
+    return ConfigSummary(
+        source=cfg.languages.source,
+        target=cfg.languages.target,
+        modalities=cfg.modalities,
+        voice=cfg.voice,
+        camera=cfg.camera.source,
+        listen=cfg.control.listen,
+    )
