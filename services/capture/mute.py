@@ -1,0 +1,43 @@
+"""The half-duplex gate: while the box's own speaker talks, the microphone sends silence.
+
+Muted periods still go out, zero-filled and flagged ``muted``, so the stream keeps its timing
+(the service sees a pause, not a jump). The speaker counts as talking from playback's
+``started`` until its ``drained`` plus a short tail for the room's echo to die away. An
+operator's ``mute`` command silences the microphone until ``unmute``.
+"""
+
+from __future__ import annotations
+
+TAIL_NS = 400_000_000
+
+
+class MuteGate:
+    """Written on the event loop, read by the capture thread once per period.
+
+    Each field is a single attribute assignment (atomic under the GIL); ``speaker_drained``
+    sets the tail's end before clearing ``speaker`` so the reader never sees a gap between them.
+    """
+
+    def __init__(self, tail_ns: int = TAIL_NS) -> None:
+        self.tail_ns = tail_ns
+        self.operator = False
+        self.speaker = False
+        self.speaker_until_ns = 0
+
+    def muted(self, period_start_ns: int) -> bool:
+        """Whether a period that began at ``period_start_ns`` must go out as silence."""
+        return self.operator or self.speaker or period_start_ns < self.speaker_until_ns
+
+    def speaker_started(self) -> None:
+        self.speaker = True
+
+    def speaker_drained(self, at_ns: int) -> None:
+        self.speaker_until_ns = at_ns + self.tail_ns
+        self.speaker = False
+
+    def reason(self, now_ns: int) -> str | None:
+        if self.operator:
+            return "operator"
+        if self.speaker or now_ns < self.speaker_until_ns:
+            return "speaker"
+        return None

@@ -1,0 +1,203 @@
+"""The capture process: opens the microphone, runs the reader thread, keeps the device alive.
+
+Start-up policy: ``start()`` tries the device once. If it opens, ``READY=1`` follows with the
+device really open. If it does not (a USB microphone not plugged in yet, a wrong name),
+``start()`` still returns: the state is ``degraded``, the status names the device and ALSA's
+reason, and ``run()`` keeps retrying with backoff. Refusing to start would have systemd
+restart the unit in a loop and hold back ``tolk.target``, so the screen, the HTTP API and
+``/health`` could not say what is wrong; a microphone plugged in later is picked up within
+seconds either way. The watchdog is only petted while audio really arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import ClassVar
+
+from daemon.config import Config
+from daemon.messages import Command, Heartbeat, PlaybackState
+from daemon.service import Service, ServiceContext
+from services.alsa_device import DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
+from services.capture.mute import MuteGate
+from services.capture.reader import COUNTERS, Reader
+
+RATE = 16000
+PERIODS = 4
+#: How long stop() waits for the reader to finish its current period.
+READER_STOP_S = 1.0
+#: Without a word from playback for this long, a "speaker talking" mute is released: a
+#: playback process that died mid-sentence must not leave the microphone muted for good.
+PLAYBACK_SILENT_S = 5.0
+PLAYBACK_GONE = frozenset({"stopping", "stopped", "failed"})
+#: Audio older than this makes the status say that none is arriving.
+NO_AUDIO_AFTER_S = 1.0
+
+
+class CaptureService(Service):
+    name = "capture"
+    #: The seam to the audio hardware (a test or another backend may swap it).
+    pcm_factory: ClassVar[PcmFactory] = staticmethod(open_alsa_pcm)
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        for key in (*COUNTERS, "reopens", "open_failures"):
+            self.counters[key] = 0
+        self.gate = MuteGate()
+        self.keeper = DeviceKeeper(type(self).pcm_factory, self.log)
+        self._pcm: Pcm | None = None
+        self._reader: Reader | None = None
+        self._reading_since_ns = 0
+        self._last_chunk_ns = 0
+
+    def spec(self) -> PcmSpec:
+        audio = self.config.audio
+        return PcmSpec(audio.capture_device, capture=True, rate=RATE, period_ms=audio.period_ms, periods=PERIODS)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._pcm = self._try_open()
+        if self._pcm is None:
+            self.log.warning("starting without a microphone; it is retried in the background")
+
+    async def run(self) -> None:
+        self.spawn(self._follow_playback(), "follow-playback")
+        self.spawn(self._follow_commands(), "follow-commands")
+        while True:
+            if self._pcm is None:
+                self.state = "degraded"
+                self._pcm = await self.keeper.open(self._next_spec)
+                self._opened()
+            self.state = "running"
+            spec = self.spec()
+            error = await self._read(self._pcm, spec)
+            self._pcm = None
+            if error is not None:
+                self.keeper.lost(spec, error)
+
+    async def stop(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.stop()
+            await asyncio.to_thread(reader.join, READER_STOP_S)
+            if reader.is_alive():
+                # A read can block for good on a device that delivers nothing; closing the PCM
+                # under it is not safe, and the daemon thread ends with the process.
+                self.log.warning("capture read still blocked in the device; leaving it to process exit")
+        elif self._pcm is not None:
+            with contextlib.suppress(Exception):
+                self._pcm.close()
+        self._pcm = None
+
+    async def apply_config(self, new: Config, changed: set[str]) -> None:
+        before = self.spec()
+        self.config = new
+        if self.spec() == before:
+            return
+        audio = new.audio
+        self.log.info("capture now %r, %d ms periods: reopening", audio.capture_device, audio.period_ms)
+        if self._reader is not None:
+            self._reader.stop()
+        else:
+            self.keeper.retry_now()
+
+    def status(self) -> str:
+        device = self.config.audio.capture_device
+        if self._pcm is None:
+            if self.keeper.waiting_reason is not None:
+                return f"waiting for device {device!r}: {self.keeper.waiting_reason}"
+            return f"opening {device!r}" if self.state != "stopped" else "stopped"
+        now = time.monotonic_ns()
+        since = max(self._last_chunk_ns, self._reading_since_ns) or now
+        quiet_s = (now - since) / 1e9
+        if quiet_s > NO_AUDIO_AFTER_S:
+            return f"no audio for {quiet_s:.1f} s from {device!r}"
+        line = f"capturing {device} {RATE / 1000:g} kHz, {self.config.audio.period_ms} ms periods"
+        if why := self.gate.reason(now):
+            line += f", muted ({why})"
+        return line
+
+    def is_fresh(self) -> bool:
+        # Waiting for a missing microphone is the work this process can do; a restart by the
+        # watchdog would not plug it in, and repeated restarts would hit the unit's start limit
+        # and leave it failed for good. A device that is open but silent is stale.
+        return self.keeper.retrying or super().is_fresh()
+
+    # --- the device --------------------------------------------------------------------------
+
+    def _next_spec(self) -> PcmSpec:
+        self.counters["open_failures"] = self.keeper.failures
+        return self.spec()
+
+    def _try_open(self) -> Pcm | None:
+        pcm = self.keeper.try_open(self.spec())
+        self.counters["open_failures"] = self.keeper.failures
+        if pcm is not None:
+            self._opened()
+        return pcm
+
+    def _opened(self) -> None:
+        self.counters["open_failures"] = self.keeper.failures
+        self.counters["reopens"] = max(0, self.keeper.opens - 1)
+        audio = self.config.audio
+        self.log.info("capturing from %r: %d Hz mono, %d ms periods", audio.capture_device, RATE, audio.period_ms)
+
+    async def _read(self, pcm: Pcm, spec: PcmSpec) -> str | None:
+        """Run a reader thread on ``pcm`` until it stops; ALSA's reason if the device failed."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[str | None] = loop.create_future()
+
+        def on_end(error: str | None) -> None:  # on the reader thread
+            with contextlib.suppress(RuntimeError):  # the loop is already closed at exit
+                loop.call_soon_threadsafe(_settle, ended, error)
+
+        reader = Reader(pcm, spec, self.bus.bulk, self.gate, self.counters, self._on_chunk, on_end)
+        self._reading_since_ns = time.monotonic_ns()
+        self._reader = reader
+        reader.start()
+        # Cancelled (the service stops): the reader stays recorded for stop() to end it.
+        error = await ended
+        # on_end is the thread's last act: it is done with the PCM and the bulk socket.
+        self._reader = None
+        return error
+
+    def _on_chunk(self, t: int) -> None:  # on the reader thread
+        self._last_chunk_ns = t
+        self.mark_fresh()
+
+    # --- the bus -----------------------------------------------------------------------------
+
+    async def _follow_playback(self) -> None:
+        """Mute while our own speaker talks (PlaybackState), release if playback goes quiet."""
+        sub = self.bus.subscribe(["playback"], PlaybackState, Heartbeat)
+        while True:
+            try:
+                # A deadline only while muted for the speaker; otherwise simply wait.
+                msg = await asyncio.wait_for(sub.recv(), PLAYBACK_SILENT_S if self.gate.speaker else None)
+            except TimeoutError:
+                if self.gate.speaker:
+                    self.log.warning("no word from playback for %.0f s: speaker mute released", PLAYBACK_SILENT_S)
+                    self.gate.speaker_drained(time.monotonic_ns())
+                continue
+            if isinstance(msg, PlaybackState):
+                if msg.state == "started":
+                    self.gate.speaker_started()
+                elif msg.state == "drained":
+                    self.gate.speaker_drained(msg.t)
+            elif isinstance(msg, Heartbeat) and self.gate.speaker and msg.state in PLAYBACK_GONE:
+                self.gate.speaker_drained(msg.t)
+
+    async def _follow_commands(self) -> None:
+        sub = self.bus.subscribe(["control"], Command)
+        async for msg in sub:
+            assert isinstance(msg, Command)
+            if msg.name in ("mute", "unmute"):
+                self.gate.operator = msg.name == "mute"
+                self.log.info("microphone %s by the operator", "muted" if self.gate.operator else "unmuted")
+
+
+def _settle(fut: asyncio.Future[str | None], error: str | None) -> None:
+    if not fut.done():
+        fut.set_result(error)

@@ -1,0 +1,225 @@
+"""The playback process: one player for the process's lifetime, fed from the session's audio.
+
+The event loop receives ``AudioOut`` and queues it; the writer thread owns the PCM (see
+``writer``). ``PlaybackState`` ``started``/``drained`` say when the speaker really talks,
+which capture uses to mute the microphone. The device policy is capture's: ``start()`` tries
+once and returns either way (``degraded``, the status names the device and ALSA's reason),
+``run()`` retries with backoff, a device that fails in use is reopened; audio that arrives
+while there is no device is dropped and counted, never queued without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import ClassVar
+
+from daemon.config import Config
+from daemon.messages import AudioOut, PlaybackState
+from daemon.service import Service, ServiceContext
+from services.alsa_device import BYTES_PER_FRAME, DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
+from services.playback.queue import Chunk, ChunkQueue
+from services.playback.writer import COUNTERS, Writer
+
+RATE = 24000
+PERIOD_MS = 20
+#: 6 x 20 ms in the device: small enough to stop promptly, enough to ride out a busy moment.
+PERIODS = 6
+#: Never more audio than this waits in memory (the oldest goes first).
+MAX_QUEUED_S = 30
+WRITER_STOP_S = 1.0
+#: Log the first few bad chunks, then every hundredth.
+_LOG_FIRST = 5
+
+
+class PlaybackService(Service):
+    name = "playback"
+    #: The seam to the audio hardware (a test or another backend may swap it).
+    pcm_factory: ClassVar[PcmFactory] = staticmethod(open_alsa_pcm)
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        for key in (
+            *COUNTERS,
+            "chunks_received",
+            "dropped_chunks",
+            "rejected_chunks",
+            "reopens",
+            "open_failures",
+        ):
+            self.counters[key] = 0
+        self.queue = ChunkQueue(MAX_QUEUED_S * RATE * BYTES_PER_FRAME)
+        self.keeper = DeviceKeeper(type(self).pcm_factory, self.log)
+        self._pcm: Pcm | None = None
+        self._writer: Writer | None = None
+        self._speaking = False
+
+    def spec(self) -> PcmSpec:
+        return PcmSpec(
+            self.config.audio.playback_device, capture=False, rate=RATE, period_ms=PERIOD_MS, periods=PERIODS
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._pcm = self._try_open()
+        if self._pcm is None:
+            self.log.warning("starting without a speaker; it is retried in the background")
+
+    async def run(self) -> None:
+        self.spawn(self._receive(), "receive")
+        while True:
+            if self._pcm is None:
+                self.state = "degraded"
+                self._pcm = await self.keeper.open(self._next_spec)
+                self._opened()
+            self.state = "running"
+            spec = self.spec()
+            error = await self._play(self._pcm, spec)
+            self._pcm = None
+            if error is not None:
+                self.keeper.lost(spec, error)
+                # Seconds-old speech would play out of context once the device is back.
+                self.counters["dropped_chunks"] += self.queue.clear()
+
+    async def stop(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.stop()
+            await asyncio.to_thread(writer.join, WRITER_STOP_S)
+            if writer.is_alive():
+                self.log.warning("playback write still blocked in the device; leaving it to process exit")
+            await asyncio.sleep(0)  # let the writer's last "drained" reach the bus
+        elif self._pcm is not None:
+            with contextlib.suppress(Exception):
+                self._pcm.close()
+        self._pcm = None
+        if self._speaking:
+            self._publish_state("drained", "", 0, time.monotonic_ns())
+
+    async def apply_config(self, new: Config, changed: set[str]) -> None:
+        before = self.spec()
+        self.config = new
+        if self.spec() == before:
+            return  # playback_start_ms is read for every stretch of speech
+        self.log.info("speaker now %r: reopening", new.audio.playback_device)
+        if self._writer is not None:
+            self._writer.stop()
+        else:
+            self.keeper.retry_now()
+
+    def status(self) -> str:
+        device = self.config.audio.playback_device
+        if self._pcm is None:
+            if self.keeper.waiting_reason is not None:
+                return f"waiting for device {device!r}: {self.keeper.waiting_reason}"
+            return f"opening {device!r}" if self.state != "stopped" else "stopped"
+        p50 = self.counters["latency_ms_p50"]
+        if self._speaking:
+            return f"playing on {device} (24 kHz, {len(self.queue)} chunks queued, latency p50 {p50:g} ms)"
+        return f"idle, {device} open (24 kHz, {self.config.audio.playback_start_ms} ms start buffer)"
+
+    def is_fresh(self) -> bool:
+        # Waiting for audio is idle by design, and waiting for a missing speaker is all this
+        # process can do about it (watchdog restarts would only hit the unit's start limit);
+        # only a device call that does not return is stale.
+        writer = self._writer
+        if writer is not None and writer.is_alive() and writer.in_device_since_ns == 0:
+            return True
+        return self.keeper.retrying or super().is_fresh()
+
+    # --- the device --------------------------------------------------------------------------
+
+    def _next_spec(self) -> PcmSpec:
+        self.counters["open_failures"] = self.keeper.failures
+        return self.spec()
+
+    def _try_open(self) -> Pcm | None:
+        pcm = self.keeper.try_open(self.spec())
+        self.counters["open_failures"] = self.keeper.failures
+        if pcm is not None:
+            self._opened()
+        return pcm
+
+    def _opened(self) -> None:
+        self.counters["open_failures"] = self.keeper.failures
+        self.counters["reopens"] = max(0, self.keeper.opens - 1)
+        self.log.info("playing to %r: %d Hz mono, %d ms periods", self.config.audio.playback_device, RATE, PERIOD_MS)
+
+    async def _play(self, pcm: Pcm, spec: PcmSpec) -> str | None:
+        """Run a writer thread on ``pcm`` until it stops; ALSA's reason if the device failed."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[str | None] = loop.create_future()
+
+        def on_end(error: str | None) -> None:  # on the writer thread
+            with contextlib.suppress(RuntimeError):  # the loop is already closed at exit
+                loop.call_soon_threadsafe(_settle, ended, error)
+
+        def on_state(state: str, response_id: str, frames: int, t: int) -> None:  # on the writer thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._publish_state, state, response_id, frames, t)
+
+        writer = Writer(
+            pcm,
+            spec,
+            self.queue,
+            lambda: self.config.audio.playback_start_ms,
+            self.counters,
+            on_state,
+            self.mark_fresh,
+            on_end,
+        )
+        self._writer = writer
+        writer.start()
+        # Cancelled (the service stops): the writer stays recorded for stop() to end it.
+        error = await ended
+        self._writer = None  # on_end is the thread's last act
+        return error
+
+    def _publish_state(self, state: str, response_id: str, frames: int, t: int) -> None:
+        if state == "drained" and not self._speaking:
+            return  # said already (stop() and the writer may both say it)
+        self._speaking = state == "started"
+        underruns = int(self.counters["underruns"])
+        self.bus.publish(PlaybackState(state=state, response_id=response_id, frames=frames, underruns=underruns, t=t))
+        self.log.debug("speaker %s (%s, %d frames)", state, response_id or "-", frames)
+
+    # --- the bus -----------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        sub = self.bus.subscribe(["session"], AudioOut)
+        async for msg in sub:
+            assert isinstance(msg, AudioOut)
+            self.counters["chunks_received"] += 1
+            chunk = self._chunk(msg)
+            if chunk is None:
+                continue
+            if self._writer is None:
+                self.counters["dropped_chunks"] += 1  # no device: nothing could play it in time
+                continue
+            if dropped := self.queue.put(chunk):
+                self.counters["dropped_chunks"] += dropped
+                self._warn("dropped_chunks", "playback queue full: %d old chunks dropped", dropped)
+
+    def _chunk(self, msg: AudioOut) -> Chunk | None:
+        if msg.rate != RATE:
+            self.counters["rejected_chunks"] += 1
+            self._warn("rejected_chunks", "audio at %d Hz refused: the speaker plays %d Hz", msg.rate, RATE)
+            return None
+        pcm = msg.pcm
+        if len(pcm) % BYTES_PER_FRAME:
+            self._warn("rejected_chunks", "audio chunk of %d bytes is not whole samples: last byte cut", len(pcm))
+            pcm = pcm[: len(pcm) - len(pcm) % BYTES_PER_FRAME]
+        # An empty AudioOut marks the end of a response: play what is buffered now.
+        return Chunk(pcm=pcm, t=msg.t, response_id=msg.response_id, end=not pcm)
+
+    def _warn(self, counter: str, fmt: str, *args: object) -> None:
+        seen = int(self.counters[counter])
+        if seen <= _LOG_FIRST or seen % 100 == 0:
+            self.log.warning(fmt, *args)
+
+
+def _settle(fut: asyncio.Future[str | None], error: str | None) -> None:
+    if not fut.done():
+        fut.set_result(error)

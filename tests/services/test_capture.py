@@ -1,0 +1,385 @@
+"""The capture process with real alsa-lib PCMs, a real NOTIFY_SOCKET and the real bus.
+
+The microphone is a PulseAudio pipe-source reached through alsa-lib's pulse plugin, or a
+``file`` PCM reading a FIFO or a plain file; the process under test is ``tolk service capture``.
+The pipe-source hands on whatever its FIFO holds at once (measured: 2 s of audio read in 3 ms),
+so the tests that need a real-time talker pace the FIFO themselves (``Feeder``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from daemon.bus import Bus, endpoint
+from daemon.messages import AudioIn, Channel, Command, Heartbeat, Message, PlaybackState, topic_of
+from tests.helpers import NotifySocket, PulseMic, alsa_home, rmtree, running, service_env, tolk_cmd, wait_until
+
+PERIOD_BYTES = 640  # 20 ms at 16 kHz mono S16_LE
+
+
+class Tap:
+    """A plain SUB socket on one of capture's sockets."""
+
+    def __init__(self, rundir: Path, channel: Channel, *topics: type[Message]) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        for cls in topics:
+            self.sock.setsockopt(zmq.SUBSCRIBE, topic_of(cls))
+        self.sock.connect(endpoint("capture", channel, rundir))
+
+    def recv(self, timeout: float) -> Message | None:
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        return Message.from_frames(self.sock.recv_multipart())
+
+    def until(self, pred: Callable[[Any], object], timeout: float = 10.0, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.recv(left)
+            if msg is not None and pred(msg):
+                return msg
+        raise AssertionError(f"no {what or 'matching message'} within {timeout} s")
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+class Feeder(threading.Thread):
+    """A talker with a real clock: writes one period every 20 ms into the microphone's FIFO,
+    what was said through ``say()`` or else ``idle`` (the pulse pipe-source itself has no
+    clock: it hands on whatever the FIFO holds at once)."""
+
+    def __init__(self, fd: int, idle: bytes = bytes(PERIOD_BYTES)) -> None:
+        super().__init__(daemon=True)
+        self.fd = fd
+        self.idle = idle
+        self.pending: deque[bytes] = deque()
+        self.done = threading.Event()
+        # Non-blocking: while the microphone's server is down nobody drains the FIFO.
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+    def say(self, pcm: bytes) -> None:
+        self.pending.extend(pcm[i : i + PERIOD_BYTES] for i in range(0, len(pcm), PERIOD_BYTES))
+
+    def run(self) -> None:
+        start = time.monotonic()
+        n = 0
+        while not self.done.is_set():
+            period = self.pending.popleft() if self.pending else self.idle
+            with contextlib.suppress(OSError):
+                os.write(self.fd, period)
+            n += 1
+            self.done.wait(max(0.0, start + n * 0.02 - time.monotonic()))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(2)
+
+
+@pytest.fixture
+def sd(notify: NotifySocket) -> Iterator[NotifySocket]:
+    """The notify socket, read all the time as systemd does: a datagram socket nobody reads
+    holds 10 messages, then the sender's next sd_notify() blocks."""
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            notify.drain(0.05)
+
+    thread = threading.Thread(target=pump, name="notify-pump", daemon=True)
+    thread.start()
+    yield notify
+    stop.set()
+    thread.join(2)
+
+
+def _ready(notify: NotifySocket, timeout: float = 15.0) -> str:
+    """The READY=1 datagram (with its STATUS=)."""
+    return str(wait_until(lambda: next((m for m in notify.messages if "READY=1" in m), None), timeout, what="READY=1"))
+
+
+@pytest.fixture
+def mic(rundir: Path) -> Iterator[PulseMic]:
+    pulse = PulseMic(rundir / "pulse")
+    yield pulse
+    pulse.close()
+
+
+def _config(rundir: Path, device: str) -> Path:
+    path = rundir / "tolk.toml"
+    path.write_text(f'[audio]\ncapture_device = "{device}"\nperiod_ms = 20\n')
+    return path
+
+
+def _capture(
+    rundir: Path, home: Path, notify: NotifySocket, device: str = "test_mic", **env_extra: str
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    env = service_env(rundir, HOME=str(home), NOTIFY_SOCKET=notify.path, **env_extra)
+    cmd = tolk_cmd("service", "capture", "--config", str(_config(rundir, device)))
+    return running(cmd, env, rundir / "capture.log")
+
+
+def _stop(proc: subprocess.Popen[bytes], rundir: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(10)
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code == 0, (rundir / "capture.log").read_text()
+
+
+def _speech_like(seconds: float) -> bytes:
+    """Every sample non-zero and different from its neighbours, so order and loss both show."""
+    n = int(16000 * seconds)
+    ramp = (np.arange(n) * 37 % 20000 + 500) * np.where(np.arange(n) % 2, 1, -1)
+    return ramp.astype("<i2").tobytes()
+
+
+def test_capture_publishes_exactly_what_the_microphone_hears(rundir: Path, sd: NotifySocket, mic: PulseMic) -> None:
+    home = alsa_home(rundir, mic.asoundrc("test_mic"))
+    with _capture(rundir, home, sd) as proc:
+        ready = _ready(sd)
+        assert "capturing test_mic 16 kHz, 20 ms periods" in ready
+        audio = Tap(rundir, Channel.BULK, AudioIn)
+        beats = Tap(rundir, Channel.STATE, Heartbeat)
+        feeder = Feeder(mic.fd)
+        feeder.start()
+        try:
+            # The subscription is live once some audio reaches us (silence until then).
+            audio.until(lambda m: isinstance(m, AudioIn), 10, "audio on the bus")
+            speech = _speech_like(1.0)
+            feeder.say(speech)
+            chunks: list[AudioIn] = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and speech not in b"".join(c.pcm for c in chunks):
+                msg = audio.recv(0.5)
+                if isinstance(msg, AudioIn):
+                    chunks.append(msg)
+            for _ in range(3):  # a little of the silence after it
+                msg = audio.recv(0.5)
+                if isinstance(msg, AudioIn):
+                    chunks.append(msg)
+            heartbeat = beats.until(lambda m: isinstance(m, Heartbeat) and m.counters.get("chunks", 0) >= 50)
+        finally:
+            feeder.stop()
+            audio.close()
+            beats.close()
+        _stop(proc, rundir)
+
+    joined = b"".join(c.pcm for c in chunks)
+    assert speech in joined, "the captured stream does not hold the fed audio contiguously"
+    start = joined.index(speech)
+    assert start % 2 == 0
+    assert not any(joined[:start]) and not any(joined[start + len(speech) :]), "extra audio around the speech"
+    assert all(len(c.pcm) == PERIOD_BYTES and c.rate == 16000 and not c.muted for c in chunks)
+    seqs = [c.seq for c in chunks]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "chunks lost or reordered"
+    stamps = [c.t for c in chunks]
+    assert all(b > a for a, b in itertools.pairwise(stamps))
+    # t is the end of each period, on the microphone's real clock: 1 s of speech spans ~1 s.
+    first, last = start // PERIOD_BYTES, (start + len(speech) - 1) // PERIOD_BYTES
+    span_s = (stamps[last] - stamps[first]) / 1e9
+    assert 0.85 < span_s < 1.5, span_s
+    assert heartbeat.counters["bytes"] >= len(speech) and heartbeat.state == "running"
+
+
+def test_ready_only_once_the_device_is_open(rundir: Path, sd: NotifySocket) -> None:
+    """A FIFO-backed ``file`` PCM cannot open until the FIFO has a writer: no READY before that."""
+    fifo = rundir / "mic.fifo"
+    os.mkfifo(fifo)
+    home = alsa_home(
+        rundir,
+        f'pcm.test_mic {{\n type file\n slave.pcm null\n file "/dev/null"\n infile "{fifo}"\n format raw\n}}\n',
+    )
+    fd = -1
+    try:
+        with _capture(rundir, home, sd) as proc:
+            time.sleep(1.5)
+            assert not any("READY=1" in m for m in sd.messages), sd.messages
+            assert proc.poll() is None
+            fd = os.open(fifo, os.O_RDWR)
+            _ready(sd, 10)
+            audio = Tap(rundir, Channel.BULK, AudioIn)
+            try:
+                # One period per write, as the file plugin reads it; repeat until the tap is live.
+                marker = _speech_like(0.02)
+                deadline = time.monotonic() + 10
+                while True:
+                    assert time.monotonic() < deadline, "no audio after READY"
+                    os.write(fd, marker)
+                    msg = audio.recv(0.1)
+                    if isinstance(msg, AudioIn) and msg.pcm == marker:
+                        break
+            finally:
+                audio.close()
+            _stop(proc, rundir)  # the reader is blocked on an empty FIFO: stop is still bounded
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def test_missing_microphone_is_waited_for_and_reopened(rundir: Path, sd: NotifySocket) -> None:
+    """Not there at start (server down), then plugged in, then gone, then back: no restart."""
+    pulse_dir = rundir / "pulse"
+    socket_path = pulse_dir / "rt" / "native"
+    home = alsa_home(rundir, f'pcm.test_mic {{\n type pulse\n server "unix:{socket_path}"\n device "mic"\n}}\n')
+    live: list[tuple[PulseMic, Feeder]] = []
+
+    def plug_in() -> None:
+        mic = PulseMic(pulse_dir)
+        feeder = Feeder(mic.fd, _speech_like(0.02))
+        feeder.start()
+        live.append((mic, feeder))
+
+    def unplug() -> None:
+        mic, feeder = live.pop()
+        feeder.stop()
+        mic.close()
+        rmtree(pulse_dir / "rt")
+
+    try:
+        with _capture(rundir, home, sd, WATCHDOG_USEC="2000000") as proc:
+            beats = Tap(rundir, Channel.STATE, Heartbeat)
+            try:
+                ready = _ready(sd)
+                assert "waiting for device 'test_mic': Connection refused" in ready
+                beat = beats.until(lambda m: isinstance(m, Heartbeat) and m.counters["open_failures"] >= 2, 10)
+                assert beat.state == "degraded" and proc.poll() is None
+                # Waiting for the device is alive and well: systemd must not restart the unit for it.
+                wait_until(lambda: any("WATCHDOG=1" in m for m in sd.messages), 3, what="WATCHDOG=1")
+
+                plug_in()
+                beats.until(lambda m: isinstance(m, Heartbeat) and m.status.startswith("capturing test_mic"), 10)
+
+                # Gone: the feed stops first (a PulseAudio server killed while a period is in
+                # flight can deadlock libpulse inside snd_pcm_close; a real USB microphone
+                # simply stops), then the server goes away.
+                live[-1][1].stop()
+                beats.until(lambda m: isinstance(m, Heartbeat) and m.status.startswith("no audio for"), 5)
+                unplug()
+                beats.until(lambda m: isinstance(m, Heartbeat) and "waiting for device 'test_mic'" in m.status)
+                assert proc.poll() is None
+
+                plug_in()
+                beat = beats.until(
+                    lambda m: isinstance(m, Heartbeat) and m.status.startswith("capturing") and m.counters["reopens"],
+                    15,
+                )
+                assert beat.state == "running"
+            finally:
+                beats.close()
+            _stop(proc, rundir)
+    finally:
+        while live:
+            unplug()
+    log = (rundir / "capture.log").read_text()
+    assert "cannot open capture device 'test_mic': Connection refused" in log
+    assert "capture device 'test_mic' failed:" in log
+    # Retried every few seconds, but each distinct failure is logged once (ours and alsa-lib's).
+    assert log.count("cannot open capture device") <= 2, log
+    assert log.count("Unable to connect") <= 2, log
+
+
+def test_half_duplex_and_operator_mute(rundir: Path, sd: NotifySocket, mic: PulseMic) -> None:
+    home = alsa_home(rundir, mic.asoundrc("test_mic"))
+    playback = Bus("playback", rundir)  # stand-ins for the playback and control processes
+    control = Bus("control", rundir)
+    feeder = Feeder(mic.fd, b"\xe8\x03" * (PERIOD_BYTES // 2))  # a steady non-zero signal
+    feeder.start()
+    try:
+        with _capture(rundir, home, sd) as proc:
+            _ready(sd)
+            audio = Tap(rundir, Channel.BULK, AudioIn)
+            beats = Tap(rundir, Channel.STATE, Heartbeat)
+            try:
+                audio.until(lambda m: not m.muted and any(m.pcm), 10, "live audio")
+                seen: list[AudioIn] = []
+
+                def until(
+                    pred: Callable[[AudioIn], bool], timeout: float, nudge: Callable[[], None] | None = None
+                ) -> AudioIn:
+                    deadline = time.monotonic() + timeout
+                    while time.monotonic() < deadline:
+                        if nudge is not None:
+                            nudge()
+                        msg = audio.recv(0.1)
+                        if isinstance(msg, AudioIn):
+                            seen.append(msg)
+                            if pred(msg):
+                                return msg
+                    raise AssertionError("timed out")
+
+                # The speaker starts: the microphone sends silence, same size, flagged muted.
+                muted = until(lambda m: m.muted, 10, lambda: playback.publish(PlaybackState(state="started")))
+                assert len(muted.pcm) == PERIOD_BYTES and not any(muted.pcm)
+                time.sleep(0.2)
+                drained_at = time.monotonic_ns()
+                playback.publish(PlaybackState(state="drained", t=drained_at))
+                back = until(lambda m: not m.muted, 3)
+                assert any(back.pcm)
+                # Silence until drained + the 400 ms tail, and not much longer.
+                assert drained_at + 400_000_000 <= back.t - 20_000_000
+                assert back.t < drained_at + 900_000_000
+                muted_run = [m for m in seen if m.seq >= muted.seq and m.seq < back.seq]
+                assert all(m.muted and not any(m.pcm) for m in muted_run)
+                seqs = [m.seq for m in seen]
+                assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "muting must keep the stream's timing"
+
+                # The operator mutes from the admin page, then unmutes.
+                until(lambda m: m.muted, 10, lambda: control.publish(Command(name="mute")))
+                beats.until(lambda m: isinstance(m, Heartbeat) and "muted (operator)" in m.status, 5)
+                until(lambda m: not m.muted and any(m.pcm), 10, lambda: control.publish(Command(name="unmute")))
+            finally:
+                audio.close()
+                beats.close()
+            _stop(proc, rundir)
+    finally:
+        feeder.stop()
+        playback.close()
+        control.close()
+
+
+def test_a_device_without_a_clock_is_held_to_real_time(rundir: Path, sd: NotifySocket) -> None:
+    """A plain-file PCM hands out its whole content at once; capture must still send 50 periods
+    a second (the service bills every second of audio it is sent)."""
+    recording = np.random.default_rng(7).integers(-20000, 20000, 16000 * 10).astype("<i2").tobytes()
+    infile = rundir / "mic.raw"
+    infile.write_bytes(recording)
+    home = alsa_home(
+        rundir,
+        f'pcm.test_mic {{\n type file\n slave.pcm null\n file "/dev/null"\n infile "{infile}"\n format raw\n}}\n',
+    )
+    with _capture(rundir, home, sd) as proc:
+        _ready(sd)
+        audio = Tap(rundir, Channel.BULK, AudioIn)
+        try:
+            first = audio.until(lambda m: isinstance(m, AudioIn), 10, "audio")
+            chunks = [first]
+            deadline = time.monotonic() + 1.0
+            while (left := deadline - time.monotonic()) > 0:
+                msg = audio.recv(left)
+                if isinstance(msg, AudioIn):
+                    chunks.append(msg)
+        finally:
+            audio.close()
+        _stop(proc, rundir)
+    assert 35 <= len(chunks) <= 75, f"{len(chunks)} periods of 20 ms in one second"
+    offset = recording.index(first.pcm)
+    assert b"".join(c.pcm for c in chunks) == recording[offset : offset + PERIOD_BYTES * len(chunks)]

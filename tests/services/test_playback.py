@@ -1,0 +1,207 @@
+"""The playback process with a real alsa-lib ``file`` PCM, a real NOTIFY_SOCKET and the real bus.
+
+The test stands in for the session: it binds the session's bulk socket as an XPUB, so it
+knows the moment playback has subscribed (no slow-joiner guesswork), and sends ``AudioOut``
+frames exactly as the session's publisher does. Everything played lands in a raw file.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from daemon.bus import endpoint
+from daemon.messages import AudioOut, Channel, Heartbeat, Message, PlaybackState, topic_of
+from tests.helpers import NotifySocket, alsa_home, running, service_env, tolk_cmd, wait_until
+
+
+class FakeSession:
+    """The session's bulk socket, as an XPUB that reports playback's subscription."""
+
+    def __init__(self, rundir: Path) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.XPUB)
+        self.sock.bind(endpoint("session", Channel.BULK, rundir))
+        self.seq = 0
+
+    def wait_for_subscriber(self, timeout: float = 15.0) -> None:
+        assert self.sock.poll(int(timeout * 1000)), "playback never subscribed to the session's audio"
+        assert self.sock.recv() == b"\x01" + topic_of(AudioOut)
+
+    def send(self, pcm: bytes, response_id: str, rate: int = 24000) -> int:
+        self.seq += 1
+        t = time.monotonic_ns()
+        self.sock.send_multipart(AudioOut(pcm=pcm, response_id=response_id, rate=rate, seq=self.seq, t=t).to_frames())
+        return t
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+class StateTap:
+    """Playback's state socket: PlaybackState and Heartbeat, collected by a thread."""
+
+    def __init__(self, rundir: Path) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        for cls in (PlaybackState, Heartbeat):
+            self.sock.setsockopt(zmq.SUBSCRIBE, topic_of(cls))
+        self.sock.connect(endpoint("playback", Channel.STATE, rundir))
+        self.states: list[PlaybackState] = []
+        self.heartbeats: list[Heartbeat] = []
+
+    def pump(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.sock.poll(int(left * 1000)):
+                msg = Message.from_frames(self.sock.recv_multipart())
+                if isinstance(msg, PlaybackState):
+                    self.states.append(msg)
+                elif isinstance(msg, Heartbeat):
+                    self.heartbeats.append(msg)
+
+    def until(self, pred: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}; states={self.states}"
+            self.pump(0.05)
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def sd(notify: NotifySocket) -> Iterator[NotifySocket]:
+    """The notify socket, read all the time as systemd does (an unread one blocks the sender)."""
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            notify.drain(0.05)
+
+    thread = threading.Thread(target=pump, name="notify-pump", daemon=True)
+    thread.start()
+    yield notify
+    stop.set()
+    thread.join(2)
+
+
+def _ready(notify: NotifySocket) -> str:
+    return str(wait_until(lambda: next((m for m in notify.messages if "READY=1" in m), None), 15, what="READY=1"))
+
+
+def _playback(
+    rundir: Path, notify: NotifySocket, device: str, start_ms: int = 120
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    speaker = rundir / "speaker.raw"
+    home = alsa_home(rundir, f'pcm.test_spk {{\n type file\n slave.pcm null\n file "{speaker}"\n format raw\n}}\n')
+    config = rundir / "tolk.toml"
+    config.write_text(f'[audio]\nplayback_device = "{device}"\nplayback_start_ms = {start_ms}\n')
+    env = service_env(rundir, HOME=str(home), NOTIFY_SOCKET=notify.path)
+    return running(tolk_cmd("service", "playback", "--config", str(config)), env, rundir / "playback.log")
+
+
+def _stop(proc: subprocess.Popen[bytes], rundir: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(10)
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code == 0, (rundir / "playback.log").read_text()
+
+
+def _speech(seconds: float, seed: int) -> bytes:
+    samples = np.random.default_rng(seed).integers(-20000, 20000, int(24000 * seconds))
+    return samples.astype("<i2").tobytes()
+
+
+def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> None:
+    session = FakeSession(rundir)
+    speaker = rundir / "speaker.raw"
+    try:
+        with _playback(rundir, sd, "test_spk", start_ms=400) as proc:
+            assert "idle, test_spk open" in _ready(sd)
+            tap = StateTap(rundir)
+            try:
+                session.wait_for_subscriber()
+
+                # A response of five 100 ms deltas, sent in a burst as the service does.
+                first = [_speech(0.1, seed) for seed in range(5)]
+                sent_at = [session.send(pcm, "resp-1") for pcm in first]
+                tap.until(lambda: len(tap.states) >= 2, what="started and drained")
+                started, drained = tap.states[:2]
+                assert (started.state, drained.state) == ("started", "drained")
+                assert started.response_id == drained.response_id == "resp-1"
+                assert sent_at[-1] <= started.t <= drained.t
+                assert drained.frames == 5 * 2400
+                assert speaker.read_bytes() == b"".join(first)
+
+                # A short reply (40 ms, under the 400 ms start buffer) still plays once the wait is up.
+                short = _speech(0.04, 10)
+                sent = session.send(short, "resp-2")
+                tap.until(lambda: len(tap.states) >= 4, what="the short reply")
+                assert [s.state for s in tap.states[2:4]] == ["started", "drained"]
+                waited_s = (tap.states[2].t - sent) / 1e9
+                assert 0.35 <= waited_s < 1.5, waited_s
+                assert speaker.read_bytes() == b"".join(first) + short
+
+                # An empty AudioOut ends the response: what is buffered plays at once.
+                tail = _speech(0.04, 11)
+                sent = session.send(tail, "resp-3")
+                session.send(b"", "resp-3")
+                tap.until(lambda: len(tap.states) >= 6, what="the ended reply")
+                assert (tap.states[4].t - sent) / 1e9 < 0.3
+                assert speaker.read_bytes() == b"".join(first) + short + tail
+
+                tap.until(lambda: any(h.counters.get("chunks_played") == 7 for h in tap.heartbeats), what="counters")
+                beat = next(h for h in tap.heartbeats if h.counters.get("chunks_played") == 7)
+                assert beat.counters["bytes_played"] == len(b"".join(first) + short + tail)
+                assert 0 < beat.counters["latency_ms_p50"] < 1000
+                assert beat.state == "running"
+            finally:
+                tap.close()
+            _stop(proc, rundir)
+    finally:
+        session.close()
+
+
+def test_missing_speaker_is_waited_for_and_a_config_change_applies(rundir: Path, sd: NotifySocket) -> None:
+    session = FakeSession(rundir)
+    try:
+        with _playback(rundir, sd, "nosuch") as proc:
+            assert "waiting for device 'nosuch': No such file or directory" in _ready(sd)
+            tap = StateTap(rundir)
+            try:
+                session.wait_for_subscriber()
+                session.send(_speech(0.1, 1), "resp-1")
+                tap.until(lambda: any(h.counters.get("dropped_chunks") == 1 for h in tap.heartbeats), what="a drop")
+                beat = tap.heartbeats[-1]
+                assert beat.state == "degraded" and "waiting for device 'nosuch'" in beat.status
+                assert beat.counters["open_failures"] >= 1
+                assert proc.poll() is None and not tap.states
+
+                # Staff fix the name; SIGHUP (what ExecReload sends) applies it without a restart.
+                (rundir / "tolk.toml").write_text('[audio]\nplayback_device = "test_spk"\n')
+                proc.send_signal(signal.SIGHUP)
+                tap.until(lambda: any(h.status.startswith("idle, test_spk open") for h in tap.heartbeats), 10)
+                session.send(_speech(0.2, 2), "resp-2")
+                tap.until(lambda: [s.state for s in tap.states] == ["started", "drained"], what="playback")
+            finally:
+                tap.close()
+            _stop(proc, rundir)
+    finally:
+        session.close()
+    assert (rundir / "speaker.raw").read_bytes() == _speech(0.2, 2)
+    log = (rundir / "playback.log").read_text()
+    assert log.count("cannot open playback device 'nosuch'") == 1
