@@ -197,6 +197,12 @@ class StatusAggregator:
     def health(self) -> Health:
         now = self.clock()
         reasons = [p for proc in self._processes.values() if (p := self._process_problem(proc, now))]
+        # A process that runs but cannot do its work (a mic that is missing) is up, not healthy.
+        reasons += [
+            f"{proc.name}: {proc.status or 'degraded'}"
+            for proc in self._processes.values()
+            if proc.state == "degraded" and self._process_problem(proc, now) is None
+        ]
         if problem := self._session_problem(now):
             reasons.append(problem)
         return Health(ok=not reasons, reasons=reasons)

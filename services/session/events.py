@@ -105,6 +105,12 @@ class EventHandler(Service):
                 self.count("deltas_received")
                 rid = response_id if isinstance(response_id, str) else ""
                 self.bus.publish(AudioOut(pcm=pcm, response_id=rid, t=received_ns))
+            elif kind == "response.audio.done":
+                # An empty AudioOut ends the response: playback plays what it holds without
+                # waiting for its start threshold (a short reply must not wait).
+                response_id = event.get("response_id")
+                rid = response_id if isinstance(response_id, str) else ""
+                self.bus.publish(AudioOut(pcm=b"", response_id=rid, t=received_ns))
             elif (caption := self.captions.feed(event)) is not None:
                 self.bus.publish(caption)
             elif kind == "response.done":

@@ -119,7 +119,12 @@ listen = "127.0.0.1:{http_port}"
             target=mic.write, args=(bytes(9600) + speech + bytes(48000),), name="mic-feeder", daemon=True
         )
         feeder.start()
-        translation = wait_until(lambda: _final_translation(_status(http_port)), 30, 0.2, "a final translation")
+        try:
+            translation = wait_until(lambda: _final_translation(_status(http_port)), 30, 0.2, "a final translation")
+        except AssertionError:
+            print((rundir / "run.log").read_text()[-6000:], (rundir / "sim.log").read_text()[-3000:])
+            print(json.dumps(_status(http_port), indent=1)[:4000])
+            raise
         assert "simulated" in translation
 
         # Every byte of the utterance reached the service, contiguous and in order.

@@ -278,3 +278,19 @@ async def test_listener_leaves_the_signals_to_the_lifecycle(setup: tuple[Any, ..
         loop.remove_signal_handler(signal.SIGTERM)
         await listener.close()
     assert not listener.serving()
+
+
+def test_a_degraded_process_is_up_but_not_healthy() -> None:
+    from daemon.messages import Heartbeat
+    from services.control.status import StatusAggregator
+
+    now = [100.0]
+    agg = StatusAggregator(clock=lambda: now[0])
+    for name in ("capture", "camera", "session", "playback", "control"):
+        state = "degraded" if name == "capture" else "ready"
+        status = "waiting for device 'usbmic': No such file or directory" if name == "capture" else "ok"
+        agg.handle(Heartbeat(service=name, state=state, status=status, pid=1))
+    health = agg.health()
+    assert not health.ok
+    assert "capture: waiting for device 'usbmic': No such file or directory" in health.reasons
+    assert agg.process_statuses()["capture"].up
