@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,6 +144,10 @@ def _proc_usage(pid: int) -> tuple[float, int]:
     return cpu, hwm
 
 
+def _speaker_pcm(name: str, path: Path) -> str:
+    return f'pcm.{name} {{\n type file\n slave.pcm null\n file "{path}"\n format raw\n}}\n'
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -156,6 +160,100 @@ def _row(name: str, values: list[float]) -> str:
             f"p99={_pct(values, 99):7.2f}  max={max(values, default=float('nan')):7.2f} ms")  # fmt: skip
 
 
+def _measure_tolk(sim: TimedSimulator, work: Path, pcm: bytes, first_delta_sent: dict[str, int]) -> dict[str, Any]:
+    mic = PulseMic(work / "pulse-tolk")
+    speaker = work / "tolk-speaker.raw"
+    home = alsa_home(work, mic.asoundrc("bench_mic") + _speaker_pcm("bench_spk", speaker))
+    periods: dict[bytes, int] = {}
+    started: dict[str, int] = {}
+    http_port = free_port()
+    config = work / "tolk.toml"
+    config.write_text(
+        f'[languages]\nsource = "en"\ntarget = "de"\n[service]\nurl = "{sim.url}"\n'
+        f'[audio]\ncapture_device = "bench_mic"\nplayback_device = "bench_spk"\n'
+        f'[control]\nlisten = "127.0.0.1:{http_port}"\n[log]\nlevel = "warning"\n'
+    )
+    box = subprocess.Popen(tolk_cmd("run", "--config", str(config), "--no-restart"),
+                           env=service_env(work, HOME=str(home)), cwd=REPO)  # fmt: skip
+    stop_collect = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    collector = threading.Thread(
+        target=loop.run_until_complete, args=(_collect(work, periods, started, stop_collect),), daemon=True
+    )
+    collector.start()
+    first_arrival = len(sim.arrivals)
+    try:
+        status = _wait_status(http_port)
+        pids = {name: p["pid"] for name, p in status["processes"].items()}
+        before = {name: _proc_usage(pid)[0] for name, pid in pids.items()}
+        t0 = time.monotonic()
+        _feed(mic, pcm, threading.Event())
+        elapsed = time.monotonic() - t0
+        usage = {name: _proc_usage(pid) for name, pid in pids.items()}
+        counters = {name: p.get("counters", {}) for name, p in _wait_status(http_port)["processes"].items()}
+    finally:
+        box.terminate()
+        box.wait(30)
+        loop.call_soon_threadsafe(stop_collect.set)
+        collector.join(5)
+        mic.close()
+    ins_last, ins_first = [], []
+    for arrived, payload in sim.arrivals[first_arrival:]:
+        if (last := periods.get(payload[-PERIOD:])) is not None:
+            ins_last.append((arrived - last) / 1e6)
+        if (first := periods.get(payload[:PERIOD])) is not None:
+            ins_first.append((arrived - first) / 1e6)
+    outs = [(started[rid] - sent) / 1e6 for rid, sent in first_delta_sent.items() if rid in started]
+    return {
+        "in_last": ins_last, "in_first": ins_first, "out": outs, "appends": len(sim.arrivals) - first_arrival,
+        "cpu_per_min": {n: (cpu - before[n]) / elapsed * 60 for n, (cpu, _) in usage.items()},
+        "rss_mb": {n: hwm / 1024 for n, (_, hwm) in usage.items()},
+        "playback_chunk_p50": counters.get("playback", {}).get("latency_ms_p50"),
+    }  # fmt: skip
+
+
+def _measure_baseline(sim: TimedSimulator, work: Path, pcm: bytes, first_delta_sent: dict[str, int]) -> dict[str, Any]:
+    from bench.baseline_client import digest
+
+    mic = PulseMic(work / "pulse-base")
+    speaker = work / "base-speaker.raw"
+    home = alsa_home(work, mic.asoundrc("bench_mic") + _speaker_pcm("bench_spk", speaker))
+    stamps = work / "baseline-stamps.jsonl"
+    first_arrival = len(sim.arrivals)
+    seconds = len(pcm) / 32000
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.baseline_client", "--url", sim.url, "--capture", "bench_mic",
+         "--playback", "bench_spk", "--seconds", f"{seconds - 0.5:.1f}", "--stamps", str(stamps)],
+        env=service_env(work, HOME=str(home)), cwd=REPO,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)  # connected and configured, as tolk was before its feed started
+        t0 = time.monotonic()
+        _feed(mic, pcm, threading.Event())
+        _, _status, rusage = os.wait4(proc.pid, 0)
+        elapsed = time.monotonic() - t0 + 1.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        mic.close()
+    reads: dict[str, int] = {}
+    played: dict[str, int] = {}
+    for line in stamps.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["kind"] == "read":
+            reads.setdefault(entry["hash"], entry["t"])
+        else:
+            played[entry["response_id"]] = entry["t"]
+    ins = [(arrived - reads[h]) / 1e6 for arrived, payload in sim.arrivals[first_arrival:]
+           if any(payload[-PERIOD:]) and (h := digest(payload[-PERIOD:])) in reads]  # fmt: skip
+    outs = [(played[rid] - sent) / 1e6 for rid, sent in first_delta_sent.items() if rid in played]
+    return {
+        "in_last": ins, "out": outs, "appends": len(sim.arrivals) - first_arrival,
+        "cpu_per_min": {"baseline": (rusage.ru_utime + rusage.ru_stime) / elapsed * 60},
+        "rss_mb": {"baseline": rusage.ru_maxrss / 1024},
+    }  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of speech to feed (default 60)")
@@ -164,75 +262,39 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tkb", dir="/tmp"))
     (work / "state").mkdir()
     pcm = _speech(work, args.seconds)
-    mic = PulseMic(work / "pulse")
-    speaker = work / "speaker.raw"
-    home = alsa_home(work, mic.asoundrc("bench_mic")
-                     + f'pcm.bench_spk {{\n type file\n slave.pcm null\n file "{speaker}"\n format raw\n}}\n')  # fmt: skip
-    first_delta_sent: dict[str, int] = {}
-    _stamp_first_deltas(first_delta_sent)
-    periods: dict[bytes, int] = {}
-    started: dict[str, int] = {}
-    http_port = free_port()
-    sim_server.Simulator = TimedSimulator  # type: ignore[misc]  # running_in_thread builds this class
+    sim_server.Simulator = TimedSimulator  # type: ignore[misc,assignment]  # running_in_thread builds this class
     with running_in_thread() as sim:
         assert isinstance(sim, TimedSimulator)
-        config = work / "tolk.toml"
-        config.write_text(
-            f'[languages]\nsource = "en"\ntarget = "de"\n[service]\nurl = "{sim.url}"\n'
-            f'[audio]\ncapture_device = "bench_mic"\nplayback_device = "bench_spk"\n'
-            f'[control]\nlisten = "127.0.0.1:{http_port}"\n[log]\nlevel = "warning"\n'
-        )
-        env = service_env(work, HOME=str(home))
-        box = subprocess.Popen(tolk_cmd("run", "--config", str(config), "--no-restart"), env=env, cwd=REPO)
-        stop_collect = asyncio.Event()
-        loop = asyncio.new_event_loop()
-        collector = threading.Thread(
-            target=loop.run_until_complete, args=(_collect(work, periods, started, stop_collect),), daemon=True
-        )
-        collector.start()
-        try:
-            status = _wait_status(http_port)
-            pids = {name: p["pid"] for name, p in status["processes"].items()}
-            before = {name: _proc_usage(pid)[0] for name, pid in pids.items()}
-            t0 = time.monotonic()
-            stop_feed = threading.Event()
-            _feed(mic, pcm, stop_feed)
-            elapsed = time.monotonic() - t0
-            usage = {name: _proc_usage(pid) for name, pid in pids.items()}
-            counters = {name: p.get("counters", {}) for name, p in _wait_status(http_port)["processes"].items()}
-        finally:
-            box.terminate()
-            box.wait(30)
-            loop.call_soon_threadsafe(stop_collect.set)
-            collector.join(5)
-            mic.close()
+        tolk_sent: dict[str, int] = {}
+        _stamp_first_deltas(tolk_sent)
+        tolk = _measure_tolk(sim, work, pcm, tolk_sent)
+        base_sent: dict[str, int] = {}
+        _stamp_first_deltas(base_sent)
+        base = _measure_baseline(sim, work, pcm, base_sent)
+        violations = len(sim.violations)
 
-        ins_last, ins_first = [], []
-        for index, (arrived, payload) in enumerate(sim.arrivals):
-            last = periods.get(payload[-PERIOD:])
-            if last is not None and arrived - last > 500e6 and os.environ.get("BENCH_DEBUG"):
-                print(f"slow append #{index}: {(arrived - last) / 1e6:.0f} ms")
-            first = periods.get(payload[:PERIOD])
-            if last is not None:
-                ins_last.append((arrived - last) / 1e6)
-            if first is not None:
-                ins_first.append((arrived - first) / 1e6)
-        outs = [(started[rid] - sent) / 1e6 for rid, sent in first_delta_sent.items() if rid in started]
-
-    print(f"\ntolk end-to-end latency — {len(pcm) / 32000:.0f} s of speech, {len(sim.arrivals)} appends, "
-          f"{len(first_delta_sent)} responses, {os.cpu_count()} CPUs, {os.uname().machine}")  # fmt: skip
-    print(_row("in: period end -> append at the service (last period)", ins_last))
-    print(_row("in: period end -> append at the service (first period)", ins_first))
-    print(_row("out: first delta sent -> first sample to ALSA", outs))
-    p50 = counters.get("playback", {}).get("latency_ms_p50")
-    print(f"{'out: per chunk, session receipt -> ALSA (playback p50)':<52} {p50} ms")
+    print(f"\ntolk end-to-end latency — {len(pcm) / 32000:.0f} s of speech, {tolk['appends']} appends, "
+          f"{len(tolk_sent)} responses; {os.cpu_count()} CPUs, {os.uname().machine}")  # fmt: skip
+    print(_row("tolk in: period end -> append at service (last)", tolk["in_last"]))
+    print(_row("tolk in: period end -> append at service (first)", tolk["in_first"]))
+    print(_row("tolk out: first delta sent -> first sample to ALSA", tolk["out"]))
+    print(f"{'tolk out: per chunk, session receipt -> ALSA (p50)':<52} {tolk['playback_chunk_p50']} ms")
+    print(_row("baseline in: block read -> append at service", base["in_last"]))
+    print(_row("baseline out: first delta sent -> first write", base["out"]))
     print(f"\n{'process':<10} {'CPU s/min':>10} {'peak RSS MB':>12}")
-    for name, (cpu, hwm) in usage.items():
-        print(f"{name:<10} {(cpu - before[name]) / elapsed * 60:>10.2f} {hwm / 1024:>12.1f}")
-    total_cpu = sum(cpu - before[n] for n, (cpu, _) in usage.items()) / elapsed * 60
-    print(f"{'all':<10} {total_cpu:>10.2f} {sum(h for _, h in usage.values()) / 1024:>12.1f}")
-    print(f"simulator violations: {len(sim.violations)}; appends not timed (muted or silent): "
-          f"{len(sim.arrivals) - len(ins_last)}; mean in (last period) {statistics.fmean(ins_last or [0]):.2f} ms")
+    for name in tolk["cpu_per_min"]:
+        print(f"{name:<10} {tolk['cpu_per_min'][name]:>10.2f} {tolk['rss_mb'][name]:>12.1f}")
+    tolk_cpu, tolk_rss = sum(tolk["cpu_per_min"].values()), sum(tolk["rss_mb"].values())
+    base_cpu, base_rss = base["cpu_per_min"]["baseline"], base["rss_mb"]["baseline"]
+    print(f"{'tolk (all)':<10} {tolk_cpu:>10.2f} {tolk_rss:>12.1f}")
+    print(f"{'baseline':<10} {base_cpu:>10.2f} {base_rss:>12.1f}")
+    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    print("\ntolk / baseline: "
+          f"in p50 {ratio(_pct(tolk['in_last'], 50), _pct(base['in_last'], 50)):.2f}, "
+          f"in p99 {ratio(_pct(tolk['in_last'], 99), _pct(base['in_last'], 99)):.2f}, "
+          f"out p50 {ratio(_pct(tolk['out'], 50), _pct(base['out'], 50)):.2f}, "
+          f"CPU {ratio(tolk_cpu, base_cpu):.2f}, RSS {ratio(tolk_rss, base_rss):.2f}")  # fmt: skip
+    print(f"simulator violations over both runs: {violations}")
     return 0
 
 
