@@ -1,0 +1,91 @@
+"""Shared pieces of the benchmarks: speech to feed, a real-time microphone feeder, /proc figures."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from tests.helpers import PulseMic, espeak_wav, wav_pcm
+
+PERIOD = 640  # 20 ms at 16 kHz, 16-bit
+SENTENCES = [
+    "The exhibition opens at nine.",
+    "Tickets are sold at the front desk.",
+    "Please keep your bags with you.",
+    "The cafe is on the second floor.",
+    "Photography without flash is allowed.",
+]
+
+
+
+def speech(work: Path, seconds: float) -> bytes:
+    """Utterances with pauses, over a faint noise floor so every 20 ms period is unique."""
+    pieces = []
+    for i, text in enumerate(SENTENCES):
+        pieces.append(wav_pcm(espeak_wav(text, work / f"s{i}.wav")))
+    rng = np.random.default_rng(7)
+    out = bytearray()
+    i = 0
+    while len(out) < seconds * 32000:
+        out += pieces[i % len(pieces)] + bytes(int(1.2 * 32000))
+        i += 1
+    out += bytes(3 * 32000)  # a microphone never stops: the last response comes back while it runs
+    samples = np.frombuffer(bytes(out), dtype="<i2").astype(np.int32)
+    samples += rng.integers(-6, 7, size=samples.size)
+    return np.clip(samples, -32768, 32767).astype("<i2").tobytes()
+
+
+def feed(mic: PulseMic, pcm: bytes, stop: threading.Event) -> None:
+    start = time.monotonic()
+    for n, offset in enumerate(range(0, len(pcm), PERIOD)):
+        if stop.is_set():
+            return
+        mic.write(pcm[offset : offset + PERIOD])
+        delay = start + (n + 1) * 0.02 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def proc_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds used and peak RSS (kB) of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmHWM"))  # fmt: skip
+    return cpu, hwm
+
+
+def speaker_pcm(name: str, path: Path) -> str:
+    return f'pcm.{name} {{\n type file\n slave.pcm null\n file "{path}"\n format raw\n}}\n'
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def row(name: str, values: list[float]) -> str:
+    return (f"{name:<52} n={len(values):<5} p50={pct(values, 50):7.2f}  p95={pct(values, 95):7.2f}  "
+            f"p99={pct(values, 99):7.2f}  max={max(values, default=float('nan')):7.2f} ms")  # fmt: skip
+
+
+def wait_status(port: int, timeout: float = 40.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=2).json()
+            procs = status.get("processes", {})
+            if len(procs) == 5 and all(p.get("up") for p in procs.values()) and status["session"]["state"] == "live":
+                return dict(status)
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the box did not come up")
