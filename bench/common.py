@@ -25,7 +25,11 @@ SENTENCES = [
 
 
 def speech(work: Path, seconds: float) -> bytes:
-    """Utterances with pauses, over a faint noise floor so every 20 ms period is unique."""
+    return utterances(work, seconds)[0]
+
+
+def utterances(work: Path, seconds: float) -> tuple[bytes, int]:
+    """Utterances with pauses, over a faint noise floor so every 20 ms period is unique; and their count."""
     pieces = []
     for i, text in enumerate(SENTENCES):
         pieces.append(wav_pcm(espeak_wav(text, work / f"s{i}.wav")))
@@ -38,7 +42,7 @@ def speech(work: Path, seconds: float) -> bytes:
     out += bytes(3 * 32000)  # a microphone never stops: the last response comes back while it runs
     samples = np.frombuffer(bytes(out), dtype="<i2").astype(np.int32)
     samples += rng.integers(-6, 7, size=samples.size)
-    return np.clip(samples, -32768, 32767).astype("<i2").tobytes()
+    return np.clip(samples, -32768, 32767).astype("<i2").tobytes(), i
 
 
 def feed(mic: PulseMic, pcm: bytes, stop: threading.Event) -> None:
