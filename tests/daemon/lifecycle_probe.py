@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from daemon import config as config_mod
+from daemon import logs
 from daemon.service import Service, run_service
 
 
@@ -25,6 +26,9 @@ class ProbeService(Service):
             raise RuntimeError("device missing on purpose")
         await asyncio.sleep(0.3)
         (self.dir / "opened").write_text(str(time.monotonic()))
+        # Structured log fields: one sticky for the process, two for this line only.
+        logs.annotate(session_id="probe-session-1")
+        self.log.warning("probe: utterance failed", extra=logs.fields(utterance_id="utt-7", error_code="probe_error"))
 
     async def run(self) -> None:
         while True:

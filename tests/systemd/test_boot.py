@@ -1,0 +1,133 @@
+"""The shipped units under a real systemd: booted as PID 1 in private namespaces on a throwaway
+overlay of this machine (tests/systemd/boot/), installed by the real ``tolk install``.
+
+Shown in order on one boot: the target starts all five units (hardened, as the ``tolk`` user,
+logging structured fields to journald); ``kill -9`` of one is restarted and the others keep
+running; ``systemctl reload tolk.target`` applies a language change without restarting capture;
+a capture whose microphone stops delivering is restarted by the watchdog.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import PROCESSES
+from tests.helpers import rmtree, short_tmpdir, wait_until
+from tests.systemd.boot.container import BootRefused, Container
+
+UNITS = [f"tolk-{name}.service" for name in PROCESSES]
+
+
+def _namespaces_refused() -> str | None:
+    cmd = ["unshare", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc", "true"]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if result.returncode != 0:
+        return result.stderr.strip() or f"exit {result.returncode}"
+    if not Path("/lib/systemd/systemd").exists():
+        return "no /lib/systemd/systemd"
+    return None
+
+
+REFUSED = _namespaces_refused()
+pytestmark = pytest.mark.skipif(REFUSED is not None, reason=f"cannot boot systemd in namespaces here: {REFUSED}")
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Container]:
+    workdir = short_tmpdir("tkboot")
+    container = Container(workdir)
+    try:
+        try:
+            container.boot()
+        except BootRefused as exc:
+            pytest.fail(f"systemd did not boot: {exc}")
+        yield container
+    finally:
+        container.shutdown()
+        rmtree(workdir)
+
+
+def running(box: Container, unit: str) -> bool:
+    return box.show(unit, "ActiveState") == "active" and box.show(unit, "SubState") == "running"
+
+
+def main_pids(box: Container) -> dict[str, str]:
+    return {unit: box.show(unit, "MainPID") for unit in UNITS}
+
+
+def test_the_target_starts_all_five_units(box: Container) -> None:
+    # Type=notify: "active" means the process sent READY=1.
+    wait_until(lambda: all(running(box, u) for u in UNITS), 60, what="all five units active")
+    for unit in UNITS:
+        pid = box.show(unit, "MainPID")
+        owner = box.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip()
+        assert owner == "tolk", f"{unit} runs as {owner}"
+        assert box.show(unit, "StatusText"), f"{unit} says nothing in systemctl status"
+    # Structured journal fields, through the real journald.
+    wait_until(lambda: "session live" in box.journal("-u", "tolk-session.service"), 20, what="a live session")
+    entries = [json.loads(line) for line in box.journal("-o", "json", "TOLK_SERVICE=session").splitlines()]
+    live = next(e for e in entries if "session live" in e.get("MESSAGE", ""))
+    assert live["SYSLOG_IDENTIFIER"] == "tolk-session" and live["TOLK_SESSION_ID"].startswith("sess_")
+    assert live["_SYSTEMD_UNIT"] == "tolk-session.service"
+
+
+def test_kill_9_of_one_unit_is_restarted_and_the_others_keep_running(box: Container) -> None:
+    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all five units active")
+    before = main_pids(box)
+    restarts = int(box.show("tolk-session.service", "NRestarts"))
+    box.run("systemctl", "kill", "--signal=KILL", "--kill-whom=main", "tolk-session.service")
+    wait_until(
+        lambda: running(box, "tolk-session.service") and box.show("tolk-session.service", "MainPID") != before[
+            "tolk-session.service"],
+        20, what="tolk-session back with a new process",
+    )  # fmt: skip
+    assert int(box.show("tolk-session.service", "NRestarts")) == restarts + 1
+    after = main_pids(box)
+    assert {u: p for u, p in after.items() if u != "tolk-session.service"} == {
+        u: p for u, p in before.items() if u != "tolk-session.service"
+    }, "another unit was restarted with it"
+
+
+def test_reload_applies_a_language_change_without_restarting_capture(box: Container) -> None:
+    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all five units active")
+    before = main_pids(box)
+    box.run("sed", "-i", 's/^target = "en"/target = "ja"/', "/etc/tolk/tolk.toml")
+    box.run("systemctl", "reload", "tolk.target")
+    wait_until(
+        lambda: "sending the new configuration to the live session" in box.journal("-u", "tolk-session.service"),
+        15, what="the session to send the new languages",
+    )  # fmt: skip
+    assert "config changed: languages" in box.journal("-u", "tolk-capture.service")
+    wait_until(lambda: "zh → ja" in box.show("tolk-session.service", "StatusText"), 10, what="session on zh → ja")
+    assert main_pids(box) == before, "a reload restarted a process"
+
+
+def test_a_stalled_capture_is_restarted_by_the_watchdog(box: Container) -> None:
+    wait_until(lambda: running(box, "tolk-capture.service"), 30, what="capture active")
+    pid = box.show("tolk-capture.service", "MainPID")
+    restarts = int(box.show("tolk-capture.service", "NRestarts"))
+    # The microphone stops delivering; capture's process and event loop stay perfectly alive.
+    box.run("systemctl", "kill", "--signal=STOP", "tolk-boot-mic.service")
+    stalled = time.monotonic()
+    try:
+        wait_until(lambda: int(box.show("tolk-capture.service", "NRestarts")) > restarts, 40, what="a restart")
+        took = time.monotonic() - stalled
+    finally:
+        box.run("systemctl", "kill", "--signal=CONT", "tolk-boot-mic.service")
+    assert "tolk-capture.service: Watchdog timeout" in box.journal("-u", "tolk-capture.service")
+    # Not before the work had been stale for fresh_within_s plus WatchdogSec.
+    assert took > 10, took
+    wait_until(
+        lambda: running(box, "tolk-capture.service") and box.show("tolk-capture.service", "MainPID") != pid,
+        20, what="capture back",
+    )  # fmt: skip
+    wait_until(lambda: box.show("tolk-capture.service", "StatusText").startswith("capturing boot_mic"), 10)
