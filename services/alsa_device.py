@@ -34,6 +34,7 @@ class Pcm(Protocol):
     def info(self) -> dict[str, Any]: ...
     def avail(self) -> int: ...
     def state(self) -> int: ...
+    def polldescriptors(self) -> list[tuple[int, int]]: ...
     def close(self) -> None: ...
 
 
@@ -78,11 +79,16 @@ def alsa_reason(exc: BaseException) -> str:
 
 
 def open_alsa_pcm(spec: PcmSpec) -> Pcm:
-    """Open a blocking S16_LE PCM with small periods; raises DeviceError with ALSA's reason."""
+    """Open an S16_LE PCM with small periods; raises DeviceError with ALSA's reason.
+
+    Capture is non-blocking: the reader waits in poll() with a timeout, so a device that stops
+    delivering is noticed (and reopened) instead of hanging a read for good. Playback blocks:
+    the device's own pace is what paces the writer.
+    """
     try:
         pcm: Pcm = alsaaudio.PCM(
             type=alsaaudio.PCM_CAPTURE if spec.capture else alsaaudio.PCM_PLAYBACK,
-            mode=alsaaudio.PCM_NORMAL,
+            mode=alsaaudio.PCM_NONBLOCK if spec.capture else alsaaudio.PCM_NORMAL,
             device=spec.device,
             channels=spec.channels,
             rate=spec.rate,
@@ -155,6 +161,8 @@ class DeviceKeeper:
         self.backoff = Backoff()
         self.waiting_reason: str | None = None
         self._announced: str | None = None  # the failure last logged at error level
+        self._lost: str | None = None  # how the device last failed in use, until it works again
+        self._quiet_reopen = False
         self.failures = 0
         self.opens = 0
         #: True while open() waits for the device: the work the process can do, being done.
@@ -168,19 +176,33 @@ class DeviceKeeper:
             self._failed(spec, exc.reason)
             return None
         if self.waiting_reason is not None:
-            self.log.info("%s is open", spec.describe())
+            (self.log.debug if self._quiet_reopen else self.log.info)("%s is open", spec.describe())
             quiet_alsa_diagnostics(False)
+        self._quiet_reopen = False
         self.waiting_reason = self._announced = None
         self.backoff.reset()
         self.opens += 1
         return pcm
 
     def lost(self, spec: PcmSpec, reason: str) -> None:
-        """The open device failed while in use: say so once; the next open retries it."""
-        self.log.error("%s failed: %s; reopening", spec.describe(), reason)
+        """The open device failed while in use: say so once; the next open retries it.
+
+        The same failure again before the device worked (a microphone that opens but stays
+        silent, reopened every few seconds) is logged at debug level only.
+        """
+        self._quiet_reopen = reason == self._lost
+        if self._quiet_reopen:
+            self.log.debug("%s failed again: %s; reopening", spec.describe(), reason)
+        else:
+            self.log.error("%s failed: %s; reopening", spec.describe(), reason)
+        self._lost = reason
         self.waiting_reason = reason
         self._announced = None
         quiet_alsa_diagnostics(False)  # the next open's own diagnostics are news again
+
+    def working(self) -> None:
+        """The open device delivered: a later failure is news again."""
+        self._lost = None
 
     async def open(self, spec_of: Callable[[], PcmSpec]) -> Pcm:
         """Keep trying (the spec is re-read each time: a config change applies at once)."""

@@ -2,8 +2,10 @@
 
 Muted periods still go out, zero-filled and flagged ``muted``, so the stream keeps its timing
 (the service sees a pause, not a jump). The speaker counts as talking from playback's
-``started`` until its ``drained`` plus a short tail for the room's echo to die away. An
-operator's ``mute`` command silences the microphone until ``unmute``.
+``started`` until its ``drained`` plus a short tail (``[audio] echo_tail_ms``) for the room's
+echo to die away. With ``[audio] echo = "off"`` (headphones, or an echo-cancelling capture
+device) the speaker never mutes the microphone. An operator's ``mute`` command silences the
+microphone until ``unmute``, in every mode.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ class MuteGate:
 
     def __init__(self, tail_ns: int = TAIL_NS) -> None:
         self.tail_ns = tail_ns
+        self.half_duplex = True
         self.operator = False
         self.speaker = False
         self.speaker_until_ns = 0
 
     def muted(self, period_start_ns: int) -> bool:
         """Whether a period that began at ``period_start_ns`` must go out as silence."""
-        return self.operator or self.speaker or period_start_ns < self.speaker_until_ns
+        if self.operator:
+            return True
+        return self.half_duplex and (self.speaker or period_start_ns < self.speaker_until_ns)
 
     def speaker_started(self) -> None:
         self.speaker = True
@@ -38,6 +43,6 @@ class MuteGate:
     def reason(self, now_ns: int) -> str | None:
         if self.operator:
             return "operator"
-        if self.speaker or now_ns < self.speaker_until_ns:
+        if self.half_duplex and (self.speaker or now_ns < self.speaker_until_ns):
             return "speaker"
         return None

@@ -1,36 +1,56 @@
-"""The capture thread: one blocking ``pcm.read()`` per period, one ``AudioIn`` per read.
+"""The capture thread: wait for the device in poll(), read what it has, hand on 20 ms periods.
 
-It owns the PCM it was given and the bus's bulk publisher (ZeroMQ sockets belong to one
-thread). pyalsaaudio releases the GIL inside ``snd_pcm_readi``, so the event loop keeps
-running while this thread waits for the device. It never exits the process: when the device
-fails it closes the PCM and tells the event loop why, which reopens it with backoff.
+It owns the PCM it was given and (through the pipeline) the bus's bulk publisher: ZeroMQ
+sockets belong to one thread. pyalsaaudio and poll() release the GIL, so the event loop keeps
+running while this thread waits. It never exits the process: when the device fails, or stays
+silent for ``STALL_S``, it closes the PCM and tells the event loop why, which reopens it with
+backoff. On the way it
+
+- converts what the device took (rate, channels) to 16 kHz mono when they differ (soxr);
+- tells a device with a clock from one without (alsa-lib's ``file``/``null`` PCMs hand out audio
+  as fast as it is read): a clockless one is held to real time, or it would flood the bus and
+  bill the service for hours of silence per minute;
+- recovers from overruns: ALSA's own (-EPIPE, the ring buffer overflowed while we were late) and
+  a backlog a sound server kept for us (a device whose ring buffer is full after a read): the
+  stale audio is dropped and counted, so a busy moment never leaves the stream seconds behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable
 
 import alsaaudio
 
-from daemon.bus import Publisher
-from daemon.messages import AudioIn
 from services.alsa_device import Pcm, PcmSpec, alsa_reason
-from services.capture.mute import MuteGate
+from services.audio_format import Converter, DeviceFormat, FormatError, device_format
+from services.capture.pipeline import CapturePipeline
 
 log = logging.getLogger("tolk.capture")
 
-#: A device this far ahead of the wall clock has no clock of its own (ALSA's ``null``, a
-#: plain file): it would hand out audio as fast as we read it, flood the bus, and bill the
-#: service for hours of silence per minute. Real devices never get this far ahead.
+#: A device this far ahead of the wall clock has no clock of its own (see ``Pacer``).
 AHEAD_LIMIT_NS = 100_000_000
-#: Behind by this much the device stalled (a paused FIFO, a suspended host): start afresh.
+#: Behind by this much a clockless device stalled (a paused FIFO): start afresh.
 STALL_NS = 1_000_000_000
 #: Forget accumulated clock drift between the device and CLOCK_MONOTONIC this often.
 REANCHOR_NS = 60_000_000_000
+#: A device that delivers nothing for this long is reported and reopened.
+STALL_S = 3.0
+#: How often the thread looks up from poll() to see whether it should stop.
+POLL_MS = 200
+#: At most this much backlog is read away in one overrun recovery.
+MAX_DISCARD_S = 10.0
+
+#: Counters this thread keeps (created before it starts; it only updates existing keys).
+COUNTERS = ("overruns", "overrun_ms_dropped")
+
+
+class Stalled(Exception):
+    pass
 
 
 class Pacer:
@@ -42,11 +62,11 @@ class Pacer:
         self.anchor_ns: int | None = None
         self.periods = 0
 
-    def after_read(self, now_ns: int) -> None:
+    def after_read(self, now_ns: int, periods: int = 1) -> None:
         if self.anchor_ns is None or now_ns - self.anchor_ns > REANCHOR_NS:
             self.anchor_ns, self.periods = now_ns, 0
             return
-        self.periods += 1
+        self.periods += periods
         ahead = self.anchor_ns + self.periods * self.period_ns - now_ns
         if ahead > AHEAD_LIMIT_NS:
             self.stopping.wait(ahead / 1e9)
@@ -54,35 +74,30 @@ class Pacer:
             self.anchor_ns, self.periods = now_ns, 0
 
 
-#: The service's counters this thread keeps. They exist before the thread starts, so it only
-#: ever updates existing keys while the event loop copies the dict for heartbeats.
-COUNTERS = ("chunks", "bytes", "overruns", "muted_chunks")
-
-
 class Reader(threading.Thread):
     def __init__(
         self,
         pcm: Pcm,
         spec: PcmSpec,
-        publisher: Publisher,
-        gate: MuteGate,
+        pipeline: CapturePipeline,
         counters: dict[str, float],
         on_chunk: Callable[[int], None],
         on_end: Callable[[str | None], None],
     ) -> None:
-        # Daemon: a read blocked on a device that never delivers must not keep the process alive.
+        # Daemon: a read blocked in a device that never delivers must not keep the process alive.
         super().__init__(name="capture-reader", daemon=True)
         self.pcm = pcm
         self.spec = spec
-        self.publisher = publisher
-        self.gate = gate
+        self.pipeline = pipeline
         self.counters = counters
         self.on_chunk = on_chunk
         self.on_end = on_end
         self.stopping = threading.Event()
+        self.clocked: bool | None = None  # decided at the first read
+        self._pending = bytearray()
 
     def stop(self) -> None:
-        """Ask the thread to end after the read in progress (it checks after every period)."""
+        """Ask the thread to end; it looks up from the device at least every POLL_MS."""
         self.stopping.set()
 
     def run(self) -> None:
@@ -91,6 +106,8 @@ class Reader(threading.Thread):
             self._read_until_stopped()
         except alsaaudio.ALSAAudioError as exc:
             error = alsa_reason(exc)
+        except (Stalled, FormatError) as exc:
+            error = str(exc)
         except Exception as exc:
             # Anything else is a bug, but still not a reason to lose the microphone for good.
             log.exception("capture thread failed")
@@ -100,29 +117,84 @@ class Reader(threading.Thread):
                 self.pcm.close()
             self.on_end(None if self.stopping.is_set() else error)
 
+    # --- the loop ----------------------------------------------------------------------------
+
     def _read_until_stopped(self) -> None:
-        period_ns = self.spec.period_ms * 1_000_000
-        rate = self.spec.rate
+        spec = self.spec
+        info = self.pcm.info()
+        got = device_format(info, spec.device)
+        converter = Converter(got, DeviceFormat(spec.rate, spec.channels))
+        if not converter.identity:
+            log.info("%s gives %d Hz x%d: converting to %d Hz mono", spec.describe(), got.rate, got.channels, spec.rate)
+        buffer_frames = int(info.get("buffer_size") or spec.period_frames * spec.periods)
+        period_frames = int(info.get("period_size") or spec.period_frames)
+        period_ns = spec.period_ms * 1_000_000
         pacer = Pacer(period_ns, self.stopping)
-        counters = self.counters
+        poller = select.poll()
+        for fd, events in self.pcm.polldescriptors():
+            poller.register(fd, events)
+        last_audio = time.monotonic()
         while not self.stopping.is_set():
+            if not poller.poll(POLL_MS):
+                if time.monotonic() - last_audio > STALL_S:
+                    raise Stalled(f"no audio for {STALL_S:.0f} s")
+                continue
             frames, data = self.pcm.read()
             t = time.monotonic_ns()
             if frames < 0:
-                # -EPIPE: the device overran (we were late) and a period was lost;
-                # pyalsaaudio prepares the PCM again before the next read.
-                counters["overruns"] += 1
-                overruns = int(counters["overruns"])
-                if overruns <= 5 or overruns % 100 == 0:
-                    log.warning("capture overrun #%d: audio was lost", overruns)
+                # -EPIPE: the ring buffer overflowed while we were late; pyalsaaudio has
+                # prepared the device again. The lost audio is gone: count it, go on.
+                self._overrun(buffer_frames / got.rate)
                 continue
-            if not data or self.stopping.is_set():
+            if not data:
+                if time.monotonic() - last_audio > STALL_S:
+                    raise Stalled(f"no audio for {STALL_S:.0f} s")
                 continue
-            muted = self.gate.muted(t - period_ns)
-            pcm = bytes(len(data)) if muted else data
-            self.publisher.publish(AudioIn(pcm=pcm, t=t, rate=rate, muted=muted))
-            counters["chunks"] += 1
-            counters["bytes"] += len(data)
-            counters["muted_chunks"] += muted
-            self.on_chunk(t)
-            pacer.after_read(t)
+            last_audio = time.monotonic()
+            # A full ring buffer right after a read: from the first read on, a PCM without a
+            # clock (it always has everything ready); later, on a device with one, a backlog.
+            full = self.pcm.avail() >= buffer_frames - period_frames // 2
+            if self.clocked is None:
+                self.clocked = not full
+            elif self.clocked and full:
+                self._discard_backlog(got, period_frames)
+                continue
+            emitted = self._emit(converter.convert(data), t, period_ns)
+            if emitted:
+                self.on_chunk(t)
+                if not self.clocked:
+                    pacer.after_read(t, emitted)
+
+    def _emit(self, pcm: bytes, t: int, period_ns: int) -> int:
+        """Cut into whole periods, each stamped with its own end; returns how many went out."""
+        self._pending += pcm
+        size = self.spec.period_bytes
+        count = len(self._pending) // size
+        ns_per_byte = period_ns / size
+        for k in range(count):
+            after = len(self._pending) - (k + 1) * size  # bytes read after this period's end
+            end_ns = t - int(after * ns_per_byte)
+            self.pipeline.period(bytes(self._pending[k * size : (k + 1) * size]), end_ns, period_ns)
+        del self._pending[: count * size]
+        return count
+
+    def _discard_backlog(self, got: DeviceFormat, period_frames: int) -> None:
+        """The device holds a full buffer: we fell behind (a stall, a busy CPU). Read it away."""
+        dropped = 0
+        limit = int(MAX_DISCARD_S * got.rate)
+        while dropped < limit and not self.stopping.is_set():
+            frames, _ = self.pcm.read()
+            if frames <= 0:
+                break
+            dropped += frames
+            if self.pcm.avail() < period_frames:
+                break
+        self._pending.clear()
+        self._overrun(dropped / got.rate)
+
+    def _overrun(self, lost_s: float) -> None:
+        self.counters["overruns"] += 1
+        self.counters["overrun_ms_dropped"] += round(lost_s * 1000)
+        overruns = int(self.counters["overruns"])
+        if overruns <= 5 or overruns % 100 == 0:
+            log.warning("capture overrun #%d: %.0f ms of audio dropped to catch up", overruns, lost_s * 1000)

@@ -7,6 +7,10 @@ reason, and ``run()`` keeps retrying with backoff. Refusing to start would have 
 restart the unit in a loop and hold back ``tolk.target``, so the screen, the HTTP API and
 ``/health`` could not say what is wrong; a microphone plugged in later is picked up within
 seconds either way. The watchdog is only petted while audio really arrives.
+
+A gap in the audio (a device that stalled, was unplugged, or was reopened) is counted and shown
+in the status line for a minute, so ``/api/status`` says what happened after it is over.
+Speech start/stop from the VAD goes out as ``SpeechActivity`` on the state socket.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ import time
 from typing import ClassVar
 
 from daemon.config import Config
-from daemon.messages import Command, Heartbeat, PlaybackState
+from daemon.messages import Command, Heartbeat, PlaybackState, SpeechActivity
 from daemon.service import Service, ServiceContext
 from services.alsa_device import DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
+from services.capture import pipeline as pipeline_mod
+from services.capture import reader as reader_mod
 from services.capture.mute import MuteGate
-from services.capture.reader import COUNTERS, Reader
+from services.capture.pipeline import CapturePipeline
+from services.capture.policy import PolicySettings, StreamingPolicy
+from services.capture.reader import Reader
+from services.capture.vad import SpeechDetector, make_vad
 
 RATE = 16000
 PERIODS = 4
@@ -33,6 +42,9 @@ PLAYBACK_SILENT_S = 5.0
 PLAYBACK_GONE = frozenset({"stopping", "stopped", "failed"})
 #: Audio older than this makes the status say that none is arriving.
 NO_AUDIO_AFTER_S = 1.0
+#: Chunks further apart than this are a gap in the audio (counted, and shown for GAP_SHOWN_S).
+GAP_S = 0.5
+GAP_SHOWN_S = 60.0
 
 
 class CaptureService(Service):
@@ -42,10 +54,23 @@ class CaptureService(Service):
 
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
-        for key in (*COUNTERS, "reopens", "open_failures"):
+        for key in (
+            *pipeline_mod.COUNTERS,
+            *reader_mod.COUNTERS,
+            "reopens",
+            "open_failures",
+            "gaps",
+            "last_gap_s",
+            "longest_gap_s",
+        ):
             self.counters[key] = 0
         self.gate = MuteGate()
         self.keeper = DeviceKeeper(type(self).pcm_factory, self.log)
+        self.detector = SpeechDetector(make_vad(self.config.audio.vad))
+        self.policy = StreamingPolicy(self._policy_settings())
+        self._configure_gate()
+        self._gap_at_ns = 0
+        self._speaking_published = False
         self._pcm: Pcm | None = None
         self._reader: Reader | None = None
         self._reading_since_ns = 0
@@ -74,6 +99,7 @@ class CaptureService(Service):
             spec = self.spec()
             error = await self._read(self._pcm, spec)
             self._pcm = None
+            self._speech_changed(False, time.monotonic_ns())  # nothing is heard until it reopens
             if error is not None:
                 self.keeper.lost(spec, error)
 
@@ -93,7 +119,14 @@ class CaptureService(Service):
 
     async def apply_config(self, new: Config, changed: set[str]) -> None:
         before = self.spec()
+        vad_before = self.config.audio.vad
         self.config = new
+        self._configure_gate()
+        self.policy.settings = self._policy_settings()
+        if new.audio.vad != vad_before:
+            self.detector = SpeechDetector(make_vad(new.audio.vad))
+            if self._reader is not None:
+                self._reader.pipeline.detector = self.detector
         if self.spec() == before:
             return
         audio = new.audio
@@ -117,6 +150,10 @@ class CaptureService(Service):
         line = f"capturing {device} {RATE / 1000:g} kHz, {self.config.audio.period_ms} ms periods"
         if why := self.gate.reason(now):
             line += f", muted ({why})"
+        if self.detector.speaking:
+            line += ", speech"
+        if self._gap_at_ns and (ago_s := (now - self._gap_at_ns) / 1e9) < GAP_SHOWN_S:
+            line += f", gap of {self.counters['last_gap_s']:g} s {ago_s:.0f} s ago"
         return line
 
     def is_fresh(self) -> bool:
@@ -153,7 +190,12 @@ class CaptureService(Service):
             with contextlib.suppress(RuntimeError):  # the loop is already closed at exit
                 loop.call_soon_threadsafe(_settle, ended, error)
 
-        reader = Reader(pcm, spec, self.bus.bulk, self.gate, self.counters, self._on_chunk, on_end)
+        def on_speech(speaking: bool, t: int) -> None:  # on the reader thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._speech_changed, speaking, t)
+
+        pipeline = CapturePipeline(self.bus.bulk, self.gate, self.detector, self.policy, self.counters, on_speech)
+        reader = Reader(pcm, spec, pipeline, self.counters, self._on_chunk, on_end)
         self._reading_since_ns = time.monotonic_ns()
         self._reader = reader
         reader.start()
@@ -164,8 +206,42 @@ class CaptureService(Service):
         return error
 
     def _on_chunk(self, t: int) -> None:  # on the reader thread
-        self._last_chunk_ns = t
+        last, self._last_chunk_ns = self._last_chunk_ns, t
+        if last and t - last > GAP_S * 1e9:
+            gap_s = round((t - last) / 1e9, 1)
+            self.counters["gaps"] += 1
+            self.counters["last_gap_s"] = gap_s
+            self.counters["longest_gap_s"] = max(self.counters["longest_gap_s"], gap_s)
+            self._gap_at_ns = t
+            self.log.warning("audio is back after a gap of %.1f s", gap_s)
+        if not last or t - last > GAP_S * 1e9:
+            self.keeper.working()
         self.mark_fresh()
+
+    # --- settings ----------------------------------------------------------------------------
+
+    def _configure_gate(self) -> None:
+        audio = self.config.audio
+        self.gate.tail_ns = audio.echo_tail_ms * 1_000_000
+        self.gate.half_duplex = audio.echo == "half-duplex"
+
+    def _policy_settings(self) -> PolicySettings:
+        audio = self.config.audio
+        return PolicySettings(
+            mode=audio.streaming,
+            period_ms=audio.period_ms,
+            preroll_ms=audio.preroll_ms,
+            trailing_ms=audio.trailing_ms,
+            keepalive_s=audio.keepalive_s,
+            keepalive_ms=self.config.service.chunk_ms,
+        )
+
+    def _speech_changed(self, speaking: bool, t: int) -> None:
+        if speaking == self._speaking_published:
+            return
+        self._speaking_published = speaking
+        self.bus.publish(SpeechActivity(speaking=speaking, t=t))
+        self.log.debug("speech %s", "started" if speaking else "stopped")
 
     # --- the bus -----------------------------------------------------------------------------
 

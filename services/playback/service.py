@@ -15,8 +15,10 @@ import contextlib
 import time
 from typing import ClassVar
 
+import numpy as np
+
 from daemon.config import Config
-from daemon.messages import AudioOut, PlaybackState
+from daemon.messages import AudioOut, Command, PlaybackState, SpeechActivity
 from daemon.service import Service, ServiceContext
 from services.alsa_device import BYTES_PER_FRAME, DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
 from services.playback.queue import Chunk, ChunkQueue
@@ -31,6 +33,10 @@ MAX_QUEUED_S = 30
 WRITER_STOP_S = 1.0
 #: Log the first few bad chunks, then every hundredth.
 _LOG_FIRST = 5
+#: The speaker test (``Command(name="speaker-test")``): a short, gentle tone.
+TEST_TONE_HZ = 660
+TEST_TONE_S = 0.6
+TEST_TONE_LEVEL = 0.3  # of full scale
 
 
 class PlaybackService(Service):
@@ -47,6 +53,7 @@ class PlaybackService(Service):
             "rejected_chunks",
             "reopens",
             "open_failures",
+            "barge_ins",
         ):
             self.counters[key] = 0
         self.queue = ChunkQueue(MAX_QUEUED_S * RATE * BYTES_PER_FRAME)
@@ -69,6 +76,8 @@ class PlaybackService(Service):
 
     async def run(self) -> None:
         self.spawn(self._receive(), "receive")
+        self.spawn(self._follow_commands(), "commands")
+        self.spawn(self._follow_speech(), "barge-in")
         while True:
             if self._pcm is None:
                 self.state = "degraded"
@@ -102,7 +111,7 @@ class PlaybackService(Service):
         before = self.spec()
         self.config = new
         if self.spec() == before:
-            return  # playback_start_ms is read for every stretch of speech
+            return  # playback_start_ms, volume and barge_in are read where they are used
         self.log.info("speaker now %r: reopening", new.audio.playback_device)
         if self._writer is not None:
             self._writer.stop()
@@ -165,6 +174,7 @@ class PlaybackService(Service):
             spec,
             self.queue,
             lambda: self.config.audio.playback_start_ms,
+            lambda: self.config.audio.volume,
             self.counters,
             on_state,
             self.mark_fresh,
@@ -202,6 +212,44 @@ class PlaybackService(Service):
                 self.counters["dropped_chunks"] += dropped
                 self._warn("dropped_chunks", "playback queue full: %d old chunks dropped", dropped)
 
+    async def _follow_commands(self) -> None:
+        sub = self.bus.subscribe(["control"], Command)
+        async for msg in sub:
+            assert isinstance(msg, Command)
+            if msg.name == "speaker-test":
+                self._speaker_test()
+
+    async def _follow_speech(self) -> None:
+        """Barge-in: the visitor speaks again while the translation plays: stop it.
+
+        In half duplex the microphone is muted while the speaker talks, so the box's own voice
+        can never trigger this; with ``echo = "off"`` only an echo-free microphone should be
+        combined with ``barge_in = true``.
+        """
+        sub = self.bus.subscribe(["capture"], SpeechActivity)
+        async for msg in sub:
+            assert isinstance(msg, SpeechActivity)
+            writer = self._writer
+            if not (msg.speaking and self.config.audio.barge_in and self._speaking and writer is not None):
+                continue
+            dropped = self.queue.clear()
+            writer.flush()
+            self.counters["barge_ins"] += 1
+            self.log.info("barge-in: someone speaks; %d queued chunks of the translation dropped", dropped)
+
+    def _speaker_test(self) -> None:
+        """The tone goes through the normal player: same queue, same device, same states."""
+        self.count("speaker_tests")
+        if self._writer is None:
+            self.log.warning("speaker test: no speaker is open (%s)", self.status())
+            return
+        self.log.info("speaker test: %.1f s tone at %d Hz", TEST_TONE_S, TEST_TONE_HZ)
+        pcm, step = speaker_test_tone(), RATE * PERIOD_MS // 1000 * BYTES_PER_FRAME
+        now = time.monotonic_ns()
+        for i in range(0, len(pcm), step):
+            self.queue.put(Chunk(pcm=pcm[i : i + step], t=now, response_id="speaker-test"))
+        self.queue.put(Chunk(pcm=b"", t=now, response_id="speaker-test", end=True))
+
     def _chunk(self, msg: AudioOut) -> Chunk | None:
         if msg.rate != RATE:
             self.counters["rejected_chunks"] += 1
@@ -218,6 +266,18 @@ class PlaybackService(Service):
         seen = int(self.counters[counter])
         if seen <= _LOG_FIRST or seen % 100 == 0:
             self.log.warning(fmt, *args)
+
+
+def speaker_test_tone(rate: int = RATE) -> bytes:
+    """S16_LE mono sine with 20 ms fades (no clicks)."""
+    n = int(rate * TEST_TONE_S)
+    t = np.arange(n) / rate
+    wave = np.sin(2 * np.pi * TEST_TONE_HZ * t) * TEST_TONE_LEVEL
+    fade = int(rate * 0.02)
+    ramp = np.linspace(0.0, 1.0, fade)
+    wave[:fade] *= ramp
+    wave[-fade:] *= ramp[::-1]
+    return (wave * 32767).astype("<i2").tobytes()
 
 
 def _settle(fut: asyncio.Future[str | None], error: str | None) -> None:

@@ -1,10 +1,23 @@
-"""The playback thread: a small jitter buffer in front of one ALSA PCM.
+"""The playback thread: a jitter buffer in front of one ALSA PCM.
 
-Per stretch of speech: wait until ``playback_start_ms`` of audio is queued (or the first
-chunk has waited that long, or the response ended, so a short reply still plays), write it
-period by period, keep writing while audio keeps coming, then ``drain()`` (which returns once
-the device has played everything) and say ``drained``. Between stretches the thread sleeps on
-the queue: no silence is written while idle (a device without a clock would take it endlessly).
+Per stretch of speech:
+
+1. Start threshold: wait until ``playback_start_ms`` of audio is queued (or the first chunk has
+   waited that long, or the response ended, so a short reply still plays). Network bursts that
+   arrive faster than real time build up behind it and are absorbed.
+2. Play: write period by period, volume applied, converted to what the device took. ``started``
+   is said when the first sample is handed to the device.
+3. Gaps: when the queue runs dry mid-response (the next delta is late) and the device is about
+   to run out, a period of silence is written instead of letting the device underrun: a short
+   pause instead of a click and a restart. Counted as ``gap_fills``. Without the response's end
+   marker, ``MAX_FILL_S`` of silence ends the stretch.
+4. End: after the response's end marker (an empty ``AudioOut``), wait until the device has
+   played everything — frames written minus what it still holds (``DeviceClock``) — and say
+   ``drained``. Capture keeps the microphone muted until then plus a tail.
+
+A flush (barge-in) drops what is queued and stops writing; the little the device holds plays
+out (at most its buffer) and ``drained`` follows. Between stretches the thread sleeps on the
+queue: no silence is written while idle.
 """
 
 from __future__ import annotations
@@ -18,18 +31,31 @@ from collections import deque
 from collections.abc import Callable
 
 import alsaaudio
+import numpy as np
 
 from services.alsa_device import BYTES_PER_FRAME, Pcm, PcmSpec, alsa_reason
+from services.audio_format import Converter, DeviceFormat, FormatError, device_format
+from services.playback.clock import DeviceClock
 from services.playback.queue import Chunk, ChunkQueue
 
 log = logging.getLogger("tolk.playback")
 
-#: Beyond what the device still holds, how long to wait for more audio before draining.
-GAP_SLACK_S = 0.03
+#: Refill with silence when the device holds less than this and no audio is queued.
+LOW_WATER_S = 0.04
+#: Silence written for one gap before the stretch is ended anyway (no end marker came).
+MAX_FILL_S = 0.5
 #: How many recent chunks the latency median covers.
 LATENCY_WINDOW = 200
 #: Counters this thread keeps (created before it starts; it only updates existing keys).
-COUNTERS = ("chunks_played", "bytes_played", "underruns", "latency_ms_p50")
+COUNTERS = (
+    "chunks_played",
+    "bytes_played",
+    "underruns",
+    "gap_fills",
+    "silence_ms_inserted",
+    "latency_ms_p50",
+    "start_wait_ms",
+)
 
 StateCallback = Callable[[str, str, int, int], None]  # state, response_id, frames, t
 
@@ -41,6 +67,7 @@ class Writer(threading.Thread):
         spec: PcmSpec,
         queue: ChunkQueue,
         start_ms: Callable[[], int],
+        volume: Callable[[], float],
         counters: dict[str, float],
         on_state: StateCallback,
         on_written: Callable[[], None],
@@ -51,11 +78,13 @@ class Writer(threading.Thread):
         self.spec = spec
         self.queue = queue
         self.start_ms = start_ms
+        self.volume = volume
         self.counters = counters
         self.on_state = on_state
         self.on_written = on_written
         self.on_end = on_end
         self.stopping = threading.Event()
+        self.flushing = threading.Event()
         #: When the thread entered a device call (0 outside one): a write stuck in the
         #: device is the one thing that makes playback stale; waiting for audio is by design.
         self.in_device_since_ns = 0
@@ -63,23 +92,31 @@ class Writer(threading.Thread):
         self._response_id = ""
         self._frames = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._buffer_frames = self._device_buffer_frames()
 
     def stop(self) -> None:
         self.stopping.set()
         self.queue.wake()
+
+    def flush(self) -> None:
+        """Barge-in: stop what is playing (the caller empties the queue)."""
+        if self.playing:
+            self.flushing.set()
+            self.queue.wake()
 
     # --- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
         error: str | None = None
         try:
+            self._setup()
             while not self.stopping.is_set():
                 first = self.queue.get(None, self.stopping)
                 if first is not None:
                     self._play_stretch(first)
         except alsaaudio.ALSAAudioError as exc:
             error = alsa_reason(exc)
+        except FormatError as exc:
+            error = str(exc)
         except Exception as exc:
             log.exception("playback thread failed")
             error = f"unexpected error: {exc!r}"
@@ -92,83 +129,125 @@ class Writer(threading.Thread):
                 self.pcm.close()
             self.on_end(None if self.stopping.is_set() else error)
 
+    def _setup(self) -> None:
+        info = self.pcm.info()
+        got = device_format(info, self.spec.device)
+        self.converter = Converter(DeviceFormat(self.spec.rate, self.spec.channels), got)
+        if not self.converter.identity:
+            log.info("%s takes %d Hz x%d: converting from 24 kHz mono", self.spec.describe(), got.rate, got.channels)
+        self.device_period_bytes = got.rate * self.spec.period_ms // 1000 * got.frame_bytes
+        self.frame_bytes = got.frame_bytes
+        buffer_frames = int(info.get("buffer_size") or got.rate * self.spec.period_ms * self.spec.periods // 1000)
+        self.clock = DeviceClock(self.pcm, got.rate, buffer_frames, self.stopping)
+
     def _play_stretch(self, first: Chunk) -> None:
-        pending = self._prebuffer(first)
+        self.flushing.clear()
+        pending, ended = self._prebuffer(first)
         if not pending:
             return
+        self.clock.begin()
         for chunk in pending:
             self._write(chunk)
-        while not self.stopping.is_set():
-            more = self.queue.get(self._gap_wait_s(), self.stopping)
-            if more is None:
-                break
-            if not more.end:
+        filled_s = 0.0
+        while not ended and not self.stopping.is_set() and not self.flushing.is_set():
+            more = self.queue.get(max(0.0, self.clock.held_s() - LOW_WATER_S), self.stopping)
+            if more is not None:
+                if more.end:
+                    break
+                filled_s = 0.0
                 self._write(more)
+            elif not self.stopping.is_set() and not self.flushing.is_set():
+                if filled_s >= MAX_FILL_S:
+                    break  # the response's end marker never came
+                if filled_s == 0.0:
+                    self.counters["gap_fills"] += 1
+                filled_s += self._write_silence()
         if self.stopping.is_set():
             return  # run() drops what is left and says drained
-        self._device_call(self.pcm.drain)
+        self._wait_played()
         self._drained()
 
-    def _prebuffer(self, first: Chunk) -> list[Chunk]:
-        """The jitter buffer: collect until enough is queued, the response ended, or time is up."""
+    def _prebuffer(self, first: Chunk) -> tuple[list[Chunk], bool]:
+        """The jitter buffer's start: collect until enough is queued, the response ended (True), or time is up."""
         if first.end:
-            return []
+            return [], True
         pending = [first]
         start_ms = self.start_ms()
         want = self.spec.rate * BYTES_PER_FRAME * start_ms // 1000
         have = len(first.pcm)
+        ended = False
         deadline = time.monotonic() + start_ms / 1000
-        while have < want and not self.stopping.is_set():
+        while have < want and not self.stopping.is_set() and not self.flushing.is_set():
             chunk = self.queue.get(max(0.0, deadline - time.monotonic()), self.stopping)
             if chunk is None:
                 break  # the wait is over: play what there is
             if chunk.end:
+                ended = True
                 break
             pending.append(chunk)
             have += len(chunk.pcm)
-        return pending
+        self.counters["start_wait_ms"] = round((time.monotonic_ns() - first.t) / 1e6, 1)
+        return pending, ended
 
     # --- the device --------------------------------------------------------------------------
 
     def _write(self, chunk: Chunk) -> None:
-        period = self.spec.period_bytes
-        view = memoryview(chunk.pcm)
-        for offset in range(0, len(view), period):
-            piece = view[offset : offset + period]
-            if self.pcm.state() == alsaaudio.PCM_STATE_XRUN:
-                self._underrun()
-            self._write_piece(piece)
-            handed = time.monotonic_ns()
-            if offset == 0:
-                self._latencies.append((handed - chunk.t) / 1e6)
-                self.counters["latency_ms_p50"] = round(statistics.median(self._latencies), 2)
-            if not self.playing:
-                self.playing = True
-                self._frames = 0
-                self._response_id = chunk.response_id
-                self.on_state("started", chunk.response_id, 0, handed)
-            self._frames += len(piece) // BYTES_PER_FRAME
-            self.on_written()
+        pcm = chunk.pcm
+        volume = self.volume()
+        if volume < 1.0:
+            pcm = (np.frombuffer(pcm, dtype="<i2") * np.float32(volume)).astype("<i2").tobytes()
+        data = self.converter.convert(pcm)
+        handed = self._write_device(data, chunk.response_id)
+        if handed:
+            self._latencies.append((handed - chunk.t) / 1e6)
+            self.counters["latency_ms_p50"] = round(statistics.median(self._latencies), 2)
+        self._frames += len(chunk.pcm) // BYTES_PER_FRAME
         self.counters["chunks_played"] += 1
         self.counters["bytes_played"] += len(chunk.pcm)
         self._response_id = chunk.response_id or self._response_id
 
-    def _write_piece(self, piece: memoryview) -> None:
-        frames = len(piece) // BYTES_PER_FRAME
-        done = 0
-        retried = False
-        while done < frames:
-            try:
-                written = self._device_call(self.pcm.write, piece[done * BYTES_PER_FRAME :])
-            except alsaaudio.ALSAAudioError as exc:
-                # EPIPE: the device ran dry during this write; pyalsaaudio prepares it again on
-                # the next call. Anything else (the device went away) ends this thread.
-                if alsa_reason(exc) != "Broken pipe" or retried:
-                    raise
+    def _write_silence(self) -> float:
+        self._write_device(bytes(self.device_period_bytes), self._response_id)
+        self.counters["silence_ms_inserted"] += self.spec.period_ms
+        return self.spec.period_ms / 1000
+
+    def _write_device(self, data: bytes, response_id: str) -> int:
+        """Write in periods; returns when the first one was handed to the device (0 if none)."""
+        view = memoryview(data)
+        first_ns = 0
+        for offset in range(0, len(view), self.device_period_bytes):
+            if self.flushing.is_set() or self.stopping.is_set():
+                break
+            piece = view[offset : offset + self.device_period_bytes]
+            if self.clock.before_write():
                 self._underrun()
-                retried = True
+            self._write_piece(piece)
+            handed = time.monotonic_ns()
+            first_ns = first_ns or handed
+            if not self.playing:
+                self.playing = True
+                self._frames = 0
+                self._response_id = response_id
+                self.on_state("started", response_id, 0, handed)
+            self.on_written()
+        return first_ns
+
+    def _write_piece(self, piece: memoryview) -> None:
+        frames = len(piece) // self.frame_bytes
+        done = 0
+        refused = 0
+        while done < frames and not self.stopping.is_set():
+            written = self._device_call(self.pcm.write, piece[done * self.frame_bytes :])
+            if written < 0:
+                # -EPIPE: the device ran dry before this write; pyalsaaudio has prepared it
+                # again, so the same data goes out on the next call.
+                refused += 1
+                if refused > 3:
+                    raise alsaaudio.ALSAAudioError(f"the device keeps refusing writes (error {written})")
+                self._underrun()
                 continue
-            done += max(0, written)
+            done += written
+            self.clock.wrote(written)
 
     def _device_call(self, call: Callable[..., int], *args: object) -> int:
         self.in_device_since_ns = time.monotonic_ns()
@@ -183,20 +262,22 @@ class Writer(threading.Thread):
         if count <= 5 or count % 100 == 0:
             log.warning("playback underrun #%d: the speaker ran dry mid-sentence", count)
 
-    def _gap_wait_s(self) -> float:
-        """How long more audio may take: what the device still holds, plus a little."""
+    def _wait_played(self) -> None:
+        """Until the device has played what it was given (frames written minus its delay)."""
+        deadline = time.monotonic() + 5.0
+        while (held := self.clock.held_s()) > 0.001 and time.monotonic() < deadline:
+            if self.stopping.wait(held):
+                return
+        # Nothing is left to play, so drain() returns at once: it stops the device on purpose
+        # (the next stretch starts cleanly rather than with an underrun), and makes a file PCM
+        # write out the frames it still holds.
         try:
-            held = max(0, self._buffer_frames - self.pcm.avail())
+            self._device_call(self.pcm.drain)
         except alsaaudio.ALSAAudioError:
-            held = 0
-        return held / self.spec.rate + GAP_SLACK_S
-
-    def _device_buffer_frames(self) -> int:
-        try:
-            return int(self.pcm.info()["buffer_size"])
-        except (alsaaudio.ALSAAudioError, KeyError, TypeError, ValueError):
-            return self.spec.period_frames * self.spec.periods
+            with contextlib.suppress(alsaaudio.ALSAAudioError):
+                self.pcm.drop()
 
     def _drained(self) -> None:
         self.playing = False
+        self.flushing.clear()
         self.on_state("drained", self._response_id, self._frames, time.monotonic_ns())

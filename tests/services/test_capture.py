@@ -122,9 +122,10 @@ def mic(rundir: Path) -> Iterator[PulseMic]:
     pulse.close()
 
 
-def _config(rundir: Path, device: str) -> Path:
+def _config(rundir: Path, device: str, extra: str = 'streaming = "always"\n') -> Path:
+    """These tests watch the device side: every period is published (the policy has its own tests)."""
     path = rundir / "tolk.toml"
-    path.write_text(f'[audio]\ncapture_device = "{device}"\nperiod_ms = 20\n')
+    path.write_text(f'[audio]\ncapture_device = "{device}"\nperiod_ms = 20\n{extra}')
     return path
 
 
@@ -283,6 +284,9 @@ def test_missing_microphone_is_waited_for_and_reopened(rundir: Path, sd: NotifyS
                     15,
                 )
                 assert beat.state == "running"
+                # The gap stays visible after it is over (the heartbeat is what /api/status shows).
+                assert beat.counters["gaps"] >= 1 and beat.counters["last_gap_s"] >= 1.0, beat.counters
+                assert "gap of" in beat.status, beat.status
             finally:
                 beats.close()
             _stop(proc, rundir)

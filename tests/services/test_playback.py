@@ -136,25 +136,35 @@ def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> 
             try:
                 session.wait_for_subscriber()
 
-                # A response of five 100 ms deltas, sent in a burst as the service does.
+                # A response of five 100 ms deltas, sent in a burst as the service does, then
+                # the session's end-of-response marker.
                 first = [_speech(0.1, seed) for seed in range(5)]
                 sent_at = [session.send(pcm, "resp-1") for pcm in first]
+                session.send(b"", "resp-1")
                 tap.until(lambda: len(tap.states) >= 2, what="started and drained")
                 started, drained = tap.states[:2]
                 assert (started.state, drained.state) == ("started", "drained")
                 assert started.response_id == drained.response_id == "resp-1"
-                assert sent_at[-1] <= started.t <= drained.t
+                assert sent_at[3] <= started.t <= drained.t  # started once 400 ms were queued
                 assert drained.frames == 5 * 2400
-                assert speaker.read_bytes() == b"".join(first)
+                assert speaker.read_bytes() == b"".join(first), (len(speaker.read_bytes()), len(b"".join(first)))
+                # The device has no clock: playback keeps one, so "drained" comes when a real
+                # speaker would have finished the 0.5 s, not when the last write returned.
+                assert 0.45 <= (drained.t - started.t) / 1e9 < 0.8, (drained.t - started.t) / 1e9
 
-                # A short reply (40 ms, under the 400 ms start buffer) still plays once the wait is up.
+                # A short reply (40 ms, under the 400 ms start buffer) still plays once the wait
+                # is up. Its end marker never comes: silence bridges the wait for more, then it ends.
                 short = _speech(0.04, 10)
                 sent = session.send(short, "resp-2")
                 tap.until(lambda: len(tap.states) >= 4, what="the short reply")
                 assert [s.state for s in tap.states[2:4]] == ["started", "drained"]
                 waited_s = (tap.states[2].t - sent) / 1e9
                 assert 0.35 <= waited_s < 1.5, waited_s
-                assert speaker.read_bytes() == b"".join(first) + short
+                played = speaker.read_bytes()
+                fill = played[len(b"".join(first) + short) :]
+                assert played.startswith(b"".join(first) + short)
+                assert not any(fill) and 0 < len(fill) <= 0.55 * 48000, len(fill)
+                first.append(short + fill)
 
                 # An empty AudioOut ends the response: what is buffered plays at once.
                 tail = _speech(0.04, 11)
@@ -162,11 +172,12 @@ def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> 
                 session.send(b"", "resp-3")
                 tap.until(lambda: len(tap.states) >= 6, what="the ended reply")
                 assert (tap.states[4].t - sent) / 1e9 < 0.3
-                assert speaker.read_bytes() == b"".join(first) + short + tail
+                assert speaker.read_bytes() == b"".join(first) + tail
 
                 tap.until(lambda: any(h.counters.get("chunks_played") == 7 for h in tap.heartbeats), what="counters")
                 beat = next(h for h in tap.heartbeats if h.counters.get("chunks_played") == 7)
-                assert beat.counters["bytes_played"] == len(b"".join(first) + short + tail)
+                assert beat.counters["bytes_played"] == len(b"".join(first[:5]) + short + tail)
+                assert beat.counters["gap_fills"] == 1 and beat.counters["underruns"] == 0
                 assert 0 < beat.counters["latency_ms_p50"] < 1000
                 assert beat.state == "running"
             finally:
@@ -196,6 +207,7 @@ def test_missing_speaker_is_waited_for_and_a_config_change_applies(rundir: Path,
                 proc.send_signal(signal.SIGHUP)
                 tap.until(lambda: any(h.status.startswith("idle, test_spk open") for h in tap.heartbeats), 10)
                 session.send(_speech(0.2, 2), "resp-2")
+                session.send(b"", "resp-2")
                 tap.until(lambda: [s.state for s in tap.states] == ["started", "drained"], what="playback")
             finally:
                 tap.close()

@@ -1,0 +1,93 @@
+"""``tolk devices``: the names to put in ``[audio] capture_device`` / ``playback_device``.
+
+alsa-lib's own device hints (what ``arecord -L`` / ``aplay -L`` print), with each one's
+description and direction, plus the sound cards. Prefer ``plughw:CARD=…`` (or ``default``) over
+``hw:…``: ``plug`` converts rate and channels in alsa-lib, so any USB microphone gives tolk its
+16 kHz mono. Other kinds of device (cameras) register a lister in ``LISTERS``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import alsaaudio
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "capture", "playback" (or another lister's kind, e.g. "camera")
+    name: str
+    description: str = ""
+
+
+def _hints() -> list[tuple[str, str, str | None]]:
+    """(NAME, DESC, IOID) for every PCM hint alsa-lib knows; IOID None means both directions."""
+    lib = ctypes.CDLL(ctypes.util.find_library("asound") or "libasound.so.2")
+    lib.snd_device_name_get_hint.restype = ctypes.c_void_p
+    lib.snd_device_name_get_hint.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    hints = ctypes.POINTER(ctypes.c_void_p)()
+    if lib.snd_device_name_hint(-1, b"pcm", ctypes.byref(hints)) < 0:
+        return []
+    out = []
+    try:
+        i = 0
+        while hints[i]:
+            values = []
+            for key in (b"NAME", b"DESC", b"IOID"):
+                raw = lib.snd_device_name_get_hint(hints[i], key)
+                values.append(ctypes.string_at(raw).decode(errors="replace") if raw else None)
+                if raw:
+                    libc.free(ctypes.c_void_p(raw))  # the hint's strings are ours to free
+            name, desc, ioid = values
+            if name:
+                out.append((name, " ".join((desc or "").split()), ioid))
+            i += 1
+    finally:
+        lib.snd_device_name_free_hint(hints)
+    return out
+
+
+def audio_devices() -> list[Device]:
+    devices: list[Device] = []
+    for name, desc, ioid in _hints():
+        if ioid in (None, "Input"):
+            devices.append(Device("capture", name, desc))
+        if ioid in (None, "Output"):
+            devices.append(Device("playback", name, desc))
+    # PCMs defined in ~/.asoundrc or /etc/asound.conf without a hint are still usable names.
+    known = {(d.kind, d.name) for d in devices}
+    for kind, pcm_type in (("capture", alsaaudio.PCM_CAPTURE), ("playback", alsaaudio.PCM_PLAYBACK)):
+        for name in alsaaudio.pcms(pcm_type):
+            if (kind, name) not in known:
+                devices.append(Device(kind, name))
+    return devices
+
+
+#: Each returns the devices of one kind; the camera adds its own (``Device("camera", …)``).
+def camera_devices() -> list[Device]:
+    from services.camera.devices import camera_devices as cameras
+
+    return cameras()
+
+
+LISTERS: list[Callable[[], list[Device]]] = [audio_devices, camera_devices]
+
+
+def main(as_json: bool = False) -> int:
+    devices = [d for lister in LISTERS for d in lister()]
+    cards = alsaaudio.cards()
+    if as_json:
+        print(json.dumps({"cards": cards, "devices": [asdict(d) for d in devices]}, indent=1))
+        return 0
+    print("sound cards: " + (", ".join(cards) if cards else "none"))
+    for kind in dict.fromkeys(d.kind for d in devices):
+        print(f"\n{kind}:")
+        for d in (d for d in devices if d.kind == kind):
+            print(f"  {d.name:<40} {d.description}".rstrip())
+    print('\nUse a plughw:CARD=... name (or "default"): alsa-lib then converts rate and channels.')
+    return 0

@@ -1,0 +1,70 @@
+"""One capture period, from the device to the bus: mute, voice activity, streaming policy, publish.
+
+Runs on the capture thread (it owns the bulk publisher). The VAD sees what the session could
+get — zeros while muted — so in half duplex the box's own voice never counts as speech (and
+never triggers a barge-in). Speech start/stop goes to ``on_speech`` for the event loop to
+publish on the state socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from daemon.bus import Publisher
+from daemon.messages import AudioIn
+from services.capture.mute import MuteGate
+from services.capture.policy import Period, StreamingPolicy
+from services.capture.vad import SpeechDetector
+
+BYTES_PER_SECOND = 16000 * 2
+
+#: The service's counters this thread keeps (created before it starts; only existing keys change).
+COUNTERS = (
+    "chunks",
+    "bytes",
+    "muted_chunks",
+    "seconds_captured",
+    "seconds_sent",
+    "utterances",
+    "keepalives",
+    "vad_windows",
+)
+
+
+class CapturePipeline:
+    def __init__(
+        self,
+        publisher: Publisher,
+        gate: MuteGate,
+        detector: SpeechDetector,
+        policy: StreamingPolicy,
+        counters: dict[str, float],
+        on_speech: Callable[[bool, int], None],
+        rate: int = 16000,
+    ) -> None:
+        self.publisher = publisher
+        self.gate = gate
+        self.detector = detector
+        self.policy = policy
+        self.counters = counters
+        self.on_speech = on_speech
+        self.rate = rate
+
+    def period(self, data: bytes, t: int, period_ns: int) -> None:
+        muted = self.gate.muted(t - period_ns)
+        pcm = bytes(len(data)) if muted else data
+        was = self.detector.speaking
+        speaking = self.detector.silence(len(pcm)) if muted else self.detector.feed(pcm)
+        if speaking != was:
+            self.counters["utterances"] += speaking
+            self.on_speech(speaking, t)
+        counters = self.counters
+        counters["chunks"] += 1
+        counters["bytes"] += len(data)
+        counters["muted_chunks"] += muted
+        counters["seconds_captured"] += len(data) / BYTES_PER_SECOND
+        counters["vad_windows"] = self.detector.windows
+        for out in self.policy.admit(Period(pcm, t, muted), speaking):
+            self.publisher.publish(AudioIn(pcm=out.pcm, t=out.t, rate=self.rate, muted=out.muted))
+            counters["seconds_sent"] += len(out.pcm) / BYTES_PER_SECOND
+        counters["keepalives"] = self.policy.keepalives

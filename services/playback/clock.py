@@ -1,0 +1,72 @@
+"""How much the speaker still has to play, from ALSA and from the wall clock.
+
+The echo contract needs the moment the device has really played everything: the frames written
+minus what the device still holds. A real device says what it holds (``buffer_size - avail``).
+alsa-lib's ``file``/``null`` PCMs (tests, the demo) have no clock: they take every write at once
+and always report an empty buffer, so ``drained`` would come the instant the last write returned
+while a listener would still hear a second of speech. For those the writer keeps a clock of its
+own (frames written against time since the first one) and is held to it: it writes no further
+ahead than a real device's buffer would let it, and counts a period it was too late for as an
+underrun, as a real device would.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import alsaaudio
+
+from services.alsa_device import Pcm
+
+
+class DeviceClock:
+    def __init__(self, pcm: Pcm, rate: int, buffer_frames: int, stopping: threading.Event) -> None:
+        self.pcm = pcm
+        self.rate = rate
+        self.buffer_frames = buffer_frames
+        self.stopping = stopping
+        #: None until the first write shows whether the device keeps time itself.
+        self.clocked: bool | None = None
+        self._start = 0.0
+        self._written = 0
+
+    def begin(self) -> None:
+        """A stretch of speech starts on an empty device."""
+        self._start = time.monotonic()
+        self._written = 0
+
+    def wrote(self, frames: int) -> None:
+        if self.clocked is None:
+            # A device with a clock now holds what we wrote; one without has taken it all.
+            self.clocked = self._avail() < self.buffer_frames
+        self._written += frames
+
+    def held_s(self) -> float:
+        """Seconds of audio written but not yet played."""
+        if self.clocked:
+            avail = self._avail()
+            return max(0, self.buffer_frames - avail) / self.rate if avail >= 0 else 0.0
+        return max(0.0, self._virtual_held_s())
+
+    def before_write(self) -> bool:
+        """For a clockless device: wait while a real one would be full; True if it ran dry."""
+        if self.clocked is not False or self._written == 0:
+            return False
+        held = self._virtual_held_s()
+        if held < 0:
+            self._start -= held  # a real device would have stopped and started again now
+            return True
+        ahead = held - self.buffer_frames / self.rate
+        if ahead > 0:
+            self.stopping.wait(ahead)
+        return False
+
+    def _virtual_held_s(self) -> float:
+        return self._written / self.rate - (time.monotonic() - self._start)
+
+    def _avail(self) -> int:
+        try:
+            return int(self.pcm.avail())
+        except alsaaudio.ALSAAudioError:
+            return -1
