@@ -82,10 +82,28 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_main(args.config, as_json=args.json)
 
 
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from daemon.devices import main as devices_main
+
+    return devices_main(as_json=args.json)
+
+
 def _cmd_simulator(args: argparse.Namespace) -> int:
     from services.simulator import main as simulator_main
 
     return simulator_main(args)
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    from daemon.install import main_install
+
+    return main_install(args.root, args.api_key_file, args.entry_point, create_user=not args.no_user)
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    from daemon.install import main_uninstall
+
+    return main_uninstall(args.root, args.purge)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     status = with_config(sub.add_parser("status", help="how the box is: processes, session, captions"))
     status.add_argument("--json", action="store_true", help="print the raw /api/status JSON")
     status.set_defaults(func=_cmd_status)
+
+    inst = sub.add_parser("install", help="install the systemd units, the tolk user, config and API key (as root)")
+    inst.add_argument("--root", default="/", help="install into this tree instead of / (an image, a test)")
+    inst.add_argument("--api-key-file", metavar="FILE", help="the DashScope API key, from FILE or - for stdin")
+    inst.add_argument("--entry-point", metavar="PATH", help="what /usr/local/bin/tolk links to (default: ours)")
+    inst.add_argument("--no-user", action="store_true", help="do not create the tolk user")
+    inst.set_defaults(func=_cmd_install)
+    uninst = sub.add_parser("uninstall", help="stop and remove the units, the API key and the command link")
+    uninst.add_argument("--root", default="/", help="uninstall from this tree instead of /")
+    uninst.add_argument("--purge", action="store_true", help="also remove the config, the state and the tolk user")
+    uninst.set_defaults(func=_cmd_uninstall)
+
+    devices = sub.add_parser("devices", help="the ALSA capture and playback devices, by the names the config takes")
+    devices.add_argument("--json", action="store_true", help="print JSON")
+    devices.set_defaults(func=_cmd_devices)
 
     sim = sub.add_parser("simulator", help="a local stand-in for the realtime service (tests, demos)")
     sim.add_argument("--host", default="127.0.0.1")

@@ -121,6 +121,7 @@ _SIMPLE_TYPES: dict[str, type | tuple[type, ...]] = {
     "float": (int, float),
     "str | None": (str, type(None)),
     "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)),
     "dict[str, Any]": dict,
     "dict[str, float]": dict,
     "list[str]": list,
@@ -218,6 +219,8 @@ class SessionStatus(Message):
     last_error: str = ""
     reconnects: int = 0
     session_id: str = ""
+    backlog_dropped: int = 0  # audio chunks dropped from the backlog while disconnected
+    model: str = ""
 
 
 @dataclass(kw_only=True)
@@ -231,6 +234,11 @@ class Usage(Message):
     output_text_tokens: int = 0
     image_tokens_estimate: int = 0
     audio_seconds_sent: float = 0.0
+    input_tokens: int = 0  # as reported (audio + text); images are in image_tokens_estimate
+    output_tokens: int = 0
+    images_sent: int = 0
+    tokens_per_hour: float = 0.0  # input + output + images, at the rate of the last hour
+    cost_per_hour: float | None = None  # at [service] price_per_million_*; None when no price is set
 
 
 # --- every process ---------------------------------------------------------------------------

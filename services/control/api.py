@@ -1,4 +1,7 @@
-"""The HTTP API: health, status and config. ``create_app`` takes its collaborators, for tests.
+"""The HTTP API and pages. ``create_app`` takes its collaborators, for tests.
+
+This module holds health, status and config; ``routes`` the box's other endpoints, ``pages``
+the two pages and the captions stream, ``security`` who may do what.
 
 Every response has a pydantic model, so ``/openapi.json`` describes what really comes back.
 Errors are JSON too: ``{"error": ..., "problems": [...]}`` with one line per problem.
@@ -11,13 +14,23 @@ from typing import Any
 
 from fastapi import Body, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from daemon.config import Config
 from daemon.messages import ConfigChanged
 from daemon.messages import Message as BusMessage
-from services.control.models import ConfigRejected, Health, PublicConfig, StatusReport
+from services.control.devices import DevicesReport, list_devices
+from services.control.live import CaptionHub
+from services.control.metrics import BoxMetrics
+from services.control.models import REFUSED, WRITE_REFUSED, ConfigRejected, Health, PublicConfig, StatusReport
+from services.control.pages import mount_pages
+from services.control.patch_schema import patch_schemas
+from services.control.routes import box_router
+from services.control.security import AccessGuard, AccessPolicy
 from services.control.status import StatusAggregator
 from services.control.store import ConfigStore, OverlayUnreadable, PatchRejected
 
@@ -75,8 +88,14 @@ def create_app(
     publish: Callable[[BusMessage], None],
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
+    access: AccessPolicy | None = None,
+    devices: Callable[[Config], DevicesReport] = list_devices,
 ) -> FastAPI:
-    """The control API over ``status`` (bus view), ``store`` (config) and ``publish`` (to the bus)."""
+    """The control API over ``status`` (bus view), ``store`` (config) and ``publish`` (to the bus).
+
+    ``access`` defaults to the store's config's policy; replace ``app.state.access`` when the
+    config changes. ``devices`` is the hardware seam of ``GET /api/devices``.
+    """
     app = FastAPI(
         title="tolk control",
         summary="Health, status and configuration of a tolk translation kiosk.",
@@ -84,8 +103,12 @@ def create_app(
         # The interactive docs load scripts from a CDN: useless on an offline kiosk.
         docs_url=None,
         redoc_url=None,
+        responses=REFUSED,
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    # Added last, so it runs first: nothing is read from a request that is refused anyway.
+    app.state.access = access or AccessPolicy.from_config(store.current)
+    app.add_middleware(AccessGuard, policy=lambda: app.state.access)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -96,7 +119,13 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail), "problems": [str(exc.detail)]}, status_code=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route's methods; a path may have several routes.
+            headers["Allow"] = ", ".join(_methods_at(app, request.url.path))
+        return JSONResponse(
+            {"error": str(exc.detail), "problems": [str(exc.detail)]}, status_code=exc.status_code, headers=headers
+        )
 
     @app.get(
         "/health",
@@ -122,6 +151,7 @@ def create_app(
         "/api/config",
         response_model=PublicConfig,
         responses={
+            **WRITE_REFUSED,
             422: {"model": ConfigRejected, "description": "Refused; nothing was changed."},
             413: {"model": ConfigRejected, "description": f"Body over {max_body_bytes} bytes."},
         },
@@ -140,4 +170,32 @@ def create_app(
             publish(ConfigChanged(sections=sorted(changed)))
         return store.public()
 
+    app.include_router(box_router(lambda: store.current, publish, devices, BoxMetrics(status)))
+    mount_pages(app, CaptionHub(status, lambda: store.current))
+    _describe_patch_body(app)
     return app
+
+
+def _methods_at(app: FastAPI, path: str) -> list[str]:
+    methods: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.fullmatch(path):
+            methods |= route.methods
+    return sorted(methods)
+
+
+def _describe_patch_body(app: FastAPI) -> None:
+    """The PATCH body is taken as a plain object (the config model's messages are the clearer
+    ones), so its schema is put into /openapi.json here, derived from the config model."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            body, components = patch_schemas()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            content = schema["paths"]["/api/config"]["patch"]["requestBody"]["content"]
+            content["application/json"]["schema"] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

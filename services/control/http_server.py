@@ -139,7 +139,9 @@ class HttpListener:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 reader, writer = await asyncio.open_connection(loopback_for(host), port)
                 try:
-                    writer.write(b"GET /health HTTP/1.1\r\nHost: tolk\r\nConnection: close\r\n\r\n")
+                    # Host: the address itself, which the access guard accepts on a loopback bind.
+                    request = f"GET /health HTTP/1.1\r\nHost: {self.listen}\r\nConnection: close\r\n\r\n"
+                    writer.write(request.encode("ascii", "replace"))
                     await writer.drain()
                     status_line = await reader.readline()
                 finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.config import Config, OutputConfig, ServiceConfig
@@ -29,6 +31,7 @@ class SessionInfo(BaseModel):
     last_error: str = ""
     reconnects: int = 0
     session_id: str = ""
+    backlog_dropped: int = Field(0, description="Audio chunks dropped from the backlog while disconnected.")
     for_s: float = Field(description="Seconds since control first saw this state.")
 
 
@@ -39,6 +42,13 @@ class UsageInfo(BaseModel):
     output_text_tokens: int = 0
     image_tokens_estimate: int = 0
     audio_seconds_sent: float = 0.0
+    input_tokens: int = Field(0, description="Tokens in, as the service reported them (images estimated apart).")
+    output_tokens: int = 0
+    images_sent: int = 0
+    tokens_per_hour: float = Field(0.0, description="Input, output and image tokens, at the rate of the last hour.")
+    cost_per_hour: float | None = Field(
+        None, description="At [service] price_per_million_*_tokens; null when no price is set."
+    )
 
 
 class PlaybackInfo(BaseModel):
@@ -84,6 +94,17 @@ class StatusReport(BaseModel):
 class ConfigRejected(BaseModel):
     error: str
     problems: list[str] = Field(description="One line per problem: the key, the value given and what is allowed.")
+
+
+#: Refusals any operation may give (documented once, in every operation).
+REFUSED: dict[int | str, dict[str, Any]] = {
+    403: {"model": ConfigRejected, "description": "A foreign Host, or a change from another site's page."},
+}
+#: And those of every change.
+WRITE_REFUSED: dict[int | str, dict[str, Any]] = {
+    400: {"model": ConfigRejected, "description": "The body could not be read."},
+    401: {"model": ConfigRejected, "description": "The box listens on the network: the token is missing or wrong."},
+}
 
 
 # --- the public config: the config model plus the effective values, the key masked ---------------

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from daemon import config as config_mod
+from daemon import logs
 from daemon.bus import SERVICES, Subscriber
 from daemon.service import Service, ServiceContext
 from services.control.api import create_app
 from services.control.http_server import HttpListener, ListenError
+from services.control.security import AccessPolicy, TokenMissing
 from services.control.status import STATE_TOPICS, StatusAggregator
 from services.control.store import ConfigStore
 
@@ -22,13 +24,19 @@ class ControlService(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
         self.aggregator = StatusAggregator()
-        self.store = ConfigStore(ctx.config, ctx.config_path)
+        self.store = ConfigStore(ctx.config, ctx.config_path, vet=_listen_needs_token)
         self.app = create_app(self.aggregator, self.store, self.bus.publish)
         self.listener: HttpListener | None = None
         self._sub: Subscriber | None = None
         self._listen_problem = ""
 
     async def start(self) -> None:
+        policy: AccessPolicy = self.app.state.access
+        if problem := policy.problem():
+            raise TokenMissing(problem)
+        logs.redact(policy.token)
+        if removed := self.store.remove_stale_temporaries():
+            self.log.info("removed %d unfinished config write(s) left by a crash", removed)
         # Subscribe first: the sockets connect while the listener starts, so the first
         # /api/status already has heartbeats (our own included: control is a process too).
         self._sub = self.bus.subscribe(SERVICES, *STATE_TOPICS)
@@ -61,6 +69,14 @@ class ControlService(Service):
 
     async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:
         self.store.replace(new)
+        policy = AccessPolicy.from_config(new)
+        if policy.problem() is None:
+            logs.redact(policy.token)
+            self.app.state.access = policy
+        else:
+            # Edited by hand to a LAN address without a token: keep serving where we are.
+            self.log.error("%s; keeping http://%s", policy.problem(), self.app.state.access.listen)
+            return
         if self.listener is not None and new.control.listen != self.listener.listen:
             await self._move_listener(new.control.listen)
         await super().apply_config(new, changed)
@@ -86,3 +102,9 @@ class ControlService(Service):
             return self.state
         line = f"serving on {self.listener.listen}"
         return f"{line} ({self._listen_problem})" if self._listen_problem else line
+
+
+def _listen_needs_token(cfg: config_mod.Config) -> list[str]:
+    """A PATCH that would open the API to the network without a token is refused up front."""
+    problem = AccessPolicy.from_config(cfg).problem()
+    return [problem] if problem else []

@@ -100,6 +100,9 @@ class StatusAggregator:
         self._playback: PlaybackState | None = None
         self._playback_at = 0.0
         self._utterances: OrderedDict[str, _Utterance] = OrderedDict()
+        #: Called with each message after it is folded in, and control's clock reading (the
+        #: captions stream and the latency metrics follow the bus this way).
+        self.observers: list[Callable[[Message, float], None]] = []
 
     # --- input -----------------------------------------------------------------------------------
 
@@ -125,6 +128,8 @@ class StatusAggregator:
             self._speaking = msg.speaking
         elif isinstance(msg, PlaybackState):
             self._playback, self._playback_at = msg, now
+        for observer in self.observers:
+            observer(msg, now)
 
     def _heartbeat(self, msg: Heartbeat, now: float) -> None:
         proc = self._processes.get(msg.service)
@@ -217,6 +222,7 @@ class StatusAggregator:
             last_error=s.last_error,
             reconnects=s.reconnects,
             session_id=s.session_id,
+            backlog_dropped=s.backlog_dropped,
             for_s=round(self.clock() - self._session_since, 2),
         )
 
@@ -231,19 +237,31 @@ class StatusAggregator:
             output_text_tokens=u.output_text_tokens,
             image_tokens_estimate=u.image_tokens_estimate,
             audio_seconds_sent=u.audio_seconds_sent,
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+            images_sent=u.images_sent,
+            tokens_per_hour=u.tokens_per_hour,
+            cost_per_hour=u.cost_per_hour,
         )
 
     def captions(self) -> list[CaptionInfo]:
         now = self.clock()
-        return [
-            CaptionInfo(
-                utterance=u.utterance,
-                source=u.source,
-                translation=u.translation,
-                age_s=round(now - u.updated_at, 2),
-            )
-            for u in self._utterances.values()
-        ]
+        return [self._caption_info(u, now) for u in self._utterances.values()]
+
+    def caption(self, utterance: str) -> CaptionInfo | None:
+        """One utterance as it stands now (None once it has scrolled out)."""
+        utt = self._utterances.get(utterance)
+        return None if utt is None else self._caption_info(utt, self.clock())
+
+    @staticmethod
+    def _caption_info(u: _Utterance, now: float) -> CaptionInfo:
+        return CaptionInfo(
+            utterance=u.utterance, source=u.source, translation=u.translation, age_s=round(now - u.updated_at, 2)
+        )
+
+    def process_up(self, name: str) -> bool:
+        proc = self._processes.get(name)
+        return proc is not None and self._process_problem(proc, self.clock()) is None
 
     def playback_info(self) -> PlaybackInfo | None:
         p = self._playback

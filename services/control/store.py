@@ -50,12 +50,16 @@ class OverlayUnreadable(Exception):
     """The overlay on disk cannot be parsed: a person must fix or delete it."""
 
 
+def is_secret_key(key: str) -> bool:
+    return _SECRET_KEY.search(key) is not None
+
+
 def secret_problems(changes: Mapping[str, Any], prefix: str = "") -> list[str]:
     """One line per key in ``changes`` that would set (or point at) a secret."""
     problems = []
     for key, value in changes.items():
         dotted = f"{prefix}{key}"
-        if _SECRET_KEY.search(str(key)):
+        if is_secret_key(str(key)):
             problems.append(
                 f"{dotted}: secrets cannot be set over HTTP; the API key comes from DASHSCOPE_API_KEY, "
                 f"[service] api_key_file in the config file, or the systemd credential "
@@ -73,11 +77,14 @@ def merge_patch(target: MutableMapping[str, Any], patch: Mapping[str, Any], new_
             if key in target:
                 del target[key]
         elif isinstance(value, Mapping):
-            if not isinstance(target.get(key), MutableMapping):
+            existed = isinstance(target.get(key), MutableMapping)
+            if not existed:
+                # An object replaces a value that is not one (RFC 7386), even an empty object:
+                # {"log": {"level": {}}} must fail validation, not vanish.
                 target[key] = new_table()
             merge_patch(target[key], value, new_table)
-            if not target[key]:
-                del target[key]
+            if existed and not target[key]:
+                del target[key]  # emptied by removals: drop the table header too
         else:
             target[key] = copy.deepcopy(value)
 
@@ -108,10 +115,18 @@ def write_atomic(path: Path, text: str) -> None:
 class ConfigStore:
     """The running config as control knows it, and the only writer of the overlay file."""
 
-    def __init__(self, config: config_mod.Config, config_path: str | None, overlay: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: config_mod.Config,
+        config_path: str | None,
+        overlay: Path | None = None,
+        vet: Callable[[config_mod.Config], list[str]] | None = None,
+    ) -> None:
         self._config = config
         self._config_path = config_path
         self.overlay = overlay or config_mod.overlay_path()
+        #: Checks beyond the model that a change must pass (e.g. a LAN address needs a token).
+        self.vet = vet or (lambda _config: [])
         # A threading lock, not an asyncio one: the write runs in a worker thread, and a request
         # cancelled mid-write must not let the next PATCH start while that thread still writes.
         self._lock = threading.Lock()
@@ -143,11 +158,29 @@ class ConfigStore:
             overlay = doc.unwrap()
             merge_patch(overlay, changes, dict)
             new = self._validate(overlay)
+            if problems := self._type_problems(changes) or self.vet(new):
+                raise PatchRejected(problems)
             merge_patch(doc, changes, tomlkit.table)
             write_atomic(self.overlay, tomlkit.dumps(doc))
             self.writes += 1
             old, self._config = self._config, new
             return new, config_mod.changed_sections(old, new)
+
+    @staticmethod
+    def _type_problems(changes: Mapping[str, Any]) -> list[str]:
+        # Imported here: the patch schema is derived from this module's notion of secrets.
+        from services.control.patch_schema import type_problems
+
+        return type_problems(changes)
+
+    def remove_stale_temporaries(self) -> int:
+        """Temp files a crash left mid-write (the rename never happened): they are never read."""
+        removed = 0
+        for stale in self.overlay.parent.glob(f".{self.overlay.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+                removed += 1
+        return removed
 
     def _read_overlay(self) -> tomlkit.TOMLDocument:
         try:

@@ -27,11 +27,14 @@ MAX_MESSAGE_BYTES = 4 * 2**20
 class ConnectFailure(Exception):
     """The connection could not be opened or was lost. ``fatal``: retrying cannot help."""
 
-    def __init__(self, message: str, fatal: bool = False, throttled: bool = False) -> None:
+    def __init__(
+        self, message: str, fatal: bool = False, throttled: bool = False, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.fatal = fatal
         self.throttled = throttled
+        self.retry_after_s = retry_after_s
 
     def __str__(self) -> str:
         return self.message
@@ -58,7 +61,11 @@ def describe_handshake(exc: BaseException) -> ConnectFailure:
         if status in _FATAL_STATUS:
             return ConnectFailure(_FATAL_STATUS[status], fatal=True)
         if status == 429:
-            return ConnectFailure("the service is throttling this account (HTTP 429)", throttled=True)
+            return ConnectFailure(
+                "the service is throttling this account (HTTP 429)",
+                throttled=True,
+                retry_after_s=_retry_after(exc.response.headers.get("Retry-After")),
+            )
         return ConnectFailure(f"the service refused the connection (HTTP {status})")
     if isinstance(exc, InvalidURI):
         return ConnectFailure(f"[service] url is not usable: {exc}", fatal=True)
@@ -69,6 +76,15 @@ def describe_handshake(exc: BaseException) -> ConnectFailure:
     if isinstance(exc, OSError):
         return ConnectFailure(f"network: {exc.strerror or exc}")
     return ConnectFailure(f"cannot connect: {exc!r}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (the HTTP-date form is not worth a kiosk's trust), bounded."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return None if seconds is None or seconds != seconds else min(max(seconds, 0.5), 600.0)
 
 
 async def connect_service(url: str, model: str, api_key: str | None, timeout_s: float) -> ClientConnection:

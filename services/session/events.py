@@ -12,10 +12,13 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
-from daemon.messages import AudioOut, Usage
+from daemon.messages import AudioOut
 from daemon.service import Service
 from services.session import protocol
+from services.session.captions import CaptionAssembler
 from services.session.connection import ConnectFailure
+from services.session.pause import Activity
+from services.session.usage import UsageMeter
 
 _MAX_UNKNOWN_LOGGED = 100
 
@@ -34,15 +37,15 @@ class EventHandler(Service):
 
     def setup_events(self) -> None:
         cfg = self.config
-        self.captions = protocol.CaptionAssembler(cfg.languages.source, cfg.languages.target)
+        self.captions = CaptionAssembler(cfg.languages.source, cfg.languages.target)
+        self.activity = Activity()
+        self.usage = UsageMeter()
         self.finished = asyncio.Event()
         self.ending = False
         self.fatal: protocol.ServiceError | None = None
-        self._totals = dict.fromkeys(
-            ("input_audio_tokens", "input_text_tokens", "output_audio_tokens", "output_text_tokens"), 0
-        )
-        self._image_tokens = 0.0
+        self.stalled = ""  # why the connection was given up as stalled
         self._unknown: set[str] = set()
+        self._audio_responses: dict[str, int] = {}  # response id -> audio deltas, while open
 
     async def expect(self, ws: ClientConnection, wanted: str, timeout_s: float) -> dict[str, Any]:
         """Read until ``wanted`` arrives; an ``error`` first raises ServiceRejected."""
@@ -78,6 +81,9 @@ class EventHandler(Service):
                 error, self.fatal = self.fatal, None
                 await ws.close()
                 raise ConnectFailure(f"the service reported {error}", fatal=True)
+        if self.stalled:
+            why, self.stalled = self.stalled, ""
+            raise ConnectFailure(why)
         if not self.ending:
             reason = f"code {ws.close_code}" + (f" ({ws.close_reason})" if ws.close_reason else "")
             raise ConnectFailure(f"the service closed the connection: {reason}")
@@ -98,21 +104,23 @@ class EventHandler(Service):
     def dispatch(self, event: dict[str, Any], received_ns: int) -> None:
         kind = event["type"]
         self.mark_fresh()
+        self.activity.event()
         try:
             if kind == "response.audio.delta":
-                response_id = event.get("response_id")
+                rid = _response_id(event)
                 pcm = protocol.audio_delta(event)
                 self.count("deltas_received")
-                rid = response_id if isinstance(response_id, str) else ""
+                if rid in self._audio_responses:
+                    self._audio_responses[rid] += 1
                 self.bus.publish(AudioOut(pcm=pcm, response_id=rid, t=received_ns))
             elif kind == "response.audio.done":
                 # An empty AudioOut ends the response: playback plays what it holds without
                 # waiting for its start threshold (a short reply must not wait).
-                response_id = event.get("response_id")
-                rid = response_id if isinstance(response_id, str) else ""
-                self.bus.publish(AudioOut(pcm=b"", response_id=rid, t=received_ns))
+                self.bus.publish(AudioOut(pcm=b"", response_id=_response_id(event), t=received_ns))
             elif (caption := self.captions.feed(event)) is not None:
                 self.bus.publish(caption)
+            elif kind == "response.created":
+                self._on_response_created(event)
             elif kind == "response.done":
                 self._on_response_done(event)
             elif kind == "error":
@@ -141,29 +149,57 @@ class EventHandler(Service):
             self.log.warning("service error: %s", error)
         self.publish_status()
 
+    def _on_response_created(self, event: dict[str, Any]) -> None:
+        response = event.get("response")
+        rid = response.get("id") if isinstance(response, dict) else None
+        if isinstance(rid, str) and rid:
+            self.activity.response_started(rid)
+            if len(self._audio_responses) < 64:
+                self._audio_responses[rid] = 0
+
     def _on_response_done(self, event: dict[str, Any]) -> None:
         response = event.get("response")
-        status = response.get("status") if isinstance(response, dict) else None
+        response = response if isinstance(response, dict) else {}
+        ident = response.get("id")
+        rid = ident if isinstance(ident, str) else ""
+        status = response.get("status")
+        self.count("responses")
+        deltas = self._audio_responses.pop(rid, None)
         if status not in (None, "completed"):
-            self.log.info("response ended %s", status)
+            self.count("responses_interrupted")
+            self.log.info("response %s ended %s after %s audio deltas", rid, status, deltas)
+        self.activity.response_ended(rid, time.monotonic())
         delta = protocol.usage(event)
-        if delta is None:
-            return
-        for name in self._totals:
-            self._totals[name] += getattr(delta, name)
+        if delta is not None:
+            self.usage.add_response(delta)
+            self.publish_usage()
+
+    def connection_lost(self) -> None:
+        """What was open when a connection ended must not hang on the screen or in the speaker."""
+        for caption in self.captions.close_open():
+            self.bus.publish(caption)
+        for rid in self._audio_responses:
+            self.bus.publish(AudioOut(pcm=b"", response_id=rid))
+        self._audio_responses.clear()
+        self.activity.reset()
+
+    def publish_usage(self) -> None:
+        service = self.config.service
         self.bus.publish(
-            Usage(
-                **self._totals,
-                image_tokens_estimate=round(self._image_tokens),
-                audio_seconds_sent=round(self.counters.get("audio_seconds_sent", 0.0), 3),
+            self.usage.message(
+                self.counters.get("audio_seconds_sent", 0.0),
+                service.price_per_million_input_tokens,
+                service.price_per_million_output_tokens,
             )
         )
-
-    def add_image_tokens(self, tokens: float) -> None:
-        self._image_tokens += tokens
 
     # Provided by the session service.
     last_error: str
 
     def publish_status(self) -> None:
         raise NotImplementedError
+
+
+def _response_id(event: dict[str, Any]) -> str:
+    rid = event.get("response_id")
+    return rid if isinstance(rid, str) else ""

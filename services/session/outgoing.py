@@ -37,9 +37,14 @@ class Outgoing:
         self.dropped = 0
         self.set_chunk_ms(chunk_ms)
 
-    def set_chunk_ms(self, chunk_ms: int) -> None:
+    def set_chunk_ms(self, chunk_ms: int, backlog_s: float | None = None) -> None:
+        if backlog_s is not None:
+            self.backlog_s = backlog_s
         self.chunk_bytes = chunk_bytes(chunk_ms)
         self.max_chunks = max(1, int(self.backlog_s * 1000 / chunk_ms))
+        while len(self._chunks) > self.max_chunks:
+            self._chunks.popleft()
+            self.dropped += 1
 
     # --- producers ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.config import Config
-from daemon.messages import Caption
+from services.session.profiles import profile_for
 
 ASR_MODEL = "qwen3-asr-flash-realtime"
 INPUT_RATE = 16000
@@ -58,8 +58,10 @@ SERVER_EVENT_TYPES = frozenset(
         "response.output_item.done",
         "response.content_part.added",
         "response.content_part.done",
-        # Documented for 3.5 or seen from early builds: handled when they come, never relied on.
+        # Documented for 3.5 or Omni, or seen from early builds: handled when they come, never relied on.
         "response.audio_transcript.delta",
+        "response.text.delta",
+        "input_audio_buffer.cleared",
         "input_audio_buffer.speech_started",
         "input_audio_buffer.speech_stopped",
         "input_audio_buffer.committed",
@@ -89,18 +91,28 @@ class EventIds:
 
 
 def session_config(cfg: Config) -> dict[str, Any]:
-    """The ``session`` object of ``session.update`` for this config (protocol.md 2, 11.2)."""
+    """The ``session`` object of ``session.update`` for this config and model (protocol.md 2, 9, 11.2)."""
+    profile = profile_for(cfg.service.model)
+    source, target, phrases = cfg.languages.source, cfg.languages.target, cfg.translation.phrases
     session: dict[str, Any] = {
         "modalities": list(cfg.modalities),
         "input_audio_format": "pcm16",
         "output_audio_format": "pcm24",
-        "translation": {"language": cfg.languages.target},
     }
     voice = cfg.voice
     if voice is not None and "audio" in cfg.modalities:
         session["voice"] = voice
-    if cfg.output.source_captions:
-        session["input_audio_transcription"] = {"model": ASR_MODEL, "language": cfg.languages.source}
+    if profile.translation_field:
+        translation: dict[str, Any] = {"language": target}
+        if phrases:
+            translation["corpus"] = {"phrases": dict(phrases)}
+        session["translation"] = translation
+    if profile.source_transcription and cfg.output.source_captions:
+        session["input_audio_transcription"] = {"model": ASR_MODEL, "language": source}
+    if (instructions := profile.instructions_for(source, target, phrases)) is not None:
+        session["instructions"] = instructions
+    if profile.turn_detection is not None:
+        session["turn_detection"] = dict(profile.turn_detection)
     return session
 
 
@@ -138,6 +150,27 @@ def image_problem(jpeg: bytes) -> str | None:
         return "not a JPEG"
     if len(jpeg) > MAX_IMAGE_BYTES:
         return f"{len(jpeg)} bytes, over the {MAX_IMAGE_BYTES}-byte limit"
+    return None
+
+
+def jpeg_size(jpeg: bytes) -> tuple[int, int] | None:
+    """Width and height from a JPEG's start-of-frame marker, or None when there is none."""
+    pos = 2
+    while pos + 9 <= len(jpeg):
+        if jpeg[pos] != 0xFF:
+            return None
+        marker = jpeg[pos + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = int.from_bytes(jpeg[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(jpeg[pos + 7 : pos + 9], "big")
+            return width, height
+        if length < 2:
+            return None
+        pos += 2 + length
     return None
 
 
@@ -227,6 +260,8 @@ class UsageDelta:
     input_text_tokens: int = 0
     output_audio_tokens: int = 0
     output_text_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 def usage(event: dict[str, Any]) -> UsageDelta | None:
@@ -236,104 +271,23 @@ def usage(event: dict[str, Any]) -> UsageDelta | None:
     if not isinstance(raw, dict):
         return None
 
-    def tokens(details: str, name: str) -> int:
-        block = raw.get(details)
-        value = block.get(name, 0) if isinstance(block, dict) else 0
+    def count(value: Any) -> int:
         return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
+    def tokens(details: str, name: str) -> int:
+        block = raw.get(details)
+        return count(block.get(name, 0)) if isinstance(block, dict) else 0
+
+    input_audio = tokens("input_tokens_details", "audio_tokens")
+    input_text = tokens("input_tokens_details", "text_tokens")
+    output_audio = tokens("output_tokens_details", "audio_tokens")
+    output_text = tokens("output_tokens_details", "text_tokens")
+    # The totals when given (they may hold kinds the details do not name), else the details' sum.
     return UsageDelta(
-        input_audio_tokens=tokens("input_tokens_details", "audio_tokens"),
-        input_text_tokens=tokens("input_tokens_details", "text_tokens"),
-        output_audio_tokens=tokens("output_tokens_details", "audio_tokens"),
-        output_text_tokens=tokens("output_tokens_details", "text_tokens"),
+        input_audio_tokens=input_audio,
+        input_text_tokens=input_text,
+        output_audio_tokens=output_audio,
+        output_text_tokens=output_text,
+        input_tokens=max(count(raw.get("input_tokens")), input_audio + input_text),
+        output_tokens=max(count(raw.get("output_tokens")), output_audio + output_text),
     )
-
-
-# --- captions ---------------------------------------------------------------------------------
-
-_SNAPSHOT = {
-    "response.audio_transcript.text": "translation",
-    "response.text.text": "translation",
-    "conversation.item.input_audio_transcription.text": "source",
-}
-_MAX_OPEN_UTTERANCES = 32
-_FINAL = {
-    "response.audio_transcript.done": ("translation", "transcript"),
-    "response.text.done": ("translation", "text"),
-    "conversation.item.input_audio_transcription.completed": ("source", "transcript"),
-}
-
-
-class CaptionAssembler:
-    """Turns transcript events into Caption messages.
-
-    qwen3 gives no link between a source transcription and its translation, so they are paired
-    by arrival order: the n-th source item and the n-th response are utterance n. Each caption
-    replaces the previous one of its utterance and kind; a final one closes it.
-    """
-
-    def __init__(self, source: str, target: str) -> None:
-        self.source = source
-        self.target = target
-        self._counters = {"source": 0, "translation": 0}
-        self._utterance: dict[tuple[str, str], str] = {}
-        self._last: dict[tuple[str, str], tuple[str, str]] = {}
-
-    def new_session(self) -> None:
-        """A new connection: what was pending is gone, and both kinds restart side by side."""
-        top = max(self._counters.values())
-        self._counters = dict.fromkeys(self._counters, top)
-        self._utterance.clear()
-        self._last.clear()
-
-    def feed(self, event: dict[str, Any]) -> Caption | None:
-        kind_type = event["type"]
-        if kind_type in _SNAPSHOT:
-            kind = _SNAPSHOT[kind_type]
-            key = (kind, self._key(event, kind))
-            text, stash = text_field(event, "text"), text_field(event, "stash")
-            self._last[key] = (text, stash)
-            return self._caption(event, kind, key, text, stash, final=False)
-        if kind_type == "response.audio_transcript.delta":
-            # An early server build sent deltas (field ``delta`` or ``transcript``): append those.
-            key = ("translation", self._key(event, "translation"))
-            piece = text_field(event, "delta") or text_field(event, "transcript")
-            text = self._last.get(key, ("", ""))[0] + piece
-            self._last[key] = (text, "")
-            return self._caption(event, "translation", key, text, "", final=False)
-        if kind_type in _FINAL:
-            kind, field = _FINAL[kind_type]
-            key = (kind, self._key(event, kind))
-            text = text_field(event, field)
-            if not text.strip():
-                last_text, last_stash = self._last.get(key, ("", ""))
-                text = last_text + last_stash
-            self._last.pop(key, None)
-            caption = self._caption(event, kind, key, text, "", final=True)
-            self._utterance.pop(key, None)
-            return caption
-        return None
-
-    def _key(self, event: dict[str, Any], kind: str) -> str:
-        # Translations are keyed by response; source transcriptions by their item.
-        ident = (event.get("response_id") or event.get("item_id")) if kind == "translation" else event.get("item_id")
-        return ident if isinstance(ident, str) and ident else "?"
-
-    def _caption(
-        self, event: dict[str, Any], kind: str, key: tuple[str, str], text: str, stash: str, final: bool
-    ) -> Caption:
-        utterance = self._utterance.get(key)
-        if utterance is None:
-            self._counters[kind] += 1
-            utterance = f"u{self._counters[kind]}"
-            self._utterance[key] = utterance
-            # Utterances whose final never came (a dropped response) must not pile up.
-            while len(self._utterance) > _MAX_OPEN_UTTERANCES:
-                stale = next(iter(self._utterance))
-                self._utterance.pop(stale)
-                self._last.pop(stale, None)
-        language = self.target
-        if kind == "source":
-            reported = event.get("language")
-            language = reported if isinstance(reported, str) and reported else self.source
-        return Caption(utterance=utterance, kind=kind, text=text, stash=stash, final=final, language=language)

@@ -3,9 +3,11 @@
 One connection at a time: connect -> ``session.created`` -> ``session.update`` ->
 ``session.updated`` -> live (audio out, events in) until it closes; then reconnect with backoff
 and jitter. A refused key, a missing key or a refused configuration stop the retrying and say
-so in the state; only a config change or a ``restart-session`` command tries again (a refused
-configuration is also retried slowly). READY never waits for the network: a box must start
-offline. Events are handled in ``events.py``.
+so in the state, and are retried only slowly, or at once on a config change or a
+``restart-session`` command; so are connections that keep dying within seconds of opening.
+A connection that takes speech and answers nothing for ``stall_timeout_s`` is given up. Before
+the service's session limit the session is rotated, at a pause in speech. READY never waits
+for the network: a box must start offline. Events are handled in ``events.py``.
 """
 
 from __future__ import annotations
@@ -18,20 +20,29 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from daemon import config as config_mod
+from daemon import logs
 from daemon.messages import AudioIn, Command, SessionStatus, VideoFrame
 from daemon.service import STOP_TIMEOUT_S, ServiceContext
 from services.session import protocol
 from services.session.connection import Backoff, ConnectFailure, connect_service, is_loopback
 from services.session.events import EventHandler, ServiceRejected
 from services.session.outgoing import Outgoing
+from services.session.profiles import profile_for
 
 NO_KEY = "no API key: set DASHSCOPE_API_KEY or [service] api_key_file"
 #: A configuration the service refused is tried again this rarely (or at once on a config change).
 CONFIG_RETRY_S = 60.0
-#: The service closes sessions after about 120 minutes; rotate before it does.
-ROTATE_AFTER_S = 110 * 60.0
-#: A connection that stayed live this long resets the backoff.
+#: A refused key or account: a person must act, but a paid bill or a restored key should not
+#: need one at the box too. Retried this rarely, or at once on a config change.
+FATAL_RETRY_S = 15 * 60.0
+#: Throttled with no Retry-After: never sooner than this.
+THROTTLED_FLOOR_S = 5.0
+#: A connection that stayed open this long resets the backoff; shorter ones count as failures.
 STABLE_S = 10.0
+#: This many short-lived connections in a row: the service is not really working; say so.
+FLAPPING_LIMIT = 3
+#: Past the rotation age, wait at most this long for a pause (bounded by the service's limit).
+ROTATE_GRACE_S = 300.0
 #: SessionStatus is re-sent this often so that a process that joins late learns the state.
 STATUS_REPEAT_S = 2.0
 COUNTERS = (
@@ -43,6 +54,12 @@ COUNTERS = (
     "malformed_events",
     "images_sent",
     "images_rejected",
+    "responses",
+    "responses_interrupted",
+    "errors_received",
+    "stalls",
+    "rotations",
+    "short_lived_connections",
 )
 
 
@@ -57,8 +74,9 @@ class SessionService(EventHandler):
         self.reconnects = 0
         self.session_id = ""
         self.ids = protocol.EventIds()
-        self.outgoing = Outgoing(self.config.service.chunk_ms)
+        self.outgoing = Outgoing(self.config.service.chunk_ms, self.config.service.backlog_s)
         self.backoff = Backoff()
+        self.short_lived = 0
         self._ws: ClientConnection | None = None
         self._live = False
         self._audio_sent = False
@@ -88,12 +106,12 @@ class SessionService(EventHandler):
             line += f" (reconnects {self.reconnects})"
         return line
 
-    def set_state(self, state: str, detail: str = "") -> None:
+    def set_state(self, state: str, detail: str = "", error_code: str | None = None) -> None:
         if (state, detail) == (self.session_state, self.detail):
             return
         self.session_state, self.detail = state, detail
         log = self.log.warning if state in ("failed", "backoff") else self.log.info
-        log("session %s", self.status())
+        log("session %s", self.status(), extra=logs.fields(error_code=error_code))
         self.publish_status()
 
     def publish_status(self) -> None:
@@ -104,6 +122,8 @@ class SessionService(EventHandler):
                 last_error=self.last_error,
                 reconnects=self.reconnects,
                 session_id=self.session_id,
+                backlog_dropped=self.outgoing.dropped,
+                model=self.config.service.model,
             )
         )
 
@@ -111,6 +131,7 @@ class SessionService(EventHandler):
         while True:
             await asyncio.sleep(STATUS_REPEAT_S)
             self.publish_status()
+            self.publish_usage()  # the rate per hour falls while the box is idle
             if not self._live:
                 # Waiting on a bounded timer or on a person is honest work: restarting the
                 # process cannot fix a refused key, and would retry against the account.
@@ -138,22 +159,34 @@ class SessionService(EventHandler):
                 await self._session(key)
             except ConnectFailure as exc:
                 self.last_error = str(exc)
-                if exc.fatal:
-                    self.set_state("failed", str(exc))
-                    await self._wake.wait()
-                    continue
-                delay = self.backoff.next_delay(floor_s=5.0 if exc.throttled else 0.0)
-                self.set_state("backoff", f"retry in {delay:.1f} s after: {exc}")
+                delay = self._after_failure(exc)
             except ServiceRejected as exc:
                 self.last_error = str(exc)
-                self.set_state("failed", str(exc))
-                if exc.error.fatal:
-                    await self._wake.wait()
-                    continue
-                delay = CONFIG_RETRY_S
+                delay = FATAL_RETRY_S if exc.error.fatal else CONFIG_RETRY_S
+                self.set_state("failed", f"{exc}; {_retrying(delay)}", error_code=exc.error.code)
             if delay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _after_failure(self, exc: ConnectFailure) -> float:
+        """Set the state a lost or refused connection leaves, and return how long to wait."""
+        if exc.fatal:
+            self.set_state("failed", f"{exc}; {_retrying(FATAL_RETRY_S)}")
+            return FATAL_RETRY_S
+        if self.short_lived >= FLAPPING_LIMIT:
+            delay = max(CONFIG_RETRY_S, self.backoff.next_delay())
+            self.set_state(
+                "failed",
+                f"the service closed {self.short_lived} connections in a row within {STABLE_S:.0f} s "
+                f"of opening them (last: {exc}); {_retrying(delay)}",
+            )
+            return delay
+        floor = exc.retry_after_s if exc.retry_after_s is not None else 0.0
+        if exc.throttled and exc.retry_after_s is None:
+            floor = THROTTLED_FLOOR_S
+        delay = self.backoff.next_delay(floor_s=floor)
+        self.set_state("backoff", f"retry in {delay:.1f} s after: {exc}")
+        return delay
 
     async def _session(self, key: str | None) -> None:
         """One connection, from handshake to close. Returns when it closed cleanly."""
@@ -161,12 +194,16 @@ class SessionService(EventHandler):
         self.set_state("connecting", service.url)
         ws = await connect_service(service.url, service.model, key, service.connect_timeout_s)
         self._ws = ws
+        opened = time.monotonic()
         sender: asyncio.Task[None] | None = None
+        watchers: list[asyncio.Task[None]] = []
+        clean = False
         try:
             created = await self.expect(ws, "session.created", service.connect_timeout_s)
             session = created.get("session")
             ident = session.get("id") if isinstance(session, dict) else None
             self.session_id = ident if isinstance(ident, str) else ""
+            logs.annotate(session_id=self.session_id)  # every later log line carries it
             self.set_state("configuring", f"{self.config.languages.source} → {self.config.languages.target}")
             sent = self.config
             await self._send(ws, protocol.session_update(sent, self.ids.next()))
@@ -176,34 +213,36 @@ class SessionService(EventHandler):
                 # The config changed while the service was taking the previous one.
                 await self._send(ws, protocol.session_update(self.config, self.ids.next()))
             sender = self.spawn(self._send_loop(ws), "sender")
-            rotate = asyncio.get_running_loop().call_later(
-                ROTATE_AFTER_S,
-                lambda: self.spawn(self._end_session(ws, "rotating before the 120 min limit"), "rotate"),
-            )
-            live_since = time.monotonic()
-            try:
-                await self.receive(ws)
-            finally:
-                rotate.cancel()
-                if time.monotonic() - live_since >= STABLE_S:
-                    self.backoff.reset()
+            watchers = [self.spawn(self._rotate(ws), "rotate"), self.spawn(self._watch_stall(ws), "stall")]
+            await self.receive(ws)
+            clean = True
         except ConnectionClosed as exc:
             raise ConnectFailure(f"connection closed: {_close_reason(exc)}") from None
         finally:
-            if sender is not None:
-                sender.cancel()
-            task = asyncio.current_task()
+            for task in (sender, *watchers):
+                if task is not None:
+                    task.cancel()
+            if time.monotonic() - opened >= STABLE_S:
+                self.backoff.reset()
+                self.short_lived = 0
+            elif not clean:
+                self.short_lived += 1
+                self.count("short_lived_connections")
+            current = asyncio.current_task()
             # Shutting down: stop() still finishes the session on this connection.
-            if task is None or not task.cancelling():
+            if current is None or not current.cancelling():
                 self._live = False
                 self._ws = None
+                self.connection_lost()
                 await ws.close()
 
     def _go_live(self) -> None:
         self._live = True
         self.ending = False
         self._audio_sent = False
+        self.stalled = ""
         self.captions.new_session()
+        self.activity.reset()
         self.set_state("live", _live_detail(self.config))
         self.mark_fresh()
 
@@ -223,6 +262,7 @@ class SessionService(EventHandler):
         while self._live and (chunk := self.outgoing.peek_audio()) is not None:
             await self._send(ws, protocol.audio_append(chunk, self.ids.next()))
             self.outgoing.pop_audio()
+            self.activity.sent(chunk, time.monotonic())
             self._audio_sent = True
             self.count("chunks_sent")
             self.count("audio_seconds_sent", len(chunk) / (protocol.INPUT_RATE * protocol.BYTES_PER_SAMPLE))
@@ -231,7 +271,41 @@ class SessionService(EventHandler):
         if self._live and self._audio_sent and (frame := self.outgoing.take_image()) is not None:
             await self._send(ws, protocol.image_append(frame.jpeg, self.ids.next()))
             self.count("images_sent")
-            self.add_image_tokens(protocol.image_tokens(frame.width, frame.height))
+            size = (frame.width, frame.height) if frame.width and frame.height else protocol.jpeg_size(frame.jpeg)
+            self.usage.add_image(protocol.image_tokens(*(size or (0, 0))))
+
+    async def _rotate(self, ws: ClientConnection) -> None:
+        """Past the rotation age, end the session at the next pause (or when the grace runs out)."""
+        service = self.config.service
+        await asyncio.sleep(service.rotate_after_s)
+        limit = profile_for(service.model).session_limit_s
+        grace = max(1.0, min(ROTATE_GRACE_S, limit - service.rotate_after_s - 30.0))
+        self.log.info("session %.0f s old: rotating at the next pause", service.rotate_after_s)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + grace
+        while not self.activity.at_pause(time.monotonic()) and loop.time() < give_up:
+            self.activity.changed.clear()
+            # Woken by audio sent or a response ending; the timeout lets a silence grow into a pause.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.activity.changed.wait(), 0.2)
+        self.count("rotations")
+        await self._end_session(ws, f"rotating after {service.rotate_after_s:.0f} s, at a pause")
+
+    async def _watch_stall(self, ws: ClientConnection) -> None:
+        """Speech went out and nothing at all came back for stall_timeout_s: give the connection up."""
+        timeout = self.config.service.stall_timeout_s
+        if not timeout:
+            return
+        while (waited := self.activity.stalled_for(time.monotonic())) < timeout:
+            if waited:
+                await asyncio.sleep(timeout - waited)  # then look again: an answer may have come
+            else:
+                await self.activity.waiting.wait()  # nothing sent that awaits an answer
+        self.count("stalls")
+        self.stalled = f"the service stopped answering: nothing for {waited:.0f} s after speech was sent"
+        self.log.warning("%s; reconnecting", self.stalled)
+        self._live = False
+        await ws.close()
 
     async def _end_session(self, ws: ClientConnection, why: str, limit_s: float | None = None) -> None:
         """``session.finish``, wait (bounded) for ``session.finished``, close. A receiver must run."""
@@ -241,6 +315,9 @@ class SessionService(EventHandler):
         self.log.info("finishing the session: %s", why)
         self._live = False
         self.ending = True
+        if not profile_for(self.config.service.model).finish:
+            await ws.close()  # Omni rejects session.finish (protocol.md 6): at a pause, just close
+            return
         self.finished.clear()
         timeout = min(self.config.service.finish_timeout_s, limit_s or float("inf"))
         try:
@@ -295,12 +372,12 @@ class SessionService(EventHandler):
     async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:
         old, self.config = self.config, new
         self.captions.source, self.captions.target = new.languages.source, new.languages.target
-        self.outgoing.set_chunk_ms(new.service.chunk_ms)
+        self.outgoing.set_chunk_ms(new.service.chunk_ms, new.service.backlog_s)
         if (old.service.url, old.service.model) != (new.service.url, new.service.model):
             await self._restart_session("service url or model changed")
             return
         ws = self._ws
-        if changed & {"languages", "output"} and self._live and ws is not None:
+        if changed & {"languages", "output", "translation"} and self._live and ws is not None:
             self.log.info("sending the new configuration to the live session")
             with contextlib.suppress(ConnectionClosed):
                 await self._send(ws, protocol.session_update(new, self.ids.next()))
@@ -330,6 +407,11 @@ class SessionService(EventHandler):
 
 def _live_detail(cfg: config_mod.Config) -> str:
     return f"{cfg.languages.source} → {cfg.languages.target}, {'+'.join(cfg.modalities)}"
+
+
+def _retrying(delay_s: float) -> str:
+    when = f"{delay_s / 60:.0f} min" if delay_s >= 120 else f"{delay_s:.0f} s"
+    return f"retrying in {when} or on a config change"
 
 
 def _close_reason(exc: ConnectionClosed) -> str:

@@ -42,13 +42,19 @@ class Conversation:
         self.ws = ws
         self.faults = faults
         self.record = record
-        self.rules = ClientRules()
+        self.omni = record.model.startswith("qwen3-omni")
+        self.rules = ClientRules(omni=self.omni)
+        if self.omni:
+            self.rules.session = responses.omni_default_session()
         self.ids = responses.Ids(str(record.number))
         self.endpointer = Endpointer(**sim.endpointer_options)
         self.session_id = self.ids.next("sess")
         self.audio_s = 0.0
         self.audio_since_response_s = 0.0
         self.jobs: asyncio.Queue[Utterance | _Finish] = asyncio.Queue(MAX_PENDING_RESPONSES)
+        self.silent = False  # a stall fault struck: read on, never answer
+        self.errored = False
+        self.replies = 0
         self._rng = random.Random(record.number)
 
     async def run(self) -> None:
@@ -73,6 +79,8 @@ class Conversation:
             await asyncio.gather(responder, return_exceptions=True)
 
     async def send(self, event: dict[str, Any] | str | bytes) -> None:
+        if self.silent:
+            return
         if isinstance(event, dict):
             self.record.sent.append(event["type"])
             del self.record.sent[:-1000]
@@ -128,9 +136,25 @@ class Conversation:
                 log.warning(
                     "connection %d: too many responses pending; utterance dropped", self.record.number
                 )
-        limit, times = self.faults.close_after_audio_s, self.faults.close_after_audio_times
-        if limit is not None and self.audio_s >= limit and (times is None or self.record.number <= times):
-            log.info("connection %d: closing after %.1f s of audio (fault)", self.record.number, self.audio_s)
+        await self._audio_faults()
+
+    async def _audio_faults(self) -> None:
+        faults, number, heard = self.faults, self.record.number, self.audio_s
+        limit, times = faults.stall_after_audio_s, faults.stall_after_audio_times
+        if limit is not None and heard >= limit and (times is None or number <= times) and not self.silent:
+            log.info("connection %d: going silent after %.1f s of audio (fault)", number, heard)
+            self.silent = True
+        if faults.error_after_audio_s is not None and heard >= faults.error_after_audio_s and not self.errored:
+            self.errored = True
+            message = f"simulated {faults.error_code} after {heard:.1f} s of audio"
+            await self.send(responses.error_event(self.ids, message, faults.error_code))
+        outage_due = faults.outage_after_audio_s is not None and heard >= faults.outage_after_audio_s
+        if outage_due and number == 1 and self.sim.begin_outage(faults.outage_s):
+            log.info("connection 1: outage of %.1f s after %.1f s of audio (fault)", faults.outage_s, heard)
+            await self.ws.close(1011, "simulated outage")
+        limit, times = faults.close_after_audio_s, faults.close_after_audio_times
+        if limit is not None and heard >= limit and (times is None or number <= times):
+            log.info("connection %d: closing after %.1f s of audio (fault)", number, heard)
             await self.ws.close(1011, "simulated failure")
 
     # --- what the simulator says -------------------------------------------------------------
@@ -153,16 +177,25 @@ class Conversation:
         session = self.rules.session
         events: list[dict[str, Any]] = []
         source = session.get("input_audio_transcription")
-        if source is not None:
+        if self.omni:
+            events += responses.omni_turn_events(self.ids, utterance)
+        elif source is not None:
             events += responses.transcription_events(self.ids, utterance, source.get("language", "en"))
         audio = tone(reply_seconds(utterance), utterance.number) if "audio" in session["modalities"] else b""
         input_s, self.audio_since_response_s = self.audio_since_response_s, 0.0
-        events += responses.response_events(self.ids, utterance, session, input_s, audio)
+        self.replies += 1
+        interrupted = self.replies <= self.faults.interrupt
+        events += responses.response_events(
+            self.ids, utterance, session, input_s, audio, omni=self.omni, interrupted=interrupted
+        )
         self.sim.responses += 1
+        self.record.responses += 1
         for event in events:
             await self._pace()
             await self.send(event)
-            if self.faults.close_mid_response and event["type"] == "response.audio.delta":
+            times = self.faults.close_mid_response_times
+            closing = self.faults.close_mid_response and (times is None or self.record.number <= times)
+            if closing and event["type"] == "response.audio.delta":
                 log.info("connection %d: closing mid-response (fault)", self.record.number)
                 await self.ws.close(1011, "simulated failure")
                 return False

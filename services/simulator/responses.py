@@ -37,6 +37,18 @@ def session_object(session_id: str, model: str, config: dict[str, Any]) -> dict[
     return {"id": session_id, "object": "realtime.session", "model": model, **config}
 
 
+def omni_default_session() -> dict[str, Any]:
+    """What ``session.created`` reports for qwen3-omni-flash-realtime before any update."""
+    return {
+        "modalities": ["text", "audio"],
+        "voice": "Cherry",
+        "input_audio_format": "pcm16",
+        "output_audio_format": "pcm24",
+        "instructions": "",
+        "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 800},
+    }
+
+
 def error_event(ids: Ids, message: str, code: str, param: str = "", event_id: str = "") -> dict[str, Any]:
     error: dict[str, Any] = {
         "type": "invalid_request_error",
@@ -53,6 +65,26 @@ def translation_text(utterance: Utterance, source: str, target: str) -> str:
     return (
         f"[simulated] utterance {utterance.number}: {utterance.speech_s:.1f} s of speech, {source} → {target}"
     )
+
+
+def omni_text(utterance: Utterance) -> str:
+    return f"[simulated] utterance {utterance.number}: {utterance.speech_s:.1f} s of speech, interpreted as instructed"
+
+
+def omni_turn_events(ids: Ids, utterance: Utterance) -> list[dict[str, Any]]:
+    """What Omni's server VAD says around a turn (protocol.md 9), before the response."""
+    item_id = ids.next("item")
+    end_ms = round(utterance.span_s * 1000)
+    return [
+        ids.event("input_audio_buffer.speech_started", audio_start_ms=0, item_id=item_id),
+        ids.event("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item_id),
+        ids.event("input_audio_buffer.committed", previous_item_id=None, item_id=item_id),
+        ids.event(
+            "conversation.item.created",
+            previous_item_id=None,
+            item={"id": item_id, "object": "realtime.item", "type": "message", "status": "completed", "role": "user"},
+        ),
+    ]
 
 
 def source_text(utterance: Utterance, source: str) -> str:
@@ -103,16 +135,22 @@ def response_events(
     input_audio_s: float,
     audio: bytes,
     parts: int = 4,
+    omni: bool = False,
+    interrupted: bool = False,
 ) -> list[dict[str, Any]]:
     """The whole lifecycle of one response, in the documented order (protocol.md 5.2).
 
     With audio in the modalities: interleaved ``response.audio_transcript.text`` snapshots and
-    ``response.audio.delta``; text-only: ``response.text.text`` and no audio at all.
+    ``response.audio.delta``; text-only: ``response.text.text`` and no audio at all. Omni sends
+    ``*.delta`` pieces (field ``delta``) instead of snapshots. An interrupted response has no
+    text and no audio, only its ``.done`` events, and ends ``incomplete``.
     """
     with_audio = "audio" in session["modalities"]
     source = session.get("input_audio_transcription", {}).get("language", "en")
     target = session.get("translation", {}).get("language", "en")
-    transcript = translation_text(utterance, source, target)
+    transcript = omni_text(utterance) if omni else translation_text(utterance, source, target)
+    if interrupted:
+        transcript, audio = "", b""
     response_id, item_id = ids.next("resp"), ids.next("item")
     part_type = "audio" if with_audio else "text"
     where = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
@@ -140,9 +178,13 @@ def response_events(
         ids.event("response.content_part.added", **where, part={"type": part_type, "text": ""}),
     ]
     pieces = _split(audio, parts) if with_audio else []
-    for n, (text, stash) in enumerate(snapshots(transcript, parts)):
-        kind = "response.audio_transcript.text" if with_audio else "response.text.text"
-        events.append(ids.event(kind, **where, text=text, stash=stash))
+    for n, (text, stash) in enumerate([] if interrupted else snapshots(transcript, parts)):
+        if omni:
+            kind = "response.audio_transcript.delta" if with_audio else "response.text.delta"
+            events.append(ids.event(kind, **where, delta=_piece(transcript, n, parts)))
+        else:
+            kind = "response.audio_transcript.text" if with_audio else "response.text.text"
+            events.append(ids.event(kind, **where, text=text, stash=stash))
         if with_audio and pieces[n]:
             events.append(
                 ids.event("response.audio.delta", **where, delta=base64.b64encode(pieces[n]).decode())
@@ -172,9 +214,17 @@ def response_events(
         "input_tokens_details": {"text_tokens": 0, "audio_tokens": audio_in_tokens},
         "output_tokens_details": {"text_tokens": text_tokens, "audio_tokens": audio_out_tokens},
     }
-    done = response | {"status": "completed", "output": [done_item], "usage": usage}
+    status = "incomplete" if interrupted else "completed"
+    done = response | {"status": status, "output": [done_item], "usage": usage}
     events.append(ids.event("response.done", response=done))
     return events
+
+
+def _piece(text: str, n: int, parts: int) -> str:
+    """The n-th of ``parts`` appended pieces of ``text`` (Omni's deltas), whole words each."""
+    words = text.split(" ")
+    shown = [" ".join(words[: len(words) * k // parts]) for k in range(parts + 1)]
+    return shown[n + 1][len(shown[n]) :]
 
 
 def _split(audio: bytes, parts: int) -> list[bytes]:

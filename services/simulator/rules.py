@@ -6,6 +6,11 @@ hold the client to the documentation, not to what a lenient server might let thr
 event types and fields only, a unique string ``event_id`` on every event, strict plain base64,
 audio only after ``session.updated``, images only after the first audio append (JPEG, at most
 500 KB, at most 2 per second), and nothing after ``session.finish``.
+
+``ClientRules(omni=True)`` holds a client of ``qwen3-omni-flash-realtime`` to that model's list
+instead (protocol.md 9): ``instructions`` and ``turn_detection`` in the session, no
+``translation`` or ``input_audio_transcription``, the manual-turn events, and no
+``session.finish`` (the service answers it with "invalid event type").
 """
 
 from __future__ import annotations
@@ -43,6 +48,33 @@ SESSION_FIELDS = frozenset(
         "output_audio_format",
         "input_audio_transcription",
         "translation",
+    }
+)
+OMNI_EVENT_FIELDS: dict[str, frozenset[str]] = {
+    "session.update": EVENT_FIELDS["session.update"],
+    "input_audio_buffer.append": EVENT_FIELDS["input_audio_buffer.append"],
+    "input_image_buffer.append": EVENT_FIELDS["input_image_buffer.append"],
+    "input_audio_buffer.commit": frozenset({"event_id", "type"}),
+    "input_audio_buffer.clear": frozenset({"event_id", "type"}),
+    "response.create": frozenset({"event_id", "type"}),
+    "response.cancel": frozenset({"event_id", "type"}),
+}
+OMNI_SESSION_FIELDS = frozenset(
+    {
+        "modalities",
+        "voice",
+        "input_audio_format",
+        "output_audio_format",
+        "instructions",
+        "turn_detection",
+        "smooth_output",
+        "temperature",
+        "top_p",
+        "top_k",
+        "max_tokens",
+        "repetition_penalty",
+        "presence_penalty",
+        "seed",
     }
 )
 _UNDOCUMENTED = {
@@ -95,6 +127,7 @@ class Accepted:
 
 @dataclass
 class ClientRules:
+    omni: bool = False
     session: dict[str, Any] = field(default_factory=default_session)
     explicit_voice: bool = False
     updated: bool = False
@@ -144,9 +177,10 @@ class ClientRules:
             raise Rejected(
                 f"{kind!r} after session.finish: the client must only disconnect", code="invalid_state"
             )
-        if not isinstance(kind, str) or kind not in EVENT_FIELDS:
-            raise Rejected(f"unknown event type {kind!r}", code="invalid_event_type", param="type")
-        fields = EVENT_FIELDS[kind]
+        known = OMNI_EVENT_FIELDS if self.omni else EVENT_FIELDS
+        if not isinstance(kind, str) or kind not in known:
+            raise Rejected(f"invalid event type {kind!r}", code="invalid_event_type", param="type")
+        fields = known[kind]
         unknown = sorted(set(event) - fields)
         if unknown:
             raise Rejected(f"{kind}: unknown field(s) {', '.join(unknown)}", param=unknown[0])
@@ -162,7 +196,8 @@ class ClientRules:
             return Accepted(event, self._audio(event["audio"]))
         if kind == "input_image_buffer.append":
             return Accepted(event, self._image(event["image"], now))
-        self.finished = True
+        if kind == "session.finish":
+            self.finished = True
         return Accepted(event)
 
     def _audio(self, value: Any) -> bytes:
@@ -196,18 +231,22 @@ class ClientRules:
         if not isinstance(session, dict):
             raise Rejected("session must be an object", param="session")
         for key in session:
-            if key in _UNDOCUMENTED:
+            if key in _UNDOCUMENTED and not self.omni:
                 raise Rejected(_UNDOCUMENTED[key], code="unknown_parameter", param=f"session.{key}")
-            if key not in SESSION_FIELDS:
+            if key not in (OMNI_SESSION_FIELDS if self.omni else SESSION_FIELDS):
                 raise Rejected(
                     f"unknown session field {key!r}", code="unknown_parameter", param=f"session.{key}"
                 )
         merged = copy.deepcopy(self.session)
         for key, value in session.items():
-            _check_session_field(key, value)
+            if self.omni:
+                _check_omni_field(key, value)
+            else:
+                _check_session_field(key, value)
             merged[key] = copy.deepcopy(value)
         explicit_voice = self.explicit_voice or "voice" in session
-        _check_combination(merged, explicit_voice)
+        if not self.omni:
+            _check_combination(merged, explicit_voice)
         self.session, self.explicit_voice, self.updated = merged, explicit_voice, True
 
 
@@ -241,6 +280,27 @@ def _check_session_field(key: str, value: Any) -> None:
             raise Rejected(f"unsupported target language {value['language']!r}", param=f"{param}.language")
         if "corpus" in value:
             _check_corpus(value["corpus"], f"{param}.corpus")
+
+
+def _check_omni_field(key: str, value: Any) -> None:
+    param = f"session.{key}"
+    if key == "instructions":
+        if not isinstance(value, str) or not value.strip():
+            raise Rejected(f"{param} must be a non-empty string", param=param)
+    elif key == "turn_detection":
+        if value is None:
+            return  # manual turns
+        _check_object(value, {"type", "threshold", "silence_duration_ms", "prefix_padding_ms"}, param)
+        if value.get("type") != "server_vad":
+            raise Rejected(f"{param}.type must be 'server_vad'", param=f"{param}.type")
+        threshold = value.get("threshold", 0.5)
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not -1 <= threshold <= 1:
+            raise Rejected(f"{param}.threshold must be a number in [-1, 1]", param=f"{param}.threshold")
+        silence = value.get("silence_duration_ms", 800)
+        if isinstance(silence, bool) or not isinstance(silence, int) or not 0 < silence <= 6000:
+            raise Rejected(f"{param}.silence_duration_ms must be whole ms up to 6000", param=param)
+    elif key in ("modalities", "voice", "input_audio_format", "output_audio_format"):
+        _check_session_field(key, value)
 
 
 def _check_object(value: Any, allowed: set[str], param: str) -> None:

@@ -31,7 +31,13 @@ from services.simulator.faults import Faults, FaultSpecError
 log = logging.getLogger("tolk.simulator")
 
 PATH = "/api-ws/v1/realtime"
-MODELS = frozenset({"qwen3-livetranslate-flash-realtime", "qwen3-livetranslate-flash-realtime-2025-09-22"})
+MODELS = frozenset(
+    {
+        "qwen3-livetranslate-flash-realtime",
+        "qwen3-livetranslate-flash-realtime-2025-09-22",
+        "qwen3-omni-flash-realtime",
+    }
+)
 MAX_EVENTS = 200_000
 MAX_AUDIO_BYTES = 64 * 2**20  # about 35 minutes of 16 kHz audio
 MAX_VIOLATIONS = 10_000
@@ -47,7 +53,9 @@ class ConnectionLog:
     audio_bytes: int = 0
     appends: int = 0
     finished: bool = False
+    responses: int = 0
     violations: list[str] = field(default_factory=list)
+    audio: bytearray = field(default_factory=bytearray)  # what was appended on this connection (capped)
     sent: list[str] = field(default_factory=list)  # types of the server events sent, in order
 
 
@@ -106,6 +114,10 @@ class Simulator:
         self.audio_in = bytearray()
         self.connections: list[ConnectionLog] = []
         self._handshakes: dict[int, ConnectionLog] = {}
+        self._live: dict[int, Conversation] = {}
+        self._down_until = 0.0
+        self._outages = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Server | None = None
         self._recorder: Recorder | None = None
 
@@ -115,6 +127,7 @@ class Simulator:
         return f"ws://{self.host}:{self.port}{PATH}"
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self.record_path is not None:
             self._recorder = Recorder(self.record_path)
         self._server = await serve(
@@ -161,6 +174,9 @@ class Simulator:
                 faults = Faults.parse(query["faults"][0])
             except FaultSpecError as exc:
                 return _refuse(connection, HTTPStatus.BAD_REQUEST, "InvalidParameter", str(exc))
+        if self._loop is not None and self._loop.time() < self._down_until:
+            self.refused += 1
+            return _refuse(connection, 503, "ServiceUnavailable", "outage (simulated)", faults.retry_after_s)
         if faults.refuse_status is not None and (
             faults.refuse_times is None or self.refused < faults.refuse_times
         ):
@@ -168,7 +184,9 @@ class Simulator:
             code = {401: "InvalidApiKey", 403: "AccessDenied", 429: "Throttling.RateQuota"}.get(
                 faults.refuse_status
             )
-            return _refuse(connection, faults.refuse_status, code or "Refused", "refused (simulated)")
+            return _refuse(
+                connection, faults.refuse_status, code or "Refused", "refused (simulated)", faults.retry_after_s
+            )
         authorization = request.headers.get("Authorization")
         if self.api_key is not None and authorization != f"Bearer {self.api_key}":
             return _refuse(connection, HTTPStatus.UNAUTHORIZED, "InvalidApiKey", "invalid API key")
@@ -180,9 +198,12 @@ class Simulator:
         record = self._handshakes.pop(id(ws))
         self.connections.append(record)
         log.info("connection %d opened", record.number)
+        conversation = Conversation(self, ws, record.faults, record)
+        self._live[record.number] = conversation
         try:
-            await Conversation(self, ws, record.faults, record).run()
+            await conversation.run()
         finally:
+            self._live.pop(record.number, None)
             log.info(
                 "connection %d closed (%d events, %d violations)",
                 record.number,
@@ -203,6 +224,8 @@ class Simulator:
         if pcm:
             record.appends += 1
             record.audio_bytes += len(pcm)
+            if len(record.audio) < MAX_AUDIO_BYTES:
+                record.audio += pcm
             self.appends += 1
             self.audio_in += pcm
             if len(self.audio_in) > MAX_AUDIO_BYTES:
@@ -249,10 +272,35 @@ class Simulator:
     def events_of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in list(self.events) if e.get("type") == kind]
 
+    def begin_outage(self, seconds: float) -> bool:
+        """Refuse every handshake for ``seconds`` (once per simulator); False if one already began."""
+        if self._outages or self._loop is None:
+            return False
+        self._outages += 1
+        self._down_until = self._loop.time() + seconds
+        return True
 
-def _refuse(connection: ServerConnection, status: int, code: str, message: str) -> Response:
+    async def inject(self, frames: list[str | bytes]) -> int:
+        """Send raw frames on every open connection, as they are; how many connections got them."""
+        conversations = list(self._live.values())
+        for conversation in conversations:
+            for frame in frames:
+                await conversation.send(frame)
+        return len(conversations)
+
+    def inject_threadsafe(self, frames: list[str | bytes], timeout_s: float = 10.0) -> int:
+        """``inject`` from another thread (tests that run the simulator with ``running_in_thread``)."""
+        assert self._loop is not None, "the simulator is not running"
+        return asyncio.run_coroutine_threadsafe(self.inject(frames), self._loop).result(timeout_s)
+
+
+def _refuse(
+    connection: ServerConnection, status: int, code: str, message: str, retry_after_s: float | None = None
+) -> Response:
     response = connection.respond(status, json.dumps({"code": code, "message": message}) + "\n")
     response.headers["Content-Type"] = "application/json"
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = f"{retry_after_s:g}"
     return response
 
 

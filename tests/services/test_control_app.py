@@ -49,7 +49,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
 
 
 def client(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tolk")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
 
 
 def all_alive(agg: StatusAggregator, session_state: str = "live", last_error: str = "") -> None:
@@ -134,7 +134,7 @@ async def test_status_shows_captions_usage_and_config(setup: tuple[Any, ...]) ->
         kept = (await http.get("/api/status")).json()["captions"]
         assert [c["utterance"] for c in kept] == [f"u{i}" for i in range(6, 12)]
 
-    text = format_status((await client(app).get("/api/status")).json(), "http://tolk/api/status")
+    text = format_status((await client(app).get("/api/status")).json(), "http://127.0.0.1/api/status")
     assert "tolk OK" in text
     assert "line 11" in text
     assert "capture" in text and "up" in text
@@ -180,7 +180,8 @@ async def test_patch_merges_keeps_comments_and_null_removes(setup: tuple[Any, ..
         ({"camera": {"max_fps": 5}}, "camera.max_fps = 5"),
         ({"languages": "ja"}, "languages = 'ja'"),
         ({"output": {"voice": "Kiki"}}, "output.voice = 'Kiki' cannot speak"),
-        ({"nonsense": {}}, ""),  # an empty table changes nothing and is accepted
+        ({"nonsense": {}}, "nonsense: unknown key in the top level"),
+        ({"log": {"level": {}}}, "log.level = {}"),
     ],
 )
 async def test_patch_refusals_change_nothing(setup: tuple[Any, ...], body: dict[str, Any], needle: str) -> None:

@@ -82,7 +82,8 @@ class SessionTap:
         self.ctx.term()
 
 
-def write_config(path: Path, url: str, target: str = "en", extra: str = "") -> Path:
+def write_config(path: Path, url: str, target: str = "en", extra: str = "", service: str = "") -> Path:
+    """A config for the simulator at ``url``; ``service``: more [service] lines, ``extra``: more tables."""
     path.write_text(
         f"""
 [languages]
@@ -93,6 +94,7 @@ target = "{target}"
 url = "{url}"
 connect_timeout_s = 3
 finish_timeout_s = 3
+{service}
 
 [log]
 level = "debug"
@@ -113,7 +115,12 @@ def session_process(
             tolk_cmd("service", "session", "-c", str(config)), service_env(rundir, **env), rundir / "log"
         ) as p:
             tap.wait_for(lambda m: isinstance(m, Heartbeat), what="a heartbeat")
-            yield p, tap
+            try:
+                yield p, tap
+            except BaseException:
+                # What the session said is the first thing anyone debugging a failure here needs.
+                print("--- session log (tail) ---\n" + (rundir / "log").read_text(errors="replace")[-6000:])
+                raise
     finally:
         tap.close()
 
@@ -174,7 +181,7 @@ def test_translates_speech_end_to_end_and_finishes_on_sigterm(
             ]
             assert [c.final for c in partials] == [False] * (len(partials) - 1) + [True]
             assert partials[-2].text + " " + partials[-2].stash == final.text  # snapshots replace, not append
-            usage = tap.wait_for(lambda m: isinstance(m, Usage), what="Usage")
+            usage = tap.wait_for(lambda m: isinstance(m, Usage) and m.input_tokens > 0, what="Usage")
             assert isinstance(usage, Usage) and usage.input_audio_tokens > 0 and usage.output_audio_tokens > 0
             pcm_out = b"".join(m.pcm for m in tap.of(AudioOut) if m.response_id == out.response_id)
             assert 0.5 <= len(pcm_out) / 48000 <= 1.0  # the simulator's reply: a 0.5-1 s tone at 24 kHz

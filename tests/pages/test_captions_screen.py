@@ -1,0 +1,107 @@
+"""The captions screen (`/`) in Chromium: captions put on the real bus show up, partials look
+tentative, Arabic runs right to left, CJK uses CJK fonts, the banner follows the session, and
+it reads well at the kiosk's 800x480 and at 1920x1080 (screenshots in test-artifacts/)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.messages import Caption, SessionStatus
+from tests.helpers import NotifySocket
+from tests.pages.conftest import FULL_HD, KIOSK, ControlProcess, FakeBox, start_control
+
+ZH_HELLO = "你好，欢迎来到国家博物馆。"
+EN_HELLO = "Hello, welcome to the National Museum."
+ZH_PARTIAL, ZH_STASH = "这幅画创作于", "十六世纪"
+EN_PARTIAL, EN_STASH = "This painting was made", " in the sixteenth"
+AR_FINAL = "هذه اللوحة من القرن السادس عشر."
+
+
+@pytest.fixture
+def control(rundir: Path, notify: NotifySocket) -> Iterator[ControlProcess]:
+    yield from start_control(rundir, notify, '[languages]\nsource = "zh"\ntarget = "en"\n')
+
+
+def _style(page: Any, selector: str, prop: str) -> str:
+    return str(page.eval_on_selector(selector, f"el => getComputedStyle(el).{prop}"))
+
+
+def test_captions_on_screen(browser: Any, control: ControlProcess, rundir: Path, artifacts: Path) -> None:
+    page = browser.new_page(viewport=KIOSK)
+    try:
+        page.goto(control.url + "/")
+        # Nothing runs yet: the screen says so plainly instead of showing a blank page.
+        banner = page.locator("#banner")
+        banner.get_by_text("Translation offline").wait_for(timeout=5000)
+        assert "error" in (banner.get_attribute("class") or "")
+        page.screenshot(path=str(artifacts / "captions-offline-800x480.png"))
+
+        with FakeBox(rundir) as box:
+            box.captions = [
+                Caption(utterance="u1", kind="source", text=ZH_HELLO, final=True, language="zh"),
+                Caption(utterance="u1", kind="translation", text=EN_HELLO, final=True, language="en"),
+                Caption(utterance="u2", kind="source", text=ZH_PARTIAL, stash=ZH_STASH, language="zh"),
+                Caption(utterance="u2", kind="translation", text=EN_PARTIAL, stash=EN_STASH, language="en"),
+            ]
+            newest = page.locator('[data-utterance="u2"] .translation')
+            newest.get_by_text(EN_PARTIAL + EN_STASH).wait_for(timeout=10000)
+            page.wait_for_function("document.getElementById('banner').hidden", timeout=5000)
+
+            # Source above translation, newest at the bottom, the older one faded.
+            first = page.locator('[data-utterance="u1"]')
+            assert first.locator(".source").inner_text() == ZH_HELLO
+            assert first.locator(".translation").inner_text() == EN_HELLO
+            assert "older" in (first.get_attribute("class") or "")
+            src_box = page.locator('[data-utterance="u2"] .source').bounding_box()
+            tr_box = newest.bounding_box()
+            assert src_box["y"] + src_box["height"] <= tr_box["y"] + 1
+
+            # Partials are visibly tentative; finals are not.
+            assert "partial" in (newest.get_attribute("class") or "")
+            assert _style(page, '[data-utterance="u2"] .translation', "fontStyle") == "italic"
+            assert _style(page, '[data-utterance="u1"] .translation', "fontStyle") == "normal"
+            assert _style(page, '[data-utterance="u2"] .translation', "color") != _style(
+                page, '[data-utterance="u1"] .translation', "color"
+            )
+            # Big enough to read from two metres even on the 7" panel.
+            assert float(_style(page, '[data-utterance="u2"] .translation', "fontSize").removesuffix("px")) >= 36
+            # Chinese is tagged so the CJK font draws it; the header names both languages.
+            assert page.locator('[data-utterance="u1"] .source').get_attribute("lang") == "zh-Hans"
+            assert "Noto Sans CJK SC" in _style(page, '[data-utterance="u1"] .source', "fontFamily")
+            assert page.locator("#source-name").inner_text() == "中文"
+            page.screenshot(path=str(artifacts / "captions-800x480.png"))
+
+            page.set_viewport_size(FULL_HD)
+            assert float(_style(page, '[data-utterance="u2"] .translation', "fontSize").removesuffix("px")) >= 80
+            page.screenshot(path=str(artifacts / "captions-1920x1080.png"))
+
+            # The final replaces the partial; an Arabic translation runs right to left.
+            box.captions[3] = Caption(utterance="u2", kind="translation", text=EN_PARTIAL + " in 1540.", final=True)
+            box.captions.append(Caption(utterance="u3", kind="translation", text=AR_FINAL, final=True, language="ar"))
+            arabic = page.locator('[data-utterance="u3"] .translation')
+            arabic.get_by_text(AR_FINAL).wait_for(timeout=10000)
+            assert arabic.get_attribute("dir") == "rtl"
+            assert _style(page, '[data-utterance="u3"] .translation', "direction") == "rtl"
+            assert _style(page, '[data-utterance="u3"] .translation', "textAlign") in ("start", "right")
+            done = page.locator('[data-utterance="u2"] .translation')
+            done.get_by_text(EN_PARTIAL + " in 1540.").wait_for(timeout=5000)
+            assert "final" in (done.get_attribute("class") or "")
+            page.screenshot(path=str(artifacts / "captions-arabic-1920x1080.png"))
+
+            # A refused key is said in words on the screen itself.
+            box.session = SessionStatus(
+                state="failed",
+                last_error="the service refused the API key (HTTP 401): check the key and its region ([service] url)",
+            )
+            banner.get_by_text("Wrong API key").wait_for(timeout=5000)
+            page.set_viewport_size(KIOSK)
+            page.screenshot(path=str(artifacts / "captions-wrong-key-800x480.png"))
+
+            box.session = SessionStatus(state="backoff", last_error="network: connection refused")
+            banner.get_by_text("Offline — reconnecting…").wait_for(timeout=5000)
+    finally:
+        page.close()

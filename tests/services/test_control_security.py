@@ -1,0 +1,197 @@
+"""Who may change the box: the token on a LAN bind, Origin and Host checks, no secret in answers.
+
+"LAN bind" in code means any listen host other than 127.0.0.1, ::1 or localhost, so these
+tests use 127.0.0.2 (loopback-range, reachable only from this machine) to stand in for one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from daemon import config as config_mod
+from daemon.messages import Command, Message
+from services.control.api import create_app
+from services.control.security import COOKIE, AccessPolicy, is_loopback_bind, load_token
+from services.control.status import StatusAggregator
+from services.control.store import ConfigStore
+from tests.helpers import NotifySocket, free_port, running, service_env, tolk_cmd
+
+TOKEN = "tolk-ctl-4b1d9e27a0"
+API_KEY = "sk-tolk-never-shown-55aa"
+
+
+@pytest.fixture
+def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ConfigStore, list[Message]]:
+    """The app as on a LAN bind, with a token."""
+    monkeypatch.delenv("TOLK_CONFIG", raising=False)
+    monkeypatch.setenv("TOLK_STATE_DIR", str(tmp_path / "state"))
+    cfg_file = tmp_path / "tolk.toml"
+    cfg_file.write_text('[control]\nlisten = "127.0.0.2:8080"\n')
+    store = ConfigStore(config_mod.load(cfg_file), str(cfg_file))
+    published: list[Message] = []
+    app = create_app(StatusAggregator(), store, published.append, access=AccessPolicy("127.0.0.2:8080", TOKEN))
+    return app, store, published
+
+
+def client(app: Any, host: str = "127.0.0.2:8080") -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{host}")
+
+
+def test_what_counts_as_a_lan_bind() -> None:
+    assert all(is_loopback_bind(h) for h in ("127.0.0.1", "::1", "[::1]", "localhost", "LOCALHOST"))
+    assert not any(is_loopback_bind(h) for h in ("127.0.0.2", "0.0.0.0", "::", "", "192.168.1.20", "kiosk.local"))
+    assert AccessPolicy("127.0.0.2:8080").problem() is not None
+    assert AccessPolicy("127.0.0.2:8080", TOKEN).problem() is None
+    assert AccessPolicy("127.0.0.1:8080").problem() is None
+
+
+async def test_writes_on_a_lan_bind_need_the_token(box: tuple[Any, ConfigStore, list[Message]]) -> None:
+    app, store, published = box
+    async with client(app) as http:
+        # Reading stays open: the captions screen may sit on another device.
+        assert (await http.get("/api/status")).status_code == 200
+        assert (await http.get("/api/config")).status_code == 200
+
+        refused = await http.patch("/api/config", json={"languages": {"target": "ja"}})
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert "token" in refused.json()["problems"][0]
+        wrong = await http.patch(
+            "/api/config", json={"languages": {"target": "ja"}}, headers={"Authorization": "Bearer nope"}
+        )
+        assert wrong.status_code == 401
+        for path in ("/api/mute", "/api/unmute", "/api/speaker-test", "/api/session/restart"):
+            assert (await http.post(path)).status_code == 401, path
+        assert not store.overlay.exists() and published == []
+
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        ok = await http.patch("/api/config", json={"languages": {"target": "ja"}}, headers=bearer)
+        assert ok.status_code == 200, ok.text
+        assert (await http.post("/api/mute", headers=bearer)).status_code == 202
+        assert [m.name for m in published if isinstance(m, Command)] == ["mute"]
+        assert TOKEN not in ok.text
+
+
+async def test_the_admin_page_takes_the_token_once_and_keeps_a_cookie(box: tuple[Any, ...]) -> None:
+    app, store, _ = box
+    async with client(app) as http:
+        page = await http.get("/admin")
+        assert page.status_code == 401 and "needs the control token" in page.text
+        assert (await http.get("/admin?token=wrong")).status_code == 401
+
+        login = await http.get(f"/admin?token={TOKEN}")
+        assert login.status_code == 303 and login.headers["location"] == "/admin"
+        set_cookie = login.headers["set-cookie"]
+        assert "httponly" in set_cookie.lower() and "samesite=strict" in set_cookie.lower()
+        assert TOKEN not in set_cookie  # the cookie is derived from the token, never the token
+        assert len(http.cookies[COOKIE]) == 64  # kept by this client, sent from now on
+
+        page = await http.get("/admin")
+        assert page.status_code == 200 and "<title>tolk — admin</title>" in page.text
+        saved = await http.patch(
+            "/api/config", json={"languages": {"source": "de"}}, headers={"Origin": "http://127.0.0.2:8080"}
+        )
+        assert saved.status_code == 200, saved.text
+    async with client(app) as forger:
+        forger.cookies.set(COOKIE, "0" * 64)
+        assert (await forger.get("/admin")).status_code == 401
+        forged = await forger.patch("/api/config", json={"languages": {"source": "fr"}})
+        assert forged.status_code == 401
+    assert store.current.languages.source == "de"
+
+
+async def test_cross_site_writes_and_foreign_hosts_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOLK_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("TOLK_CONFIG", raising=False)
+    store = ConfigStore(config_mod.Config(), None)
+    published: list[Message] = []
+    app = create_app(StatusAggregator(), store, published.append)  # loopback: no token
+    body = {"languages": {"target": "ja"}}
+    async with client(app, "127.0.0.1:8080") as http:
+        for headers in (
+            {"Origin": "http://evil.example"},
+            {"Origin": "http://127.0.0.1:9999"},  # another port is another site's page
+            {"Origin": "null"},
+            {"Sec-Fetch-Site": "cross-site"},
+        ):
+            r = await http.patch("/api/config", json=body, headers=headers)
+            assert r.status_code == 403, (headers, r.text)
+            assert r.json()["error"] == "cross-site request refused"
+            assert (await http.post("/api/session/restart", headers=headers)).status_code == 403
+        assert not store.overlay.exists() and published == []
+
+        # DNS rebinding: a foreign name pointing at 127.0.0.1 gets nothing, not even reads.
+        rebound = await http.get("/api/status", headers={"Host": "evil.example:8080"})
+        assert rebound.status_code == 403 and "not this box" in rebound.text
+
+        same = await http.patch("/api/config", json=body, headers={"Origin": "http://127.0.0.1:8080"})
+        assert same.status_code == 200
+        assert (await http.get("/", headers={"Host": "localhost:8080"})).status_code == 200
+
+
+async def test_a_lan_address_without_a_token_is_refused_over_http(box: tuple[Any, ...], tmp_path: Path) -> None:
+    from services.control.service import _listen_needs_token
+
+    app, store, _ = box
+    store.vet = _listen_needs_token
+    async with client(app) as http:
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        r = await http.patch("/api/config", json={"control": {"listen": "0.0.0.0:8080"}}, headers=bearer)
+        assert r.status_code == 422
+        assert "no control token is set" in r.json()["problems"][0]
+        sneaky = await http.patch("/api/config", json={"control": {"token_file": "/tmp/x"}}, headers=bearer)
+        assert sneaky.status_code == 422 and "secrets cannot be set over HTTP" in sneaky.text
+    assert not store.overlay.exists()
+
+
+def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert load_token(config_mod.Config()) == (None, "not set")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "control-token").write_text(TOKEN + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert load_token(config_mod.Config()) == (TOKEN, "credential control-token")
+    own = tmp_path / "token"
+    own.write_text("from-file-token\n")
+    cfg = config_mod.validate({"control": {"token_file": str(own)}})
+    assert load_token(cfg) == ("from-file-token", f"file {own}")
+
+
+def test_a_real_lan_bind(rundir: Path, notify: NotifySocket) -> None:
+    """The process itself: no token, no start; with one, writes need it; secrets never shown."""
+    port = free_port()
+    cfg = rundir / "tolk.toml"
+    cfg.write_text(f'[control]\nlisten = "127.0.0.2:{port}"\n')
+    env = service_env(rundir, NOTIFY_SOCKET=notify.path, DASHSCOPE_API_KEY=API_KEY)
+    log = rundir / "control.log"
+    with running(tolk_cmd("service", "control", "--config", str(cfg)), env, log) as proc:
+        assert proc.wait(15) == 1
+    assert "is not loopback, and no control token is set" in log.read_text()
+    assert not any("READY=1" in m for m in notify.drain(0.2))
+
+    token_file = rundir / "control-token"
+    token_file.write_text(TOKEN + "\n")
+    cfg.write_text(f'[control]\nlisten = "127.0.0.2:{port}"\ntoken_file = "{token_file}"\n')
+    url = f"http://127.0.0.2:{port}"
+    with running(tolk_cmd("service", "control", "--config", str(cfg)), env, log):
+        notify.wait_for("READY=1", timeout=15)
+        bodies = [httpx.get(f"{url}{p}", timeout=5).text for p in ("/api/config", "/api/status", "/openapi.json")]
+        refused = httpx.patch(f"{url}/api/config", json={"languages": {"target": "ja"}}, timeout=5)
+        assert refused.status_code == 401
+        assert httpx.post(f"{url}/api/speaker-test", timeout=5).status_code == 401
+        ok = httpx.patch(
+            f"{url}/api/config",
+            json={"languages": {"target": "ja"}},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=5,
+        )
+        assert ok.status_code == 200 and ok.json()["languages"]["target"] == "ja"
+        login = httpx.get(f"{url}/admin?token={TOKEN}", timeout=5)
+        bodies += [refused.text, ok.text, login.text, str(login.headers)]
+    for text in [*bodies, log.read_text()]:
+        assert TOKEN not in text and API_KEY not in text
