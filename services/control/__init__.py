@@ -1,4 +1,4 @@
-"""The control process: HTTP API (health, status, config), the bus's view of every process."""
+"""The control process: HTTP API, captions screen and admin page, metrics; the bus's view of the box."""
 
 from services.control.service import ControlService
 
