@@ -23,6 +23,7 @@ from daemon import config as config_mod
 from daemon import logs
 from daemon.messages import AudioIn, Command, SessionStatus, VideoFrame
 from daemon.service import STOP_TIMEOUT_S, ServiceContext
+from services.engine.backend import session_url
 from services.session import protocol
 from services.session.connection import Backoff, ConnectFailure, connect_service, is_loopback
 from services.session.events import EventHandler, ServiceRejected
@@ -144,7 +145,7 @@ class SessionService(EventHandler):
         while True:
             self._wake.clear()
             key, _origin = config_mod.api_key(self.config)
-            if key is None and not is_loopback(self.config.service.url):
+            if key is None and not is_loopback(session_url(self.config)):
                 self.last_error = NO_KEY
                 self.set_state("failed", NO_KEY)
                 await self._wake.wait()
@@ -191,8 +192,9 @@ class SessionService(EventHandler):
     async def _session(self, key: str | None) -> None:
         """One connection, from handshake to close. Returns when it closed cleanly."""
         service = self.config.service
-        self.set_state("connecting", service.url)
-        ws = await connect_service(service.url, service.model, key, service.connect_timeout_s)
+        url = session_url(self.config)  # the cloud, or the box's own engine ([service] backend)
+        self.set_state("connecting", url)
+        ws = await connect_service(url, service.model, key, service.connect_timeout_s)
         self._ws = ws
         opened = time.monotonic()
         sender: asyncio.Task[None] | None = None
@@ -373,7 +375,7 @@ class SessionService(EventHandler):
         old, self.config = self.config, new
         self.captions.source, self.captions.target = new.languages.source, new.languages.target
         self.outgoing.set_chunk_ms(new.service.chunk_ms, new.service.backlog_s)
-        if (old.service.url, old.service.model) != (new.service.url, new.service.model):
+        if (session_url(old), old.service.model) != (session_url(new), new.service.model):
             await self._restart_session("service url or model changed")
             return
         ws = self._ws

@@ -11,6 +11,11 @@ transcripts that say plainly they are simulated. ``session.finish`` is answered 
 It holds the CLIENT to the documentation (see ``rules.py``): every violation is answered with an
 ``error`` event and kept in ``Simulator.violations``.
 
+With ``?model=qwen3-omni-flash-realtime`` it speaks the Omni profile instead (protocol.md 9):
+``instructions``/``turn_detection`` in the session, turn events from its VAD, transcripts as
+``*.delta`` pieces, and ``session.finish`` refused as an invalid event type. Tests can push raw
+frames onto the open connections with ``Simulator.inject`` (or ``inject_threadsafe``).
+
 Faults are injected with ``Simulator(faults=Faults(...))`` in-process; for ``tolk simulator``
 with the environment variable ``TOLK_SIMULATOR_FAULTS`` (or a ``faults`` attribute on the parsed
 arguments); and per connection with a ``faults=`` query parameter on the URL. All three use

@@ -29,6 +29,7 @@ _FIELD_STRATEGIES = {
     "bool": st.booleans(),
     "bytes": st.binary(max_size=4096),
     "float": st.floats(allow_nan=False, allow_infinity=False, width=64),
+    "float | None": st.none() | st.floats(allow_nan=False, allow_infinity=False, width=64),
     "dict[str, float]": st.dictionaries(_text, st.floats(allow_nan=False, allow_infinity=False), max_size=5),
     "dict[str, Any]": st.dictionaries(_text, st.one_of(_ints, _text, st.booleans()), max_size=5),
     "list[str]": st.lists(_text, max_size=5),

@@ -82,7 +82,8 @@ def test_rich_run_breaks_no_documented_rule(rundir: Path, capture: Bus) -> None:
 
     assert sim.violations == []
     updates = [e["session"] for e in sim.events_of("session.update")]
-    assert updates[0]["translation"] == {"language": "en", "corpus": {"phrases": {"人工智能": "Artificial Intelligence"}}}
+    hotword = {"人工智能": "Artificial Intelligence"}
+    assert updates[0]["translation"] == {"language": "en", "corpus": {"phrases": hotword}}
     assert updates[-1]["modalities"] == ["text"] and "voice" not in updates[-1]
     ids = [e["event_id"] for e in sim.events]
     assert len(ids) == len(set(ids)), "an event_id was used twice"
