@@ -49,6 +49,8 @@ GAP_SHOWN_S = 60.0
 
 class CaptureService(Service):
     name = "capture"
+    #: A microphone delivers every 20 ms: a second without a chunk is a stall.
+    fresh_within_s = 1.0
     #: The seam to the audio hardware (a test or another backend may swap it).
     pcm_factory: ClassVar[PcmFactory] = staticmethod(open_alsa_pcm)
 

@@ -18,6 +18,7 @@ import time
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from daemon import config as config_mod
 from daemon import logs
@@ -136,6 +137,10 @@ class SessionService(EventHandler):
             if not self._live:
                 # Waiting on a bounded timer or on a person is honest work: restarting the
                 # process cannot fix a refused key, and would retry against the account.
+                self.mark_fresh()
+            elif self._ws is not None and self._ws.state is State.OPEN:
+                # Connected counts as working even in a long silence (speech-only streaming sends
+                # nothing then): the socket's keepalive pings close it if the service is gone.
                 self.mark_fresh()
 
     # --- the connection loop -------------------------------------------------------------------
