@@ -27,9 +27,9 @@ from daemon.service import STOP_TIMEOUT_S, ServiceContext
 from services.engine.backend import session_url
 from services.session import protocol
 from services.session.connection import Backoff, ConnectFailure, connect_service, is_loopback
-from services.session.events import EventHandler, ServiceRejected
+from services.session.events import ServiceRejected
+from services.session.lifetime import ConnectionLifetime
 from services.session.outgoing import Outgoing
-from services.session.profiles import profile_for
 
 NO_KEY = "no API key: set DASHSCOPE_API_KEY or [service] api_key_file"
 #: A configuration the service refused is tried again this rarely (or at once on a config change).
@@ -43,8 +43,6 @@ THROTTLED_FLOOR_S = 5.0
 STABLE_S = 10.0
 #: This many short-lived connections in a row: the service is not really working; say so.
 FLAPPING_LIMIT = 3
-#: Past the rotation age, wait at most this long for a pause (bounded by the service's limit).
-ROTATE_GRACE_S = 300.0
 #: SessionStatus is re-sent this often so that a process that joins late learns the state.
 STATUS_REPEAT_S = 2.0
 COUNTERS = (
@@ -65,7 +63,7 @@ COUNTERS = (
 )
 
 
-class SessionService(EventHandler):
+class SessionService(ConnectionLifetime):
     name = "session"
 
     def __init__(self, ctx: ServiceContext) -> None:
@@ -253,9 +251,6 @@ class SessionService(EventHandler):
         self.set_state("live", _live_detail(self.config))
         self.mark_fresh()
 
-    async def _send(self, ws: ClientConnection, event: dict[str, object]) -> None:
-        await ws.send(protocol.encode(event))
-
     async def _send_loop(self, ws: ClientConnection) -> None:
         """Audio in order, then (after the first audio) the camera frame when one may go."""
         try:
@@ -280,61 +275,6 @@ class SessionService(EventHandler):
             self.count("images_sent")
             size = (frame.width, frame.height) if frame.width and frame.height else protocol.jpeg_size(frame.jpeg)
             self.usage.add_image(protocol.image_tokens(*(size or (0, 0))))
-
-    async def _rotate(self, ws: ClientConnection) -> None:
-        """Past the rotation age, end the session at the next pause (or when the grace runs out)."""
-        service = self.config.service
-        await asyncio.sleep(service.rotate_after_s)
-        limit = profile_for(service.model).session_limit_s
-        grace = max(1.0, min(ROTATE_GRACE_S, limit - service.rotate_after_s - 30.0))
-        self.log.info("session %.0f s old: rotating at the next pause", service.rotate_after_s)
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + grace
-        while not self.activity.at_pause(time.monotonic()) and loop.time() < give_up:
-            self.activity.changed.clear()
-            # Woken by audio sent or a response ending; the timeout lets a silence grow into a pause.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.activity.changed.wait(), 0.2)
-        self.count("rotations")
-        await self._end_session(ws, f"rotating after {service.rotate_after_s:.0f} s, at a pause")
-
-    async def _watch_stall(self, ws: ClientConnection) -> None:
-        """Speech went out and nothing at all came back for stall_timeout_s: give the connection up."""
-        timeout = self.config.service.stall_timeout_s
-        if not timeout:
-            return
-        while (waited := self.activity.stalled_for(time.monotonic())) < timeout:
-            if waited:
-                await asyncio.sleep(timeout - waited)  # then look again: an answer may have come
-            else:
-                await self.activity.waiting.wait()  # nothing sent that awaits an answer
-        self.count("stalls")
-        self.stalled = f"the service stopped answering: nothing for {waited:.0f} s after speech was sent"
-        self.log.warning("%s; reconnecting", self.stalled)
-        self._live = False
-        await ws.close()
-
-    async def _end_session(self, ws: ClientConnection, why: str, limit_s: float | None = None) -> None:
-        """``session.finish``, wait (bounded) for ``session.finished``, close. A receiver must run."""
-        if not self._live:
-            await ws.close()  # not live yet: nothing to finish
-            return
-        self.log.info("finishing the session: %s", why)
-        self._live = False
-        self.ending = True
-        if not profile_for(self.config.service.model).finish:
-            await ws.close()  # Omni rejects session.finish (protocol.md 6): at a pause, just close
-            return
-        self.finished.clear()
-        timeout = min(self.config.service.finish_timeout_s, limit_s or float("inf"))
-        try:
-            await self._send(ws, protocol.session_finish(self.ids.next()))
-            await asyncio.wait_for(self.finished.wait(), timeout)
-        except TimeoutError:
-            self.log.warning("no session.finished in %.1f s; closing", timeout)
-        except ConnectionClosed:
-            pass
-        await ws.close()
 
     async def _restart_session(self, why: str) -> None:
         self.backoff.reset()
