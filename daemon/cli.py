@@ -14,12 +14,14 @@ if TYPE_CHECKING:
     from daemon.service import Service
 
 PROCESSES: tuple[str, ...] = ("capture", "camera", "session", "playback", "control")
+#: Run only when the config needs them: the local engine when [service] backend resolves to local.
+OPTIONAL_PROCESSES: tuple[str, ...] = ("engine",)
 
 
 def load_service(name: str) -> type[Service]:
     """``services.<name>`` exposes ``SERVICE``, its Service class."""
-    if name not in PROCESSES:
-        raise SystemExit(f"tolk: unknown service {name!r}; services are {', '.join(PROCESSES)}")
+    if name not in PROCESSES + OPTIONAL_PROCESSES:
+        raise SystemExit(f"tolk: unknown service {name!r}; services are {', '.join(PROCESSES + OPTIONAL_PROCESSES)}")
     module = importlib.import_module(f"services.{name}")
     service: type[Service] = module.SERVICE
     return service
@@ -122,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     svc = with_config(sub.add_parser("service", help="run one process (what each systemd unit calls)"))
-    svc.add_argument("name", choices=PROCESSES)
+    svc.add_argument("name", choices=PROCESSES + OPTIONAL_PROCESSES)
     svc.set_defaults(func=_cmd_service)
 
     cfg = sub.add_parser("config", help="config tools")

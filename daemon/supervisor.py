@@ -150,11 +150,15 @@ class Supervisor:
     async def start(self) -> None:
         for child in self.children.values():
             self._bind_notify(child)
-        # Control first: it collects everyone's heartbeats from the start.
-        order = sorted(self.children.values(), key=lambda c: c.name != "control")
+        # The local engine first (the session's first connection goes to it), then control first:
+        # it collects everyone's heartbeats from the start.
+        if (engine := self.children.get("engine")) is not None:
+            await self._spawn(engine)
+            await self._await_ready(engine)
+        order = sorted((c for c in self.children.values() if c.name != "engine"), key=lambda c: c.name != "control")
         await asyncio.gather(*(self._spawn(c) for c in order))
         await asyncio.gather(*(self._await_ready(c) for c in order))
-        for child in order:
+        for child in [*order, *([engine] if engine else [])]:
             self._watchers.append(asyncio.create_task(self._watch(child), name=f"run:watch-{child.name}"))
 
     async def _watch(self, child: Child) -> None:
@@ -240,4 +244,7 @@ def run_all(config_path: str | None, restart: bool = True) -> int:
         print(f"tolk: invalid config: {exc}", file=sys.stderr)
         return 2
     logs.setup("run", cfg.log.level)
-    return asyncio.run(Supervisor(config_path, restart=restart).run())
+    from daemon.cli import PROCESSES
+    from services.engine.backend import processes
+
+    return asyncio.run(Supervisor(config_path, restart=restart, services=processes(cfg, PROCESSES)).run())

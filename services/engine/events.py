@@ -100,7 +100,9 @@ class ResponseStream:
         else:
             events.append(ids.event("response.text.done", **where, text=transcript))
             content = {"type": "text", "text": transcript}
-        events.append(ids.event("response.content_part.done", **where, part={"type": self.part_type, "text": transcript}))
+        events.append(
+            ids.event("response.content_part.done", **where, part={"type": self.part_type, "text": transcript})
+        )
         done_item = self.item | {"status": "completed", "content": [content]}
         events.append(
             ids.event("response.output_item.done", response_id=self.response_id, output_index=0, item=done_item)

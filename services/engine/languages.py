@@ -92,5 +92,5 @@ def refusal(source: str, target: str) -> str:
     return (
         f"the local engine cannot translate {source!r} into {target!r}: it translates any of "
         f"{', '.join(lang.SOURCE_LANGUAGES)} into 'en', and 'en' <-> 'pt' "
-        "(use the cloud backend, [service] backend = \"cloud\", for other pairs)"
+        '(use the cloud backend, [service] backend = "cloud", for other pairs)'
     )

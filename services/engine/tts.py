@@ -54,9 +54,7 @@ class Speaker:
         self._espeak = shutil.which("espeak-ng")
 
     def can_speak(self, language: str) -> bool:
-        return language in eng_lang.PIPER_LANGUAGES or (
-            self._espeak is not None and language in eng_lang.ESPEAK_VOICES
-        )
+        return language in eng_lang.PIPER_LANGUAGES or (self._espeak is not None and language in eng_lang.ESPEAK_VOICES)
 
     def speak(self, text: str, language: str) -> bytes:
         """One sentence (or a few) as 24 kHz mono s16le; b"" for nothing to say."""

@@ -282,7 +282,9 @@ def test_lost_connection_reconnects_and_keeps_audio_in_order(rundir: Path, captu
 
 
 def test_missing_key_with_a_cloud_url_fails_at_once_but_is_ready(rundir: Path, notify: NotifySocket) -> None:
-    config = write_config(rundir / "tolk.toml", "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime")
+    # backend "cloud" named: with "auto" and no key the box would use its local engine instead.
+    url = "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime"
+    config = write_config(rundir / "tolk.toml", url, service='backend = "cloud"')
     env = {k: v for k, v in os.environ.items() if k != "DASHSCOPE_API_KEY"}
     assert "DASHSCOPE_API_KEY" not in env
     with session_process(rundir, config, NOTIFY_SOCKET=notify.path) as (proc, tap):

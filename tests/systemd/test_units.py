@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import PROCESSES
+from daemon.cli import OPTIONAL_PROCESSES, PROCESSES
 from tests.helpers import REPO
 
 UNITS = REPO / "systemd"
-SERVICES = [f"tolk-{name}.service" for name in PROCESSES]
+SERVICES = [f"tolk-{name}.service" for name in PROCESSES + OPTIONAL_PROCESSES]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_security_exposure_is_ok_or_better(root: Path, unit: str) -> None:
     assert float(match.group(1)) <= 4.0
 
 
-@pytest.mark.parametrize("name", PROCESSES)
+@pytest.mark.parametrize("name", PROCESSES + OPTIONAL_PROCESSES)
 def test_each_unit_runs_its_process_under_the_target(name: str) -> None:
     unit = _unit(f"tolk-{name}.service")
     assert unit["Unit"]["PartOf"] == "tolk.target"

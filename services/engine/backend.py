@@ -1,0 +1,49 @@
+"""Which backend the box uses: the cloud service or its own local engine (``[service] backend``).
+
+``auto`` (the default) is the cloud when an API key is set, or when ``[service] url`` is on
+loopback (a stand-in such as the simulator needs no key); otherwise the local engine, so a box
+with no account still translates. Light on purpose: the session and ``tolk run`` import it, and
+it must not pull in the models.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+from urllib.parse import urlsplit
+
+from daemon import config as config_mod
+
+ENGINE_PATH = "/api-ws/v1/realtime"
+
+
+def is_loopback(url: str) -> bool:
+    # Not services.session.connection's: the session imports this module.
+    host = (urlsplit(url).hostname or "").strip("[]").lower()
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve(cfg: config_mod.Config) -> Literal["cloud", "local"]:
+    if cfg.service.backend != "auto":
+        return cfg.service.backend
+    key, _origin = config_mod.api_key(cfg)
+    return "cloud" if key or is_loopback(cfg.service.url) else "local"
+
+
+def engine_url(cfg: config_mod.Config) -> str:
+    return f"ws://{cfg.engine.listen}{ENGINE_PATH}"
+
+
+def session_url(cfg: config_mod.Config) -> str:
+    """The endpoint the session connects to (without ``?model=``)."""
+    return engine_url(cfg) if resolve(cfg) == "local" else cfg.service.url
+
+
+def processes(cfg: config_mod.Config, base: tuple[str, ...]) -> tuple[str, ...]:
+    """The box's processes for this config: ``base``, plus the engine when the backend is local."""
+    return (*base, "engine") if resolve(cfg) == "local" else base

@@ -1,0 +1,170 @@
+"""One client connection to the engine: validate what arrives, hear utterances, answer with translations.
+
+The reader checks each client event (``rules.py``); a bad one is answered with an ``error`` and
+the connection goes on. Audio feeds the end-of-speech detector on the event loop (it is cheap);
+each ended utterance goes to one responder task, in order, which runs the models on the engine's
+worker thread and streams the response: text first, then each sentence's speech as soon as it is
+synthesized, then the source transcription. ``session.finish`` is answered after the last
+utterance (flushed), with ``session.finished``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from services.engine import events
+from services.engine import languages as eng_lang
+from services.engine.core import Engine
+from services.engine.rules import EngineRules
+from services.engine.segmenter import Segmenter, Utterance
+from services.engine.tts import sentences
+from services.simulator.rules import Rejected
+
+log = logging.getLogger("tolk.engine")
+#: Utterances waiting for the models; past this, the oldest waiting one is dropped (said in the log).
+MAX_PENDING = 4
+DISCONNECT_WITHIN_S = 10.0
+
+
+@dataclass
+class _Finish:
+    pass
+
+
+class Conversation:
+    def __init__(self, engine: Engine, ws: ServerConnection, number: int, model: str) -> None:
+        self.engine = engine
+        self.ws = ws
+        self.number = number
+        self.model = model
+        cfg = engine.cfg
+        self.rules = EngineRules(cfg.end_silence_ms)
+        self.segmenter = Segmenter(cfg.end_silence_ms, max_utterance_s=cfg.max_utterance_s)
+        self.ids = events.EngineIds(str(number))
+        self.session_id = self.ids.next("sess")
+        self.jobs: asyncio.Queue[Utterance | _Finish] = asyncio.Queue(MAX_PENDING + 1)
+        self.errors_sent = 0
+        self.responses = 0
+        #: end of speech → first synthesized audio of the latest response (the benchmark reads it)
+        self.first_audio_s: float | None = None
+
+    async def run(self) -> None:
+        await self.send(self._session_event("session.created"))
+        responder = asyncio.create_task(self._respond(), name=f"engine:respond-{self.number}")
+        try:
+            async for raw in self.ws:
+                await self._on_frame(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            responder.cancel()
+            await asyncio.gather(responder, return_exceptions=True)
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.ws.send(events.encode(event))
+
+    def _session_event(self, kind: str) -> dict[str, Any]:
+        return self.ids.event(kind, session=events.session_object(self.session_id, self.model, self.rules.session))
+
+    # --- what the client sends ---------------------------------------------------------------
+
+    async def _on_frame(self, raw: str | bytes) -> None:
+        try:
+            accepted = self.rules.check(raw, asyncio.get_running_loop().time())
+        except Rejected as exc:
+            self.errors_sent += 1
+            log.info("connection %d: refused a client event: %s", self.number, exc)
+            await self.send(events.error_event(self.ids, str(exc), exc.code, exc.param, exc.event_id))
+            return
+        kind = accepted.event["type"]
+        if kind == "session.update":
+            self.segmenter.end_silence_ms = self.rules.end_silence_ms
+            await self.send(self._session_event("session.updated"))
+        elif kind == "input_audio_buffer.append":
+            for utterance in self.segmenter.feed(accepted.payload):
+                self._queue(utterance)
+        elif kind == "session.finish":
+            if (pending := self.segmenter.flush()) is not None:
+                self._queue(pending)
+            await self.jobs.put(_Finish())
+        # input_image_buffer.append: validated and accepted; the engine has no use for pictures.
+
+    def _queue(self, utterance: Utterance) -> None:
+        if self.jobs.qsize() >= MAX_PENDING:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.jobs.get_nowait()
+            log.warning("connection %d: the models are behind; dropped the oldest waiting utterance", self.number)
+        self.jobs.put_nowait(utterance)
+
+    # --- what the engine says ----------------------------------------------------------------
+
+    async def _respond(self) -> None:
+        while True:
+            job = await self.jobs.get()
+            if isinstance(job, _Finish):
+                await self.send(self.ids.event("session.finished"))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ws.wait_closed(), DISCONNECT_WITHIN_S)
+                await self.ws.close()
+                return
+            self.first_audio_s = None
+            await self._reply(job)
+
+    async def _reply(self, utterance: Utterance) -> None:
+        engine, rules = self.engine, self.rules
+        source, target = rules.languages()
+        session = rules.session
+        audio_s = len(utterance.pcm) / 32000
+        pair = eng_lang.pair(source, target)
+        assert pair is not None  # refused at session.update otherwise
+        heard: tuple[str, str] | None = None
+        if pair.path != "whisper-translate":  # the transcription is the first step anyway
+            heard = await engine.run("asr", audio_s, lambda: engine.translator.transcribe(utterance.pcm, source))
+        text = await engine.run(
+            "translate",
+            audio_s,
+            lambda: engine.translator.translate(utterance.pcm, source, target, heard[0] if heard else None),
+        )
+        if text:
+            await self._stream_response(text, target, session, utterance)
+        if rules.source_captions:
+            if heard is None:
+                heard = await engine.run("asr", audio_s, lambda: engine.translator.transcribe(utterance.pcm, source))
+            if heard[0]:
+                for event in events.transcription_events(self.ids, heard[0], heard[1]):
+                    await self.send(event)
+
+    async def _stream_response(self, text: str, target: str, session: dict[str, Any], utterance: Utterance) -> None:
+        stream = events.ResponseStream(self.ids, session)
+        for event in stream.opening():
+            await self.send(event)
+        parts = sentences(text) or [text]
+        speak = stream.with_audio and self.engine.speaker.can_speak(target)
+        for n, part in enumerate(parts):
+            await self.send(stream.snapshot(" ".join(parts[: n + 1]), " ".join(parts[n + 1 :])))
+            if speak:
+                pcm = await self.engine.run("tts", 0.0, functools.partial(self.engine.speaker.speak, part, target))
+                self.engine.stages.audio_s["tts"] = self.engine.stages.audio_s.get("tts", 0.0) + len(pcm) / 48000
+                if self.first_audio_s is None and pcm:
+                    self.first_audio_s = time.monotonic() - utterance.ended_at
+                for event in stream.audio(pcm):
+                    await self.send(event)
+        for event in stream.closing(text):
+            await self.send(event)
+        self.responses += 1
+        log.info(
+            "connection %d: %.1f s of speech → %r in %.2f s",
+            self.number,
+            utterance.speech_s,
+            text[:120],
+            time.monotonic() - utterance.ended_at,
+        )
