@@ -244,7 +244,7 @@ def run_all(config_path: str | None, restart: bool = True) -> int:
         print(f"tolk: invalid config: {exc}", file=sys.stderr)
         return 2
     logs.setup("run", cfg.log.level)
+    from daemon.backend import processes
     from daemon.cli import PROCESSES
-    from services.engine.backend import processes
 
     return asyncio.run(Supervisor(config_path, restart=restart, services=processes(cfg, PROCESSES)).run())

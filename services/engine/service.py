@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from daemon import backend
 from daemon import config as config_mod
 from daemon.service import Service, ServiceContext
-from services.engine import backend
 from services.engine.core import Engine
 from services.engine.server import EngineServer
 

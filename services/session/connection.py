@@ -7,12 +7,15 @@ retry can help (a refused key cannot: no retry storm against the account).
 
 from __future__ import annotations
 
-import ipaddress
 import random
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+from daemon.backend import is_loopback
+
+__all__ = ["Backoff", "ConnectFailure", "connect_service", "is_loopback", "service_url"]
 
 #: Handshake statuses after which only a person can help (key, account, model name).
 _FATAL_STATUS = {
@@ -20,7 +23,6 @@ _FATAL_STATUS = {
     403: "access denied (HTTP 403): the account cannot use this model (no access, or overdue payment)",
     404: "not found (HTTP 404): check [service] url and [service] model",
 }
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 MAX_MESSAGE_BYTES = 4 * 2**20
 
 
@@ -38,16 +40,6 @@ class ConnectFailure(Exception):
 
     def __str__(self) -> str:
         return self.message
-
-
-def is_loopback(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").strip("[]").lower()
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def service_url(url: str, model: str) -> str:

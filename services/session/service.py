@@ -22,9 +22,9 @@ from websockets.protocol import State
 
 from daemon import config as config_mod
 from daemon import logs
+from daemon.backend import session_url
 from daemon.messages import AudioIn, Command, SessionStatus, VideoFrame
 from daemon.service import STOP_TIMEOUT_S, ServiceContext
-from services.engine.backend import session_url
 from services.session import protocol
 from services.session.connection import Backoff, ConnectFailure, connect_service, is_loopback
 from services.session.events import ServiceRejected

@@ -18,7 +18,6 @@ ENGINE_PATH = "/api-ws/v1/realtime"
 
 
 def is_loopback(url: str) -> bool:
-    # Not services.session.connection's: the session imports this module.
     host = (urlsplit(url).hostname or "").strip("[]").lower()
     if host in ("localhost", "localhost.localdomain"):
         return True
