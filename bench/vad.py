@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.capture.vad import SileroVad, SpeechDetector, WebRtcVad
+from daemon.vad import SileroVad, SpeechDetector, WebRtcVad
 
 RATE = 16000
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from daemon.bus import Publisher
 from daemon.messages import AudioIn
+from daemon.vad import SpeechDetector
 from services.capture.mute import MuteGate
 from services.capture.policy import Period, StreamingPolicy
-from services.capture.vad import SpeechDetector
 
 BYTES_PER_SECOND = 16000 * 2
 

@@ -26,8 +26,8 @@ from collections.abc import Callable
 
 import alsaaudio
 
-from services.alsa_device import Pcm, PcmSpec, alsa_reason
-from services.audio_format import Converter, DeviceFormat, FormatError, device_format
+from daemon.alsa_device import Pcm, PcmSpec, alsa_reason
+from daemon.audio_format import Converter, DeviceFormat, FormatError, device_format
 from services.capture.pipeline import CapturePipeline
 
 log = logging.getLogger("tolk.capture")

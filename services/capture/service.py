@@ -20,17 +20,17 @@ import contextlib
 import time
 from typing import ClassVar
 
+from daemon.alsa_device import DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
 from daemon.config import Config
 from daemon.messages import Command, Heartbeat, PlaybackState, SpeechActivity
 from daemon.service import Service, ServiceContext
-from services.alsa_device import DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
+from daemon.vad import SpeechDetector, make_vad
 from services.capture import pipeline as pipeline_mod
 from services.capture import reader as reader_mod
 from services.capture.mute import MuteGate
 from services.capture.pipeline import CapturePipeline
 from services.capture.policy import PolicySettings, StreamingPolicy
 from services.capture.reader import Reader
-from services.capture.vad import SpeechDetector, make_vad
 
 RATE = 16000
 PERIODS = 4

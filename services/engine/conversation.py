@@ -21,13 +21,13 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from daemon.realtime.rules import Rejected
 from services.engine import events
 from services.engine import languages as eng_lang
 from services.engine.core import Engine
 from services.engine.rules import EngineRules
 from services.engine.segmenter import Segmenter, Utterance
 from services.engine.tts import sentences
-from services.simulator.rules import Rejected
 
 log = logging.getLogger("tolk.engine")
 #: Utterances waiting for the models; past this, the oldest waiting one is dropped (said in the log).

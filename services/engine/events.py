@@ -12,7 +12,7 @@ import base64
 import itertools
 from typing import Any
 
-from services.simulator.responses import Ids, encode, error_event, session_object
+from daemon.realtime.events import Ids, encode, error_event, session_object
 
 __all__ = ["EngineIds", "ResponseStream", "encode", "error_event", "session_object", "transcription_events"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from daemon.realtime.rules import ASR_MODEL, ClientRules, Rejected
 from services.engine import languages as eng_lang
-from services.simulator.rules import ASR_MODEL, ClientRules, Rejected
 
 _INPUT_FORMATS = {"pcm", "pcm16"}
 _OUTPUT_FORMATS = {"pcm", "pcm16", "pcm24"}

@@ -2,7 +2,7 @@
 
 The cloud decides by itself when a segment ended (protocol.md 5.2); so does the engine. Windows
 of the 16 kHz input are scored by the box's voice activity detector (Silero through
-``services.capture.vad``, the same model capture uses); speech starts at a score of 0.5 and an
+``daemon.vad``, the same model capture uses); speech starts at a score of 0.5 and an
 utterance ends after ``end_silence_ms`` below 0.35. Bursts shorter than ``min_speech_ms`` are
 dropped (a cough, a click), and speech longer than ``max_utterance_s`` is cut there, so the
 recogniser's 30 s window is never overrun and a monologue still gets translated as it goes.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.capture.vad import QUIET_RMS, START_SCORE, STOP_SCORE, Vad, make_vad
+from daemon.vad import QUIET_RMS, START_SCORE, STOP_SCORE, Vad, make_vad
 
 RATE = 16000
 PREROLL_MS = 300

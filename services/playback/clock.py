@@ -17,7 +17,7 @@ import time
 
 import alsaaudio
 
-from services.alsa_device import Pcm
+from daemon.alsa_device import Pcm
 
 
 class DeviceClock:

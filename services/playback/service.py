@@ -17,10 +17,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from daemon.alsa_device import BYTES_PER_FRAME, DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
 from daemon.config import Config
 from daemon.messages import AudioOut, Command, PlaybackState, SpeechActivity
 from daemon.service import Service, ServiceContext
-from services.alsa_device import BYTES_PER_FRAME, DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
 from services.playback.queue import Chunk, ChunkQueue
 from services.playback.writer import COUNTERS, Writer
 

@@ -33,8 +33,8 @@ from collections.abc import Callable
 import alsaaudio
 import numpy as np
 
-from services.alsa_device import BYTES_PER_FRAME, Pcm, PcmSpec, alsa_reason
-from services.audio_format import Converter, DeviceFormat, FormatError, device_format
+from daemon.alsa_device import BYTES_PER_FRAME, Pcm, PcmSpec, alsa_reason
+from daemon.audio_format import Converter, DeviceFormat, FormatError, device_format
 from services.playback.clock import DeviceClock
 from services.playback.queue import Chunk, ChunkQueue
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from daemon.realtime.rules import ClientRules, Rejected
 from services.simulator import responses
 from services.simulator.faults import Faults
-from services.simulator.rules import ClientRules, Rejected
 from services.simulator.speech import Endpointer, Utterance, reply_seconds, tone
 
 if TYPE_CHECKING:

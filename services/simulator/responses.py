@@ -6,35 +6,12 @@ Pure: each function returns the events as dicts; the server paces and sends them
 from __future__ import annotations
 
 import base64
-import itertools
-import json
 from typing import Any
 
+from daemon.realtime.events import Ids, encode, error_event, session_object
 from services.simulator.speech import Utterance
 
 AUDIO_TOKENS_PER_S = 12.5
-
-
-class Ids:
-    """Server-side ids in the service's styles (``event_…``, ``resp_…``, ``item_…``)."""
-
-    def __init__(self, tag: str) -> None:
-        self._tag = tag
-        self._counter = itertools.count(1)
-
-    def next(self, prefix: str) -> str:
-        return f"{prefix}_sim{self._tag}x{next(self._counter)}"
-
-    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
-        return {"event_id": self.next("event"), "type": kind, **fields}
-
-
-def encode(event: dict[str, Any]) -> str:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-
-
-def session_object(session_id: str, model: str, config: dict[str, Any]) -> dict[str, Any]:
-    return {"id": session_id, "object": "realtime.session", "model": model, **config}
 
 
 def omni_default_session() -> dict[str, Any]:
@@ -47,18 +24,6 @@ def omni_default_session() -> dict[str, Any]:
         "instructions": "",
         "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 800},
     }
-
-
-def error_event(ids: Ids, message: str, code: str, param: str = "", event_id: str = "") -> dict[str, Any]:
-    error: dict[str, Any] = {
-        "type": "invalid_request_error",
-        "code": code,
-        "message": message,
-        "param": param,
-    }
-    if event_id:
-        error["event_id"] = event_id
-    return ids.event("error", error=error)
 
 
 def translation_text(utterance: Utterance, source: str, target: str) -> str:
@@ -243,3 +208,6 @@ MALFORMED_FRAMES: tuple[str | bytes, ...] = (
     '{"event_id": "event_bad4", "type": "simulator.surprise"}',
 )
 """What ``malformed`` faults send: every kind of broken event a client must survive."""
+
+
+__all__ = ["Ids", "encode", "error_event", "session_object"]

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon import config as config_mod
+from daemon.realtime.rules import ClientRules
 from services.session import protocol
 from services.session.captions import CaptionAssembler
 from services.session.connection import Backoff, is_loopback, service_url
-from services.simulator.rules import ClientRules
 
 
 def cfg(**sections: dict[str, object]) -> config_mod.Config:

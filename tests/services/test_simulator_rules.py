@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.simulator.rules import EVENT_FIELDS, SESSION_FIELDS, Accepted, ClientRules, Rejected
+from daemon.realtime.rules import EVENT_FIELDS, SESSION_FIELDS, Accepted, ClientRules, Rejected
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
 json_values = st.recursive(

@@ -1,0 +1,44 @@
+"""Building the realtime service's server events: ids in its styles, the session object, errors.
+
+Shared by every server of the protocol the box runs: the simulator and the local engine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+
+class Ids:
+    """Server-side ids in the service's styles (``event_…``, ``resp_…``, ``item_…``)."""
+
+    def __init__(self, tag: str) -> None:
+        self._tag = tag
+        self._counter = itertools.count(1)
+
+    def next(self, prefix: str) -> str:
+        return f"{prefix}_sim{self._tag}x{next(self._counter)}"
+
+    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {"event_id": self.next("event"), "type": kind, **fields}
+
+
+def encode(event: dict[str, Any]) -> str:
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def session_object(session_id: str, model: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {"id": session_id, "object": "realtime.session", "model": model, **config}
+
+
+def error_event(ids: Ids, message: str, code: str, param: str = "", event_id: str = "") -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "type": "invalid_request_error",
+        "code": code,
+        "message": message,
+        "param": param,
+    }
+    if event_id:
+        error["event_id"] = event_id
+    return ids.event("error", error=error)
