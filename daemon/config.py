@@ -138,10 +138,11 @@ class AudioConfig(_Section):
     period_ms: int = Field(20, ge=10, le=20, description="Capture period; 10-20 ms keeps latency low.")
     playback_start_ms: int = Field(120, ge=0, le=2000, description="Audio buffered before playback starts.")
     volume: float = Field(1.0, ge=0.0, le=1.0, description="Speaker volume: 0 silent, 1 as the service sends it.")
-    echo: Literal["half-duplex", "off"] = Field(
+    echo: Literal["aec", "half-duplex", "off"] = Field(
         "half-duplex",
-        description='"half-duplex": the mic sends silence while the speaker talks; "off": headphones or an '
-        "echo-cancelling capture device (PipeWire's echo-cancel source).",
+        description='"aec": the box removes its own voice from the mic (full duplex); "half-duplex": the mic '
+        'sends silence while the speaker talks; "off": headphones or an echo-cancelling capture device '
+        "(PipeWire's echo-cancel source).",
     )
     echo_tail_ms: int = Field(400, ge=0, le=3000, description="Half duplex: mic stays muted this long after drained.")
     streaming: Literal["speech", "always"] = Field(

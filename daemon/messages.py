@@ -162,6 +162,23 @@ class AudioOut(Message):
 
 
 @dataclass(kw_only=True)
+class RenderedAudio(Message):
+    """What playback handed the speaker, 24 kHz mono S16_LE: the echo canceller's reference.
+
+    ``t`` is when its first sample plays (handed to the device plus what the device still held
+    then, ``delay_ms``), so capture can line it up with the microphone's own ``t`` stamps.
+    """
+
+    topic = "audio.rendered"
+    channel = Channel.BULK
+    payload_field = "pcm"
+
+    pcm: bytes = b""
+    rate: int = 24000
+    delay_ms: float = 0.0
+
+
+@dataclass(kw_only=True)
 class VideoFrame(Message):
     """A JPEG worth sending. ``t`` is the capture time."""
 

@@ -9,19 +9,40 @@ from pathlib import Path
 from tests.helpers import service_env, tolk_cmd
 
 
-def test_demo_translates_a_wav_through_the_whole_box(rundir: Path) -> None:
+def _demo(rundir: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = rundir / "out"
     result = subprocess.run(
-        tolk_cmd("run", "--demo", "--out", str(out)),
-        env=service_env(rundir),
+        tolk_cmd("run", "--demo", "--out", str(out), *extra),
+        env=service_env(rundir, XDG_CACHE_HOME=str(rundir / "cache")),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result, out
+
+
+def _seconds(wav: Path) -> float:
+    with wave.open(str(wav), "rb") as w:
+        assert w.getframerate() == 24000
+        return w.getnframes() / 24000
+
+
+def test_demo_translates_for_real_offline_with_the_local_engine(rundir: Path) -> None:
+    """No account, no network: German speech in, English text and speech out, from real models."""
+    result, out = _demo(rundir)
+    assert "the box's own engine" in result.stdout
+    translation = next(line for line in result.stdout.splitlines() if "[translation en]" in line)
+    source = next(line for line in result.stdout.splitlines() if "[source de]" in line)
+    assert "museum" in translation.lower() and "simulated" not in translation
+    assert "Museum" in source and "Morgen" in source
+    assert _seconds(out / "translation.wav") > 1.5
+
+
+def test_demo_with_the_simulator(rundir: Path) -> None:
+    result, out = _demo(rundir, "--simulator", "--source", "zh")
     assert "[translation en]" in result.stdout and "simulated" in result.stdout
     assert "[source zh]" in result.stdout
-    with wave.open(str(out / "translation.wav"), "rb") as w:
-        assert w.getframerate() == 24000 and w.getnframes() > 24000 // 4
+    assert _seconds(out / "translation.wav") > 0.25
     events = (out / "simulator-events.jsonl").read_text()
     assert '"session.finish"' in events
