@@ -46,11 +46,30 @@ def _check_code(value: str, allowed: tuple[str, ...] | frozenset[str], what: str
 class LanguagesConfig(_Section):
     source: str = Field("zh", description="Language spoken near the box (one of the 18 source codes).")
     target: str = Field("en", description="Language the box translates into.")
+    mode: Literal["one-way", "conversation"] = Field(
+        "one-way",
+        description='"one-way": source → target; "conversation": source and target are the two '
+        "sides of a face-to-face exchange, translated both ways.",
+    )
+    direction: Literal["auto", "a-to-b", "b-to-a"] = Field(
+        "auto",
+        description='Conversation mode: "auto" follows the language heard; "a-to-b" (source → '
+        'target) or "b-to-a" fixes the direction.',
+    )
 
     @field_validator("source", "target")
     @classmethod
     def _known(cls, value: str) -> str:
         return _check_code(value, lang.SOURCE_LANGUAGES, "language code the service knows")
+
+    @model_validator(mode="after")
+    def _two_sides(self) -> LanguagesConfig:
+        if self.mode == "conversation" and self.source == self.target:
+            raise ValueError(
+                f"mode = \"conversation\" needs two different languages; source and target are both "
+                f"{self.source!r}"
+            )
+        return self
 
 
 class OutputConfig(_Section):
@@ -256,6 +275,8 @@ class Config(_Section):
                 f"{lang.describe(target)} is text-only; set modalities to [\"text\"] "
                 f"or pick an audio target ({', '.join(sorted(lang.AUDIO_TARGETS))})"
             )
+        if self.languages.mode == "conversation":
+            _check_both_directions(self)
         voice = self.output.voice
         if voice is not None and "audio" in self.modalities and target not in lang.VOICES[voice]:
             raise ValueError(
@@ -277,6 +298,23 @@ class Config(_Section):
         if "audio" not in self.modalities:
             return None
         return self.output.voice or lang.default_voice_for(self.languages.target)
+
+
+def _check_both_directions(cfg: Config) -> None:
+    """Conversation mode speaks both sides: explicit audio and an explicit voice must fit both."""
+    sides = (cfg.languages.source, cfg.languages.target)
+    mods = cfg.output.modalities
+    if mods is not None and "audio" in mods and (silent := [s for s in sides if not lang.has_audio(s)]):
+        raise ValueError(
+            f"output.modalities = {mods!r} in conversation mode: {lang.describe(silent[0])} is text-only; "
+            "leave modalities unset (audio toward the side that has it, text toward the other) or set [\"text\"]"
+        )
+    voice = cfg.output.voice
+    if voice is not None and (mute := [s for s in sides if lang.has_audio(s) and s not in lang.VOICES[voice]]):
+        raise ValueError(
+            f"output.voice = {voice!r} cannot speak {lang.describe(mute[0])}, one side of the conversation; "
+            "leave voice unset or pick one that speaks both"
+        )
 
 
 class ConfigError(Exception):

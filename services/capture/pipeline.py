@@ -1,9 +1,11 @@
-"""One capture period, from the device to the bus: mute, voice activity, streaming policy, publish.
+"""One capture period, from the device to the bus: echo cancellation, mute, voice activity,
+streaming policy, publish.
 
-Runs on the capture thread (it owns the bulk publisher). The VAD sees what the session could
-get — zeros while muted — so in half duplex the box's own voice never counts as speech (and
-never triggers a barge-in). Speech start/stop goes to ``on_speech`` for the event loop to
-publish on the state socket.
+With ``echo = "aec"`` the canceller comes first, so everything after it (the VAD, the session)
+hears the room without the box's own voice. Runs on the capture thread (it owns the bulk
+publisher). The VAD sees what the session could get — zeros while muted — so in half duplex
+the box's own voice never counts as speech (and never triggers a barge-in). Speech start/stop
+goes to ``on_speech`` for the event loop to publish on the state socket.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from daemon.bus import Publisher
 from daemon.messages import AudioIn
 from daemon.vad import SpeechDetector
+from services.capture.aec import EchoCanceller
 from services.capture.mute import MuteGate
 from services.capture.policy import Period, StreamingPolicy
 
@@ -49,12 +52,18 @@ class CapturePipeline:
         self.counters = counters
         self.on_speech = on_speech
         self.rate = rate
+        #: Set by the service for ``echo = "aec"`` (one assignment, read once per period).
+        self.echo: EchoCanceller | None = None
 
     def period(self, data: bytes, t: int, period_ns: int) -> None:
+        echo = self.echo
+        heard = echo.process(data, t, period_ns) if echo is not None else data
         muted = self.gate.muted(t - period_ns)
-        pcm = bytes(len(data)) if muted else data
+        pcm = bytes(len(data)) if muted else heard
         was = self.detector.speaking
         speaking = self.detector.silence(len(pcm)) if muted else self.detector.feed(pcm)
+        if echo is not None:
+            echo.account(speaking, len(data) / BYTES_PER_SECOND)
         if speaking != was:
             self.counters["utterances"] += speaking
             self.on_speech(speaking, t)

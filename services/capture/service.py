@@ -11,6 +11,11 @@ seconds either way. The watchdog is only petted while audio really arrives.
 A gap in the audio (a device that stalled, was unplugged, or was reopened) is counted and shown
 in the status line for a minute, so ``/api/status`` says what happened after it is over.
 Speech start/stop from the VAD goes out as ``SpeechActivity`` on the state socket.
+
+With ``[audio] echo = "aec"`` playback's ``RenderedAudio`` (what the speaker plays, and when)
+is kept as the echo canceller's reference and the canceller runs before everything else (see
+``aec``). A canceller that cannot be set up falls back to half duplex, with an error: the box
+must never translate its own voice.
 """
 
 from __future__ import annotations
@@ -22,15 +27,17 @@ from typing import ClassVar
 
 from daemon.alsa_device import DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
 from daemon.config import Config
-from daemon.messages import Command, Heartbeat, PlaybackState, SpeechActivity
+from daemon.messages import Command, Heartbeat, PlaybackState, RenderedAudio, SpeechActivity
 from daemon.service import Service, ServiceContext
 from daemon.vad import SpeechDetector, make_vad
+from services.capture import aec as aec_mod
 from services.capture import pipeline as pipeline_mod
 from services.capture import reader as reader_mod
 from services.capture.mute import MuteGate
 from services.capture.pipeline import CapturePipeline
 from services.capture.policy import PolicySettings, StreamingPolicy
 from services.capture.reader import Reader
+from services.capture.reference import RenderReference
 
 RATE = 16000
 PERIODS = 4
@@ -53,12 +60,15 @@ class CaptureService(Service):
     fresh_within_s = 1.0
     #: The seam to the audio hardware (a test or another backend may swap it).
     pcm_factory: ClassVar[PcmFactory] = staticmethod(open_alsa_pcm)
+    #: The seam to the echo canceller (WebRTC AEC3).
+    canceller_factory: ClassVar[aec_mod.CancellerFactory] = aec_mod.WebRtcCanceller
 
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
         for key in (
             *pipeline_mod.COUNTERS,
             *reader_mod.COUNTERS,
+            *aec_mod.COUNTERS,
             "reopens",
             "open_failures",
             "gaps",
@@ -70,11 +80,14 @@ class CaptureService(Service):
         self.keeper = DeviceKeeper(type(self).pcm_factory, self.log)
         self.detector = SpeechDetector(make_vad(self.config.audio.vad))
         self.policy = StreamingPolicy(self._policy_settings())
+        self.reference = RenderReference()
+        self.echo: aec_mod.EchoCanceller | None = None
+        self._aec_failed = ""
+        self._reader: Reader | None = None
         self._configure_gate()
         self._gap_at_ns = 0
         self._speaking_published = False
         self._pcm: Pcm | None = None
-        self._reader: Reader | None = None
         self._reading_since_ns = 0
         self._last_chunk_ns = 0
 
@@ -91,6 +104,7 @@ class CaptureService(Service):
 
     async def run(self) -> None:
         self.spawn(self._follow_playback(), "follow-playback")
+        self.spawn(self._follow_rendered(), "echo-reference")
         self.spawn(self._follow_commands(), "follow-commands")
         while True:
             if self._pcm is None:
@@ -152,6 +166,10 @@ class CaptureService(Service):
         line = f"capturing {device} {RATE / 1000:g} kHz, {self.config.audio.period_ms} ms periods"
         if why := self.gate.reason(now):
             line += f", muted ({why})"
+        if self.echo is not None:
+            line += f", echo cancelled ({self.counters['aec_erle_db']:g} dB)"
+        elif self._aec_failed:
+            line += f", half duplex: echo canceller unavailable ({self._aec_failed})"
         if self.detector.speaking:
             line += ", speech"
         if self._gap_at_ns and (ago_s := (now - self._gap_at_ns) / 1e9) < GAP_SHOWN_S:
@@ -197,6 +215,7 @@ class CaptureService(Service):
                 loop.call_soon_threadsafe(self._speech_changed, speaking, t)
 
         pipeline = CapturePipeline(self.bus.bulk, self.gate, self.detector, self.policy, self.counters, on_speech)
+        pipeline.echo = self.echo
         reader = Reader(pcm, spec, pipeline, self.counters, self._on_chunk, on_end)
         self._reading_since_ns = time.monotonic_ns()
         self._reader = reader
@@ -225,7 +244,25 @@ class CaptureService(Service):
     def _configure_gate(self) -> None:
         audio = self.config.audio
         self.gate.tail_ns = audio.echo_tail_ms * 1_000_000
-        self.gate.half_duplex = audio.echo == "half-duplex"
+        self._configure_echo(audio.echo == "aec")
+        self.gate.half_duplex = audio.echo == "half-duplex" or (audio.echo == "aec" and self.echo is None)
+
+    def _configure_echo(self, wanted: bool) -> None:
+        if wanted == (self.echo is not None):
+            return
+        echo = None
+        if wanted:
+            try:
+                echo = aec_mod.EchoCanceller(self.reference, self.counters, type(self).canceller_factory)
+            except (ImportError, RuntimeError, OSError) as exc:
+                self._aec_failed = str(exc) or type(exc).__name__
+                self.log.error("echo canceller unavailable (%s): the microphone is half duplex instead", exc)
+            else:
+                self._aec_failed = ""
+                self.log.info("echo cancellation on: the box's own voice is removed from the microphone")
+        self.echo = echo
+        if self._reader is not None:
+            self._reader.pipeline.echo = echo
 
     def _policy_settings(self) -> PolicySettings:
         audio = self.config.audio
@@ -266,6 +303,14 @@ class CaptureService(Service):
                     self.gate.speaker_drained(msg.t)
             elif isinstance(msg, Heartbeat) and self.gate.speaker and msg.state in PLAYBACK_GONE:
                 self.gate.speaker_drained(msg.t)
+
+    async def _follow_rendered(self) -> None:
+        """Keep what the speaker plays as the canceller's reference (only while it is on)."""
+        sub = self.bus.subscribe(["playback"], RenderedAudio)
+        async for msg in sub:
+            assert isinstance(msg, RenderedAudio)
+            if self.echo is not None:
+                self.reference.add(msg.pcm, msg.t, msg.rate)
 
     async def _follow_commands(self) -> None:
         sub = self.bus.subscribe(["control"], Command)

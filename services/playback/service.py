@@ -19,7 +19,7 @@ import numpy as np
 
 from daemon.alsa_device import BYTES_PER_FRAME, DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
 from daemon.config import Config
-from daemon.messages import AudioOut, Command, PlaybackState, SpeechActivity
+from daemon.messages import AudioOut, Command, PlaybackState, RenderedAudio, SpeechActivity
 from daemon.service import Service, ServiceContext
 from services.playback.queue import Chunk, ChunkQueue
 from services.playback.writer import COUNTERS, Writer
@@ -179,6 +179,7 @@ class PlaybackService(Service):
             on_state,
             self.mark_fresh,
             on_end,
+            self._publish_rendered,
         )
         self._writer = writer
         writer.start()
@@ -186,6 +187,13 @@ class PlaybackService(Service):
         error = await ended
         self._writer = None  # on_end is the thread's last act
         return error
+
+    def _publish_rendered(self, pcm: bytes, plays_ns: int, held_s: float) -> None:  # on the writer thread
+        """The echo canceller's reference (capture with ``echo = "aec"``); costs nothing unheard.
+
+        The writer thread is the only user of this process's bulk socket.
+        """
+        self.bus.bulk.publish(RenderedAudio(pcm=pcm, t=plays_ns, rate=RATE, delay_ms=round(held_s * 1000, 2)))
 
     def _publish_state(self, state: str, response_id: str, frames: int, t: int) -> None:
         if state == "drained" and not self._speaking:

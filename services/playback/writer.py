@@ -58,6 +58,9 @@ COUNTERS = (
 )
 
 StateCallback = Callable[[str, str, int, int], None]  # state, response_id, frames, t
+#: What was handed to the device (24 kHz mono, volume applied), when its first sample plays
+#: (monotonic ns), and how much the device held before it (s): the echo canceller's reference.
+RenderedCallback = Callable[[bytes, int, float], None]
 
 
 class Writer(threading.Thread):
@@ -72,6 +75,7 @@ class Writer(threading.Thread):
         on_state: StateCallback,
         on_written: Callable[[], None],
         on_end: Callable[[str | None], None],
+        on_rendered: RenderedCallback | None = None,
     ) -> None:
         super().__init__(name="playback-writer", daemon=True)
         self.pcm = pcm
@@ -83,6 +87,7 @@ class Writer(threading.Thread):
         self.on_state = on_state
         self.on_written = on_written
         self.on_end = on_end
+        self.on_rendered = on_rendered
         self.stopping = threading.Event()
         self.flushing = threading.Event()
         #: When the thread entered a device call (0 outside one): a write stuck in the
@@ -197,7 +202,7 @@ class Writer(threading.Thread):
         if volume < 1.0:
             pcm = (np.frombuffer(pcm, dtype="<i2") * np.float32(volume)).astype("<i2").tobytes()
         data = self.converter.convert(pcm)
-        handed = self._write_device(data, chunk.response_id)
+        handed = self._write_device(data, chunk.response_id, pcm)
         if handed:
             self._latencies.append((handed - chunk.t) / 1e6)
             self.counters["latency_ms_p50"] = round(statistics.median(self._latencies), 2)
@@ -207,21 +212,31 @@ class Writer(threading.Thread):
         self._response_id = chunk.response_id or self._response_id
 
     def _write_silence(self) -> float:
-        self._write_device(bytes(self.device_period_bytes), self._response_id)
+        silence = bytes(self.spec.rate * self.spec.period_ms // 1000 * BYTES_PER_FRAME)
+        self._write_device(bytes(self.device_period_bytes), self._response_id, silence)
         self.counters["silence_ms_inserted"] += self.spec.period_ms
         return self.spec.period_ms / 1000
 
-    def _write_device(self, data: bytes, response_id: str) -> int:
-        """Write in periods; returns when the first one was handed to the device (0 if none)."""
+    def _write_device(self, data: bytes, response_id: str, source: bytes) -> int:
+        """Write in periods; returns when the first one was handed to the device (0 if none).
+
+        ``source`` is the same audio at 24 kHz mono, told to ``on_rendered`` with the moment
+        its first sample plays: now plus what the device holds before this write.
+        """
         view = memoryview(data)
         first_ns = 0
+        plays_ns, held_s, handed_bytes = 0, 0.0, 0
         for offset in range(0, len(view), self.device_period_bytes):
             if self.flushing.is_set() or self.stopping.is_set():
                 break
             piece = view[offset : offset + self.device_period_bytes]
             if self.clock.before_write():
                 self._underrun()
+            if not plays_ns:
+                held_s = self.clock.held_s()
+                plays_ns = time.monotonic_ns() + int(held_s * 1e9)
             self._write_piece(piece)
+            handed_bytes += len(piece)
             handed = time.monotonic_ns()
             first_ns = first_ns or handed
             if not self.playing:
@@ -230,6 +245,9 @@ class Writer(threading.Thread):
                 self._response_id = response_id
                 self.on_state("started", response_id, 0, handed)
             self.on_written()
+        if self.on_rendered is not None and handed_bytes and data:
+            frames = len(source) // BYTES_PER_FRAME * handed_bytes // len(data)
+            self.on_rendered(source[: frames * BYTES_PER_FRAME], plays_ns, held_s)
         return first_ns
 
     def _write_piece(self, piece: memoryview) -> None:

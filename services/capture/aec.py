@@ -1,0 +1,151 @@
+"""Echo cancellation (``[audio] echo = "aec"``): the box's own voice out of the microphone.
+
+The canceller is WebRTC's audio processing module (AEC3, the one in every browser's calls)
+through the ``livekit`` SDK, which ships it prebuilt for x86-64 and aarch64 and is maintained
+with LiveKit's product. It runs on 10 ms frames: for each one, the speaker's signal that played
+during those 10 ms (``RenderReference``) goes in as the far end, then the microphone's frame,
+which comes back with the echo removed. AEC3 finds the remaining delay (the room, the
+converters, the sound server) by itself and follows it when it changes.
+
+Measured here, for ``/api/status`` and ``/metrics`` (capture's heartbeat counters):
+
+- ``aec_erle_db``: echo return loss enhancement, how much quieter the microphone's signal came
+  out while only the box spoke (far end active, no near-end speech by the VAD), over the last
+  few seconds of such audio;
+- ``aec_far_s`` / ``aec_double_talk_s`` / ``aec_double_talk_ratio``: seconds the box spoke, of
+  which someone spoke too, and that share;
+- ``aec_resyncs``: times the reference was laid anew on the microphone's timeline (after a gap
+  or a drift of more than ``RESYNC_MS``), each costing the canceller a moment to re-adapt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from services.capture.reference import RATE, RenderReference, position
+
+FRAME = RATE // 100  # WebRTC's APM works on 10 ms
+#: The reference cursor follows the microphone's stamps, re-laid when they differ by more.
+RESYNC_MS = 20
+#: The speaker counts as talking when its reference is above this RMS (about -50 dBFS).
+FAR_ACTIVE_RMS = 100.0
+#: ERLE averages the last this-many seconds of "only the box speaks".
+ERLE_WINDOW_S = 5.0
+#: ERLE is reported once this much such audio was heard.
+ERLE_MIN_S = 0.5
+
+COUNTERS = ("aec_erle_db", "aec_far_s", "aec_double_talk_s", "aec_double_talk_ratio", "aec_resyncs")
+
+
+class Canceller(Protocol):
+    def process(self, mic: np.ndarray, far: np.ndarray) -> np.ndarray:
+        """One 10 ms frame (int16) of the microphone and of the far end; the microphone cleaned."""
+        ...
+
+
+class WebRtcCanceller:
+    """WebRTC AEC3 through livekit's AudioProcessingModule; nothing else of WebRTC is switched on."""
+
+    def __init__(self) -> None:
+        from livekit import rtc  # a large import, only for the installations that use it
+
+        self._rtc = rtc
+        self._apm = rtc.AudioProcessingModule(echo_cancellation=True)
+
+    def process(self, mic: np.ndarray, far: np.ndarray) -> np.ndarray:
+        rtc = self._rtc
+        self._apm.process_reverse_stream(rtc.AudioFrame(far.astype("<i2").tobytes(), RATE, 1, FRAME))
+        frame = rtc.AudioFrame(mic.astype("<i2").tobytes(), RATE, 1, FRAME)
+        # The reference is already laid where it plays; what is left (converters, room, the
+        # capture side) AEC3 estimates itself, so there is no better figure to give here.
+        self._apm.set_stream_delay_ms(0)
+        self._apm.process_stream(frame)
+        return np.frombuffer(bytes(frame.data), dtype="<i2")
+
+
+CancellerFactory = Callable[[], Canceller]
+
+
+class EchoCanceller:
+    """The capture thread's echo step: ``process`` each period, then ``account`` the VAD's verdict."""
+
+    def __init__(
+        self,
+        reference: RenderReference,
+        counters: dict[str, float],
+        factory: CancellerFactory = WebRtcCanceller,
+    ) -> None:
+        self.reference = reference
+        self.counters = counters
+        self.canceller = factory()
+        self._cursor: int | None = None
+        self._pending = np.zeros(0, dtype=np.int16)  # microphone samples short of a 10 ms frame
+        self._ready = np.zeros(0, dtype=np.int16)  # cleaned samples not yet handed out
+        self._far_active = False
+        self._mic_energy = 0.0
+        self._out_energy = 0.0
+        self._erle_mic = 0.0
+        self._erle_out = 0.0
+        self._erle_s = 0.0
+
+    def process(self, pcm: bytes, end_ns: int, period_ns: int) -> bytes:
+        """The period with the speaker's echo removed (same length; S16_LE mono 16 kHz)."""
+        mic = np.frombuffer(pcm, dtype="<i2")
+        self._align(position(end_ns - period_ns))
+        self._pending = np.concatenate([self._pending, mic])
+        out, far_sq, mic_sq, out_sq, frames = [], 0.0, 0.0, 0.0, 0
+        while len(self._pending) >= FRAME:
+            frame, self._pending = self._pending[:FRAME], self._pending[FRAME:]
+            assert self._cursor is not None
+            far = self.reference.read(self._cursor, FRAME)
+            self._cursor += FRAME
+            cleaned = self.canceller.process(frame, far)
+            out.append(cleaned)
+            far_sq += _energy(far)
+            mic_sq += _energy(frame)
+            out_sq += _energy(cleaned)
+            frames += 1
+        self._ready = np.concatenate([self._ready, *out])
+        self._far_active = frames > 0 and math.sqrt(far_sq / (frames * FRAME)) > FAR_ACTIVE_RMS
+        self._mic_energy, self._out_energy = mic_sq, out_sq
+        # Periods that are not whole 10 ms frames (say 15 ms) leave a remainder for the next
+        # one: the stream then runs that much behind, once, starting with a little silence.
+        handed, self._ready = self._ready[: len(mic)], self._ready[len(mic) :]
+        if len(handed) < len(mic):
+            handed = np.concatenate([np.zeros(len(mic) - len(handed), dtype=np.int16), handed])
+        return handed.astype("<i2").tobytes()
+
+    def account(self, speaking: bool, seconds: float) -> None:
+        """The VAD's verdict on the cleaned period: double talk, or a moment for measuring ERLE."""
+        if not self._far_active:
+            return
+        c = self.counters
+        c["aec_far_s"] = round(c["aec_far_s"] + seconds, 3)
+        if speaking:
+            c["aec_double_talk_s"] = round(c["aec_double_talk_s"] + seconds, 3)
+        c["aec_double_talk_ratio"] = round(c["aec_double_talk_s"] / c["aec_far_s"], 4)
+        if speaking:
+            return
+        keep = max(0.0, 1.0 - seconds / ERLE_WINDOW_S)  # an exponential window of ERLE_WINDOW_S
+        self._erle_mic = self._erle_mic * keep + self._mic_energy
+        self._erle_out = self._erle_out * keep + self._out_energy
+        self._erle_s += seconds
+        if self._erle_s >= ERLE_MIN_S and self._erle_mic > 0:
+            c["aec_erle_db"] = round(10 * math.log10(self._erle_mic / max(self._erle_out, 1.0)), 1)
+
+    def _align(self, start: int) -> None:
+        expected = None if self._cursor is None else self._cursor + len(self._pending)
+        if expected is not None and abs(start - expected) <= RESYNC_MS * RATE // 1000:
+            return
+        if expected is not None:
+            self.counters["aec_resyncs"] += 1
+        self._cursor = start - len(self._pending)
+
+
+def _energy(samples: np.ndarray) -> float:
+    x = samples.astype(np.float64)
+    return float(np.dot(x, x))
