@@ -29,7 +29,9 @@ KIOSK = {"width": 800, "height": 480}
 FULL_HD = {"width": 1920, "height": 1080}
 
 
-@pytest.fixture(scope="session")
+# Package scope: the sync API runs an event loop in this thread while it is open, which would
+# break every later test that starts its own (asyncio.run refuses to nest).
+@pytest.fixture(scope="package")
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing: run .ci/setup (it installs chromium and fonts-noto-cjk)")

@@ -21,8 +21,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent.parent
-ENTRY = REPO / ".venv/bin/tolk"
-PYTHON = REPO / ".venv/bin/python"
+# The container mounts fresh /tmp, /var/tmp and /run, and the units add PrivateTmp=: a checkout
+# there is shown to the container at /opt instead (an overlay: the host's files stay untouched).
+INNER_REPO = Path("/opt/tolk-checkout") if str(REPO).startswith(("/tmp/", "/var/tmp/", "/run/")) else REPO
+ENTRY = INNER_REPO / ".venv/bin/tolk"
+PYTHON = INNER_REPO / ".venv/bin/python"
 SIM_PORT = 8765
 FIFO = "/var/lib/tolk-boot/mic.fifo"
 
@@ -117,7 +120,7 @@ def setup_script() -> str:
     lines = ["set -euo pipefail", "rm -f /etc/machine-id && systemd-machine-id-setup --print >/dev/null"]
     for path, text in files.items():
         lines += [f"mkdir -p {shlex.quote(str(Path(path).parent))}", f"cat > {path} <<'TOLK_EOF'\n{text}\nTOLK_EOF"]
-    lines += [*_interpreter_outside_home()]
+    lines += [*_checkout_outside_tmp(), *_interpreter_outside_home()]
     lines += [
         f"{ENTRY} install --entry-point {ENTRY}",
         f"cat > /etc/tolk/tolk.toml <<'TOLK_EOF'\n{CONFIG}\nTOLK_EOF",
@@ -127,16 +130,27 @@ def setup_script() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _checkout_outside_tmp() -> list[str]:
+    """The venv names its checkout in scripts and the editable install's finder: point them at /opt."""
+    if INNER_REPO == REPO:
+        return []
+    venv = INNER_REPO / ".venv"
+    return [
+        f"grep -lsF {REPO} {venv}/bin/* {venv}/lib/python3*/site-packages/*.pth "
+        f"{venv}/lib/python3*/site-packages/__editable__* | xargs -r sed -i 's|{REPO}|{INNER_REPO}|g'"
+    ]
+
+
 def _interpreter_outside_home() -> list[str]:
     """ProtectHome= hides /root and /home from the units: a venv built on an interpreter there
     (pyenv) cannot start under them. In the throwaway root, show that interpreter at /opt and
     point the venv at it, as an installation would put it (see tolk install's warning)."""
-    cfg = REPO / ".venv/pyvenv.cfg"
+    cfg = REPO / ".venv/pyvenv.cfg"  # read on the host; edited below inside the container
     home = next((line.split("=", 1)[1].strip() for line in cfg.read_text().splitlines() if line.startswith("home")), "")
     base = Path(home).parent
     if not str(base).startswith(("/root", "/home")):
         return []
-    venv = REPO / ".venv"
+    venv, host_venv = INNER_REPO / ".venv", REPO / ".venv"
     return [
         "mkdir -p /opt/tolk-python",
         f"mount --bind {base} /opt/tolk-python",
@@ -146,7 +160,8 @@ def _interpreter_outside_home() -> list[str]:
         *(
             f"ln -sfn \"$(readlink {venv}/bin/{name} | sed 's|{base}|/opt/tolk-python|')\" {venv}/bin/{name}"
             for name in ("python", "python3", "python3.11")
-            if (venv / "bin" / name).is_symlink() and str(os.readlink(venv / "bin" / name)).startswith(str(base))
+            if (host_venv / "bin" / name).is_symlink()
+            and str(os.readlink(host_venv / "bin" / name)).startswith(str(base))
         ),
     ]
 
@@ -169,7 +184,7 @@ class Container:
         with self.console.open("wb") as out:
             self.proc = subprocess.Popen(
                 ["unshare", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc",
-                 "/bin/bash", str(HERE / "enter.sh"), str(script)],
+                 "/bin/bash", str(HERE / "enter.sh"), str(script), str(REPO), str(INNER_REPO)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
             )  # fmt: skip

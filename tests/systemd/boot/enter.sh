@@ -7,9 +7,12 @@
 #  - /sys and /proc/sys are read-only (no udev trigger, no sysctl reaching the host), the cgroup
 #    hierarchies below /sys/fs/cgroup stay writable for systemd;
 #  - a private network namespace: only loopback, the host's interfaces are out of reach.
-# Usage: enter.sh SETUP_SCRIPT  (SETUP_SCRIPT runs chrooted in the new root before systemd starts)
+# Usage: enter.sh SETUP_SCRIPT [CHECKOUT INNER]  (SETUP_SCRIPT runs chrooted in the new root
+# before systemd starts; a CHECKOUT that the fresh /tmp would hide is shown at INNER, as an overlay)
 set -euo pipefail
 setup=$1
+checkout=${2:-}
+inner=${3:-$checkout}
 base=/mnt   # in this mount namespace only: the host keeps its own /mnt
 mount --make-rprivate /
 mount -t tmpfs -o mode=0755,size=512m tolk-boot "$base"
@@ -40,6 +43,10 @@ for dir in tmp var/tmp run; do
     mount -t tmpfs -o mode=1777 tmpfs "$root/$dir"
 done
 chmod 0755 "$root/run"
+if [ -n "$checkout" ] && [ "$inner" != "$checkout" ]; then
+    mkdir -p "$base/checkout-upper" "$base/checkout-work" "$root$inner"
+    mount -t overlay overlay -o "lowerdir=$checkout,upperdir=$base/checkout-upper,workdir=$base/checkout-work" "$root$inner"
+fi
 cp "$setup" "$root/boot-setup.sh"
 chroot "$root" /bin/bash /boot-setup.sh
 mkdir -p "$root/.oldroot"
