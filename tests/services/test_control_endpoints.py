@@ -58,6 +58,10 @@ async def test_languages_are_the_seed_table(parts: tuple[Any, ...]) -> None:
     voices = {v["name"]: v["languages"] for v in table["voices"]}
     assert voices["Kiki"] == ["yue"] and voices["Dylan"] == ["zh"] and "ko" in voices["Cherry"]
     assert table["modalities"] == [["text"], ["text", "audio"]]
+    # The offline engine's own table: every source into English, en <-> pt, nothing else.
+    engine = {(p["source"], p["target"]): p for p in table["engine_pairs"]}
+    assert all((code, "en") in engine for code in by_code) and ("en", "pt") in engine and ("pt", "en") in engine
+    assert ("en", "ja") not in engine and engine[("de", "en")]["voice"] == "piper"
 
 
 async def test_commands_go_on_the_bus(parts: tuple[Any, ...]) -> None:
