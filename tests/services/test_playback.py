@@ -217,3 +217,53 @@ def test_missing_speaker_is_waited_for_and_a_config_change_applies(rundir: Path,
     assert (rundir / "speaker.raw").read_bytes() == _speech(0.2, 2)
     log = (rundir / "playback.log").read_text()
     assert log.count("cannot open playback device 'nosuch'") == 1
+
+
+def _bursty_arrivals(seed: int = 1, pieces: int = 30) -> list[float]:
+    """When each 100 ms delta arrives: the service produces 1.25x faster than real time, and the
+    network delivers each up to 60 ms late, in order, so deltas bunch into irregular bursts."""
+    rng = np.random.default_rng(seed)
+    arrivals: list[float] = []
+    for i in range(pieces):
+        arrivals.append(max(arrivals[-1] if arrivals else 0.0, 0.08 * i + rng.uniform(0, 0.06)))
+    return arrivals
+
+
+@pytest.mark.parametrize(("start_ms", "expect_gaps"), [(120, False), (0, True)])
+def test_bursty_arrival_plays_without_gaps_once_started(
+    rundir: Path, sd: NotifySocket, start_ms: int, expect_gaps: bool
+) -> None:
+    """With the 120 ms start buffer the bursts are absorbed: no silence is ever inserted and
+    playback starts within the threshold. Without it (0 ms) the same arrivals leave the speaker
+    short about 46 ms at the worst point — the check that the measure can fail."""
+    arrivals = _bursty_arrivals()
+    pieces = [_speech(0.1, 100 + i) for i in range(len(arrivals))]
+    session = FakeSession(rundir)
+    speaker = rundir / "speaker.raw"
+    try:
+        with _playback(rundir, sd, "test_spk", start_ms=start_ms) as proc:
+            _ready(sd)
+            tap = StateTap(rundir)
+            try:
+                session.wait_for_subscriber()
+                t0 = time.monotonic()
+                for at, pcm in zip(arrivals, pieces, strict=True):
+                    time.sleep(max(0.0, t0 + at - time.monotonic()))
+                    session.send(pcm, "resp-burst")
+                session.send(b"", "resp-burst")
+                tap.until(lambda: [s.state for s in tap.states] == ["started", "drained"], 10, "the response")
+                tap.pump(1.2)  # a heartbeat after the drain carries the final counters
+                beat = tap.heartbeats[-1]
+            finally:
+                tap.close()
+            _stop(proc, rundir)
+    finally:
+        session.close()
+    played = speaker.read_bytes()
+    if expect_gaps:
+        assert beat.counters["gap_fills"] >= 1, beat.counters
+        assert len(played) > len(b"".join(pieces))  # silence went in between
+    else:
+        assert beat.counters["gap_fills"] == 0 and beat.counters["underruns"] == 0, beat.counters
+        assert played == b"".join(pieces)
+        assert beat.counters["start_wait_ms"] <= start_ms + 40, beat.counters
