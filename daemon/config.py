@@ -56,11 +56,28 @@ class LanguagesConfig(_Section):
         description='Conversation mode: "auto" follows the language heard; "a-to-b" (source → '
         'target) or "b-to-a" fixes the direction.',
     )
+    expect_turns: bool = Field(
+        True,
+        description="Conversation mode, automatic direction: after each translation expect the other "
+        "person to answer and switch ahead; false: stay with the last language heard.",
+    )
+    direction_buttons: list[int] = Field(
+        default_factory=list,
+        description="Conversation mode: GPIO pins (BCM) of two hold-to-talk buttons, [source side, "
+        "target side], each wired to ground; empty: none (needs gpiozero on a Pi).",
+    )
 
     @field_validator("source", "target")
     @classmethod
     def _known(cls, value: str) -> str:
         return _check_code(value, lang.SOURCE_LANGUAGES, "language code the service knows")
+
+    @field_validator("direction_buttons")
+    @classmethod
+    def _two_pins(cls, value: list[int]) -> list[int]:
+        if value and (len(value) != 2 or len(set(value)) != 2 or not all(0 <= pin <= 27 for pin in value)):
+            raise ValueError(f"{value!r}: give two different GPIO pins (BCM 0-27), [source side, target side], or []")
+        return value
 
     @model_validator(mode="after")
     def _two_sides(self) -> LanguagesConfig:

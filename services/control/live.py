@@ -103,6 +103,7 @@ class CaptionHub:
             "source": cfg.languages.source,
             "target": cfg.languages.target,
             "source_captions": cfg.output.source_captions,
+            "mode": cfg.languages.mode,
         }
 
     def state(self) -> dict[str, Any]:

@@ -7,8 +7,10 @@ import asyncio
 from daemon import config as config_mod
 from daemon import logs
 from daemon.bus import SERVICES, Subscriber
+from daemon.messages import Command
 from daemon.service import Service, ServiceContext
 from services.control.api import create_app
+from services.control.buttons import DirectionButtons
 from services.control.http_server import HttpListener, ListenError
 from services.control.security import AccessPolicy, TokenMissing
 from services.control.status import STATE_TOPICS, StatusAggregator
@@ -29,6 +31,7 @@ class ControlService(Service):
         self.listener: HttpListener | None = None
         self._sub: Subscriber | None = None
         self._listen_problem = ""
+        self.buttons: DirectionButtons | None = None
 
     async def start(self) -> None:
         policy: AccessPolicy = self.app.state.access
@@ -43,6 +46,24 @@ class ControlService(Service):
         listener = HttpListener(self.app, self.config.control.listen, self.log)
         await listener.open(self.spawn)
         self.listener = listener
+        self._open_buttons()
+
+    def _open_buttons(self) -> None:
+        """GPIO hold-to-talk buttons, if configured; a box without them still serves."""
+        pins = self.config.languages.direction_buttons
+        if not pins:
+            return
+        loop = asyncio.get_running_loop()
+
+        def send(direction: str) -> None:  # from gpiozero's thread: publish on the loop's
+            loop.call_soon_threadsafe(self.bus.publish, Command(name="direction", args={"direction": direction}))
+
+        try:
+            self.buttons = DirectionButtons(pins, send)
+        except Exception as exc:  # no gpiozero, no GPIO chip, pin busy: say so, keep serving
+            self.log.warning("direction buttons on GPIO %s not available: %s", pins, exc)
+        else:
+            self.log.info("direction buttons on GPIO %s", pins)
 
     async def run(self) -> None:
         assert self._sub is not None
@@ -64,6 +85,8 @@ class ControlService(Service):
             await asyncio.sleep(SELF_CHECK_S)
 
     async def stop(self) -> None:
+        if self.buttons is not None:
+            self.buttons.close()
         if self.listener is not None:
             await self.listener.close()
 

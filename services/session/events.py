@@ -17,6 +17,7 @@ from daemon.service import Service
 from services.session import protocol
 from services.session.captions import CaptionAssembler
 from services.session.connection import ConnectFailure
+from services.session.direction import Direction
 from services.session.pause import Activity
 from services.session.usage import UsageMeter
 
@@ -37,7 +38,9 @@ class EventHandler(Service):
 
     def setup_events(self) -> None:
         cfg = self.config
-        self.captions = CaptionAssembler(cfg.languages.source, cfg.languages.target)
+        self.direction = Direction(cfg.languages)
+        sides = self.direction.effective(cfg).languages
+        self.captions = CaptionAssembler(sides.source, sides.target)
         self.activity = Activity()
         self.usage = UsageMeter()
         self.finished = asyncio.Event()
@@ -106,7 +109,9 @@ class EventHandler(Service):
         self.mark_fresh()
         self.activity.event()
         try:
-            if kind == "response.audio.delta":
+            if self.direction.suppressed(event, self.captions.source, self.captions.target):
+                self._on_wrong_direction(event)
+            elif kind == "response.audio.delta":
                 rid = _response_id(event)
                 pcm = protocol.audio_delta(event)
                 self.count("deltas_received")
@@ -133,6 +138,35 @@ class EventHandler(Service):
                 self._log_unknown(kind)
         except protocol.ProtocolError as exc:
             self.malformed(exc)
+        self._follow_direction()
+
+    def on_direction_command(self, direction: object) -> None:
+        """A button (screen, GPIO) or POST /api/direction, through the bus."""
+        try:
+            what = self.direction.command(direction)
+        except ValueError as exc:
+            self.log.warning("direction command refused: %s", exc)
+            return
+        self.log.info("direction command: %s", what)
+        self._follow_direction()
+        self.direction_changed()  # the sender sends the update, if one is due
+
+    def _follow_direction(self) -> None:
+        """When the direction changed (heard the other side, or a turn ended): captions and sender follow."""
+        sides = self.direction.effective(self.config).languages
+        if (sides.source, sides.target) != (self.captions.source, self.captions.target):
+            self.captions.source, self.captions.target = sides.source, sides.target
+            self.log.info("now translating %s → %s", sides.source, sides.target)
+            self.direction_changed()
+
+    def _on_wrong_direction(self, event: dict[str, Any]) -> None:
+        """An utterance heard in the other side's language: no output; the switch goes out now."""
+        kind = event["type"]
+        self.count("wrong_direction_events")
+        if kind == "response.created":
+            self._on_response_created(event)
+        elif kind == "response.done":
+            self._on_response_done(event)
 
     def _log_unknown(self, kind: str) -> None:
         if len(self._unknown) < _MAX_UNKNOWN_LOGGED:
@@ -197,6 +231,9 @@ class EventHandler(Service):
     last_error: str
 
     def publish_status(self) -> None:
+        raise NotImplementedError
+
+    def direction_changed(self) -> None:
         raise NotImplementedError
 
 

@@ -74,6 +74,10 @@ class Outgoing:
 
     # --- the sender ----------------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """Let the sender run now (something other than audio is due)."""
+        self._ready.set()
+
     async def wait(self) -> None:
         await self._ready.wait()
         self._ready.clear()

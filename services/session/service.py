@@ -60,6 +60,8 @@ COUNTERS = (
     "stalls",
     "rotations",
     "short_lived_connections",
+    "chunks_resent",
+    "wrong_direction_events",
 )
 
 
@@ -209,14 +211,15 @@ class SessionService(ConnectionLifetime):
             ident = session.get("id") if isinstance(session, dict) else None
             self.session_id = ident if isinstance(ident, str) else ""
             logs.annotate(session_id=self.session_id)  # every later log line carries it
-            self.set_state("configuring", f"{self.config.languages.source} → {self.config.languages.target}")
-            sent = self.config
+            sent = self.direction.effective(self.config)
+            self.set_state("configuring", f"{sent.languages.source} → {sent.languages.target}")
+            self.direction.new_connection()  # this session.update carries the direction already
             await self._send(ws, protocol.session_update(sent, self.ids.next()))
             await self.expect(ws, "session.updated", service.connect_timeout_s)
             self._go_live()
-            if protocol.session_config(self.config) != protocol.session_config(sent):
+            if protocol.session_config(self.direction.effective(self.config)) != protocol.session_config(sent):
                 # The config changed while the service was taking the previous one.
-                await self._send(ws, protocol.session_update(self.config, self.ids.next()))
+                self.direction_changed()
             sender = self.spawn(self._send_loop(ws), "sender")
             watchers = [self.spawn(self._rotate(ws), "rotate"), self.spawn(self._watch_stall(ws), "stall")]
             await self.receive(ws)
@@ -248,7 +251,7 @@ class SessionService(ConnectionLifetime):
         self.stalled = ""
         self.captions.new_session()
         self.activity.reset()
-        self.set_state("live", _live_detail(self.config))
+        self.set_state("live", _live_detail(self.direction.effective(self.config)))
         self.mark_fresh()
 
     async def _send_loop(self, ws: ClientConnection) -> None:
@@ -260,10 +263,35 @@ class SessionService(ConnectionLifetime):
         except ConnectionClosed:
             return  # the receiver reports the close
 
+    def direction_changed(self) -> None:
+        """A new direction (conversation mode): the sender sends it before any more audio."""
+        self.outgoing.wake()
+
+    async def _send_switch(self, ws: ClientConnection) -> None:
+        """A direction change, then the utterance to translate again the other way, if any.
+
+        Sent from the sender only, so that no live audio lands between the two.
+        """
+        due, replay = self.direction.take_switch()
+        if not due:
+            return
+        effective = self.direction.effective(self.config)
+        await self._send(ws, protocol.session_update(effective, self.ids.next()))
+        self.set_state("live", _live_detail(effective))
+        step = self.outgoing.chunk_bytes
+        for start in range(0, len(replay), step):
+            chunk = replay[start : start + step]
+            await self._send(ws, protocol.audio_append(chunk, self.ids.next()))
+            self.count("chunks_resent")
+            self.count("audio_seconds_sent", len(chunk) / (protocol.INPUT_RATE * protocol.BYTES_PER_SAMPLE))
+
     async def _send_pending(self, ws: ClientConnection) -> None:
+        if self._live:
+            await self._send_switch(ws)
         while self._live and (chunk := self.outgoing.peek_audio()) is not None:
             await self._send(ws, protocol.audio_append(chunk, self.ids.next()))
             self.outgoing.pop_audio()
+            self.direction.sent(chunk)
             self.activity.sent(chunk, time.monotonic())
             self._audio_sent = True
             self.count("chunks_sent")
@@ -313,12 +341,17 @@ class SessionService(ConnectionLifetime):
             if msg.name == "restart-session":
                 self.log.info("restart-session requested")
                 await self._restart_session("restart requested")
+            elif msg.name == "direction":
+                self.on_direction_command(msg.args.get("direction"))
 
     # --- config and shutdown ---------------------------------------------------------------------
 
     async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:
         old, self.config = self.config, new
-        self.captions.source, self.captions.target = new.languages.source, new.languages.target
+        self.direction.configure(new.languages)
+        self.direction.take_switch()  # a new config goes out whole, below
+        effective = self.direction.effective(new)
+        self.captions.source, self.captions.target = effective.languages.source, effective.languages.target
         self.outgoing.set_chunk_ms(new.service.chunk_ms, new.service.backlog_s)
         if (session_url(old), old.service.model) != (session_url(new), new.service.model):
             await self._restart_session("service url or model changed")
@@ -327,8 +360,8 @@ class SessionService(ConnectionLifetime):
         if changed & {"languages", "output", "translation"} and self._live and ws is not None:
             self.log.info("sending the new configuration to the live session")
             with contextlib.suppress(ConnectionClosed):
-                await self._send(ws, protocol.session_update(new, self.ids.next()))
-            self.set_state("live", _live_detail(new))
+                await self._send(ws, protocol.session_update(effective, self.ids.next()))
+            self.set_state("live", _live_detail(effective))
         elif self.session_state == "failed":
             self._wake.set()  # the change may be what was missing (a key file, a voice)
 

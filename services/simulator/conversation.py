@@ -180,7 +180,8 @@ class Conversation:
         if self.omni:
             events += responses.omni_turn_events(self.ids, utterance)
         elif source is not None:
-            events += responses.transcription_events(self.ids, utterance, source.get("language", "en"))
+            heard = utterance.language or source.get("language", "en")
+            events += responses.transcription_events(self.ids, utterance, heard)
         audio = tone(reply_seconds(utterance), utterance.number) if "audio" in session["modalities"] else b""
         input_s, self.audio_since_response_s = self.audio_since_response_s, 0.0
         self.replies += 1
@@ -212,7 +213,8 @@ class Conversation:
         pending = self.endpointer.flush()
         source = self.rules.session.get("input_audio_transcription")
         if pending is not None and source is not None:
-            for event in responses.transcription_events(self.ids, pending, source.get("language", "en")):
+            heard = pending.language or source.get("language", "en")
+            for event in responses.transcription_events(self.ids, pending, heard):
                 await self.send(event)
         await self.send(self.ids.event("session.finished"))
         self.record.finished = True

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.simulator.language import LanguageEar
+
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000
 FRAME_MS = 20
@@ -23,6 +25,7 @@ class Utterance:
     number: int
     speech_s: float  # frames above the threshold
     span_s: float  # from the first speech frame to the end of the trailing silence
+    language: str | None = None  # from the marker tone under the speech (language.py), if any
 
 
 class Endpointer:
@@ -38,6 +41,7 @@ class Endpointer:
         self._speech_ms = 0
         self._span_ms = 0
         self._silence_ms = 0
+        self._ear = LanguageEar()
 
     @property
     def pending_speech_s(self) -> float:
@@ -57,8 +61,11 @@ class Endpointer:
         )
         del self._carry[:usable]
         ended: list[Utterance] = []
-        for rms in np.sqrt(np.mean(frames * frames, axis=1)):
-            if (utterance := self._frame(float(rms) > self.threshold_rms)) is not None:
+        for frame, rms in zip(frames, np.sqrt(np.mean(frames * frames, axis=1)), strict=True):
+            loud = float(rms) > self.threshold_rms
+            if loud:
+                self._ear.hear(frame)
+            if (utterance := self._frame(loud)) is not None:
                 ended.append(utterance)
         return ended
 
@@ -85,11 +92,12 @@ class Endpointer:
 
     def _end(self) -> Utterance:
         self.utterances += 1
-        return Utterance(self.utterances, self._speech_ms / 1000, self._span_ms / 1000)
+        return Utterance(self.utterances, self._speech_ms / 1000, self._span_ms / 1000, self._ear.language())
 
     def _reset(self) -> None:
         self._in_segment = False
         self._speech_ms = self._span_ms = self._silence_ms = 0
+        self._ear.reset()
 
 
 def tone(seconds: float, number: int) -> bytes:

@@ -255,6 +255,10 @@ def test_patch_refused_leaves_the_file_alone(control: Control, rundir: Path) -> 
     assert httpx.get(f"{control.url}/api/config", timeout=5).json()["languages"] == {
         "source": "en",
         "target": "en",
+        "mode": "one-way",
+        "direction": "auto",
+        "expect_turns": True,
+        "direction_buttons": [],
     }
 
 

@@ -155,6 +155,9 @@
   function fillForm() {
     $("source").value = config.languages.source;
     $("target").value = config.languages.target;
+    // Conversation mode ([languages] mode) and its direction ([languages] direction) in one choice.
+    const sides = config.languages;
+    $("conversation").value = sides.mode === "conversation" ? sides.direction || "auto" : "one-way";
     $("voice").replaceChildren(option(config.output.voice || "", config.output.voice || ""));
     $("voice").value = config.output.voice || "";
     const mods = config.output.modalities;
@@ -176,6 +179,9 @@
     const l = language($("target").value);
     put("languages", "source", $("source").value, config.languages.source);
     put("languages", "target", $("target").value, config.languages.target);
+    const conversation = $("conversation").value;
+    put("languages", "mode", conversation === "one-way" ? "one-way" : "conversation", config.languages.mode);
+    if (conversation !== "one-way") put("languages", "direction", conversation, config.languages.direction);
     // Captions only is stored only where the target could speak; otherwise "automatic" already
     // means captions, and stays right when someone later picks a target that speaks.
     put("output", "modalities", l.audio && $("mode").value === "text" ? ["text"] : null, config.output.modalities);

@@ -1,6 +1,8 @@
 // The captions screen: follows /api/captions over a WebSocket and shows the latest utterances,
 // source above translation. Each caption event carries the whole utterance as it now stands,
 // so the page only ever replaces text. When the link to the box drops it says so and retries.
+// In conversation mode ([languages] mode) the screen is face to face: each half shows, in its
+// reader's language, what the other person said, and a button to hold while speaking.
 "use strict";
 
 (() => {
@@ -10,8 +12,13 @@
   const banner = document.getElementById("banner");
   const bannerText = document.getElementById("banner-text");
   const bannerDetail = document.getElementById("banner-detail");
+  const faceToFace = document.getElementById("face-to-face");
+  const sides = {
+    a: faceToFace.querySelector('[data-side="a"]'),
+    b: faceToFace.querySelector('[data-side="b"]'),
+  };
   const L = TOLK_LANGUAGES;
-  let screen = { source: "", target: "", source_captions: true };
+  let screen = { source: "", target: "", source_captions: true, mode: "one-way" };
   let retryMs = 500;
 
   function setBanner(level, text, detail) {
@@ -25,6 +32,17 @@
     screen = message;
     document.getElementById("source-name").textContent = L.name(message.source);
     document.getElementById("target-name").textContent = L.name(message.target);
+    const conversation = message.mode === "conversation";
+    document.body.classList.toggle("conversation", conversation);
+    faceToFace.hidden = !conversation;
+    for (const [side, code] of [["a", message.source], ["b", message.target]]) {
+      const button = sides[side].querySelector(".talk");
+      button.textContent = L.name(code);
+      button.lang = L.tag(code);
+      button.setAttribute("aria-label", `hold while speaking ${L.name(code)}`);
+      sides[side].lang = L.tag(code);
+      sides[side].dir = L.dir(code);
+    }
     const b = message.banner || { level: "ok" };
     setBanner(b.level, b.text, b.detail);
   }
@@ -42,8 +60,23 @@
     p.classList.toggle("final", !!part.final);
   }
 
+  // Where an utterance goes: the one list, or (face to face) the half of the person who reads
+  // its translation, i.e. the side whose language it is translated into.
+  function containerFor(caption) {
+    if (screen.mode !== "conversation") return captions;
+    const reader = caption.translation
+      ? caption.translation.language
+      : caption.source && caption.source.language === screen.source ? screen.target : screen.source;
+    return sides[reader === screen.source ? "a" : "b"].querySelector(".side-captions");
+  }
+
   function upsert(caption) {
-    let node = captions.querySelector(`[data-utterance="${CSS.escape(caption.utterance)}"]`);
+    const box = containerFor(caption);
+    let node = document.querySelector(`[data-utterance="${CSS.escape(caption.utterance)}"]`);
+    if (node && node.parentElement !== box) {
+      node.remove(); // its translation showed which side reads it
+      node = null;
+    }
     if (!node) {
       node = document.createElement("section");
       node.className = "utterance";
@@ -53,18 +86,18 @@
       const translation = document.createElement("p");
       translation.className = "translation";
       node.append(source, translation);
-      captions.append(node);
+      box.append(node);
     }
     fill(node.querySelector(".source"), screen.source_captions ? caption.source : null, screen.source);
     fill(node.querySelector(".translation"), caption.translation, screen.target);
-    const all = captions.querySelectorAll(".utterance");
+    const all = box.querySelectorAll(".utterance");
     all.forEach((n, i) => n.classList.toggle("older", i < all.length - 1));
     for (let i = 0; i < all.length - KEEP; i++) all[i].remove();
     idle.hidden = true;
   }
 
   function reset(state) {
-    captions.querySelectorAll(".utterance").forEach((n) => n.remove());
+    document.querySelectorAll(".utterance").forEach((n) => n.remove());
     idle.hidden = false;
     setScreen(state);
     (state.captions || []).forEach(upsert);
@@ -88,6 +121,31 @@
       retryMs = Math.min(retryMs * 2, 5000);
     };
   }
+
+  // Hold to talk: pressed, the box translates from this side's language; released, it goes
+  // back to choosing by itself (or to the direction the staff set).
+  function direction(value) {
+    fetch("/api/direction", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ direction: value }),
+    }).catch(() => {}); // the banner already says when the box cannot be reached
+  }
+  faceToFace.querySelectorAll(".talk").forEach((button) => {
+    const release = () => {
+      if (!button.classList.contains("held")) return;
+      button.classList.remove("held");
+      direction("auto");
+    };
+    button.addEventListener("pointerdown", (event) => {
+      button.setPointerCapture(event.pointerId);
+      button.classList.add("held");
+      direction(button.dataset.direction);
+    });
+    button.addEventListener("pointerup", release);
+    button.addEventListener("pointercancel", release);
+    button.addEventListener("lostpointercapture", release);
+  });
 
   connect();
 })();
