@@ -38,7 +38,7 @@ def _speak(mic: PulseMic, pcm: bytes, stop: threading.Event) -> None:
 
 
 def test_a_dialogue_through_the_whole_box(rundir: Path, mic: PulseMic, tmp_path: Path) -> None:
-    spoken = alternating(8, repeats=(4,))
+    spoken = alternating(20, repeats=(4, 13))
     turns = make_turns(tmp_path, spoken)
     # 2.5 s: the next person waits for the box to finish speaking, as people at a counter do
     # (half duplex: the microphone is muted while the box speaks).
@@ -84,7 +84,7 @@ listen = "127.0.0.1:{http_port}"
                 return [m for m in tap.of(Caption) if m.kind == "translation" and m.final]
 
             try:
-                wait_until(lambda: len(finals()) >= len(turns), 60, 0.0, "a translation per turn")
+                wait_until(lambda: len(finals()) >= len(turns), 150, 0.0, "a translation per turn")
                 feeder.join(10)
                 tap.pump(1.5)  # nothing more may come
             except AssertionError:
