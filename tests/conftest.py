@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import NotifySocket, rmtree, short_tmpdir
+from tests.helpers import NotifySocket, PulseMic, rmtree, short_tmpdir
 
 
 @pytest.fixture
@@ -22,3 +23,28 @@ def notify(rundir: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(rundir)
     yield sock
     sock.close()
+
+
+@pytest.fixture
+def sd(notify: NotifySocket) -> Iterator[NotifySocket]:
+    """The notify socket, read all the time as systemd does: a datagram socket nobody reads
+    holds 10 messages, then the sender's next sd_notify() blocks (and its event loop with it)."""
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            notify.drain(0.05)
+
+    thread = threading.Thread(target=pump, name="notify-pump", daemon=True)
+    thread.start()
+    yield notify
+    stop.set()
+    thread.join(2)
+
+
+@pytest.fixture
+def mic(rundir: Path) -> Iterator[PulseMic]:
+    """A microphone on alsa-lib's pulse plugin: a private PulseAudio fed through a FIFO."""
+    pulse = PulseMic(rundir / "pulse")
+    yield pulse
+    pulse.close()

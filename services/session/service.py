@@ -5,9 +5,8 @@ One connection at a time: connect -> ``session.created`` -> ``session.update`` -
 and jitter. A refused key, a missing key or a refused configuration stop the retrying and say
 so in the state, and are retried only slowly, or at once on a config change or a
 ``restart-session`` command; so are connections that keep dying within seconds of opening.
-A connection that takes speech and answers nothing for ``stall_timeout_s`` is given up. Before
-the service's session limit the session is rotated, at a pause in speech. READY never waits
-for the network: a box must start offline. Events are handled in ``events.py``.
+Stalls and rotation at a pause are watched in ``lifetime.py``, events handled in ``events.py``.
+READY never waits for the network: a box must start offline.
 """
 
 from __future__ import annotations

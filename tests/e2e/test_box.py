@@ -14,13 +14,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 
 from tests.helpers import (
     PulseMic,
@@ -37,11 +35,6 @@ from tests.helpers import (
 PROCESSES = ("capture", "camera", "session", "playback", "control")
 
 
-@pytest.fixture
-def mic(rundir: Path) -> Iterator[PulseMic]:
-    pulse = PulseMic(rundir / "pulse")
-    yield pulse
-    pulse.close()
 
 
 def _status(port: int) -> dict[str, Any] | None:

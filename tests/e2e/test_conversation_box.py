@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from daemon.messages import Caption, SessionStatus
 from tests.dialogue import alternating, make_turns
@@ -19,11 +16,6 @@ OTHER = {"zh": "en", "en": "zh"}
 PERIOD = 640
 
 
-@pytest.fixture
-def mic(rundir: Path) -> Iterator[PulseMic]:
-    pulse = PulseMic(rundir / "pulse")
-    yield pulse
-    pulse.close()
 
 
 def _speak(mic: PulseMic, pcm: bytes, stop: threading.Event) -> None:

@@ -86,11 +86,6 @@ def _loud_periods(pcm: bytes) -> int:
     return int(np.sum(np.sqrt(np.mean(frames**2, axis=1)) > LOUD_RMS))
 
 
-@pytest.fixture
-def mic(rundir: Path) -> Iterator[PulseMic]:
-    pulse = PulseMic(rundir / "pulse")
-    yield pulse
-    pulse.close()
 
 
 @contextlib.contextmanager

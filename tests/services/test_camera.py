@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +18,6 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-import pytest
 import zmq
 from PIL import Image
 
@@ -153,20 +151,6 @@ class CameraUnderTest:
         return start, self.speak(False)
 
 
-@pytest.fixture
-def sd(notify: NotifySocket) -> Iterator[NotifySocket]:
-    """The notify socket, read all the time as systemd does (an unread one blocks the sender)."""
-    stop = threading.Event()
-
-    def pump() -> None:
-        while not stop.is_set():
-            notify.drain(0.05)
-
-    thread = threading.Thread(target=pump, name="notify-pump", daemon=True)
-    thread.start()
-    yield notify
-    stop.set()
-    thread.join(2)
 
 
 @contextmanager

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -81,20 +80,6 @@ class StateTap:
         self.ctx.term()
 
 
-@pytest.fixture
-def sd(notify: NotifySocket) -> Iterator[NotifySocket]:
-    """The notify socket, read all the time as systemd does (an unread one blocks the sender)."""
-    stop = threading.Event()
-
-    def pump() -> None:
-        while not stop.is_set():
-            notify.drain(0.05)
-
-    thread = threading.Thread(target=pump, name="notify-pump", daemon=True)
-    thread.start()
-    yield notify
-    stop.set()
-    thread.join(2)
 
 
 def _ready(notify: NotifySocket) -> str:

@@ -5,27 +5,16 @@ alive, its heartbeats going on: only the work is stalled) and starts again when 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from daemon.messages import Channel, Heartbeat
 from services.capture.service import CaptureService
 from tests.helpers import NotifySocket, PulseMic, alsa_home, wait_until
-from tests.services import test_capture
 from tests.services.test_capture import Feeder, Tap, _capture
-
-sd = test_capture.sd  # the notify socket, read all the time as systemd does (a fixture)
 
 WATCHDOG_USEC = 2_000_000  # pinged every second (half of it) while fresh
 
 
-@pytest.fixture
-def mic(rundir: Path) -> Iterator[PulseMic]:
-    pulse = PulseMic(rundir / "pulse")
-    yield pulse
-    pulse.close()
 
 
 def pings(notify: NotifySocket, since: int) -> int:
