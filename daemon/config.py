@@ -229,18 +229,26 @@ def api_key(cfg: Config) -> tuple[str | None, str]:
     """The API key and where it came from. Never log the first element."""
     if key := os.environ.get("DASHSCOPE_API_KEY", "").strip():
         return key, "DASHSCOPE_API_KEY"
+    return read_secret(cfg.service.api_key_file, CREDENTIAL_NAME)
+
+
+def read_secret(file: Path | None, credential: str) -> tuple[str | None, str]:
+    """A secret from ``file``, else from the systemd credential ``credential``; and its origin.
+
+    An unreadable or empty source is skipped. Never log the first element.
+    """
     candidates: list[tuple[Path, str]] = []
-    if cfg.service.api_key_file is not None:
-        candidates.append((cfg.service.api_key_file, f"file {cfg.service.api_key_file}"))
+    if file is not None:
+        candidates.append((file, f"file {file}"))
     if creds := os.environ.get("CREDENTIALS_DIRECTORY"):
-        candidates.append((Path(creds) / CREDENTIAL_NAME, f"credential {CREDENTIAL_NAME}"))
+        candidates.append((Path(creds) / credential, f"credential {credential}"))
     for path, origin in candidates:
         try:
-            key = path.read_text(encoding="utf-8").strip()
+            secret = path.read_text(encoding="utf-8").strip()
         except OSError:
             continue
-        if key:
-            return key, origin
+        if secret:
+            return secret, origin
     return None, "not set"
 
 

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
@@ -50,19 +48,7 @@ def is_loopback_bind(host: str) -> bool:
 
 def load_token(cfg: config_mod.Config) -> tuple[str | None, str]:
     """The control token and where it came from (never log the first element)."""
-    candidates: list[tuple[Path, str]] = []
-    if cfg.control.token_file is not None:
-        candidates.append((cfg.control.token_file, f"file {cfg.control.token_file}"))
-    if creds := os.environ.get("CREDENTIALS_DIRECTORY"):
-        candidates.append((Path(creds) / TOKEN_CREDENTIAL, f"credential {TOKEN_CREDENTIAL}"))
-    for path, origin in candidates:
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError:
-            continue
-        if token:
-            return token, origin
-    return None, "not set"
+    return config_mod.read_secret(cfg.control.token_file, TOKEN_CREDENTIAL)
 
 
 def no_token_message(listen: str) -> str:
