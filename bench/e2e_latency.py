@@ -1,6 +1,6 @@
 """What the box adds to the service's latency, end to end, with every process real.
 
-    .venv/bin/python -m bench.e2e_latency [--seconds 60]
+    .venv/bin/python -m bench.e2e_latency [--seconds 60] [--camera]
 
 `tolk run` with a microphone fed in real time (alsa-lib's pulse plugin on a private
 PulseAudio pipe-source, paced by this script), the simulator in this process, and the
@@ -14,6 +14,10 @@ every process on the box shares:
        response's first samples to ALSA (PlaybackState "started"), which includes the start
        buffer; and playback's own per-chunk figure (session receipt -> handed to ALSA).
 - CPU seconds per minute and peak RSS of each process.
+
+With ``--camera`` tolk runs twice on the same speech, without and then with camera frames (a
+recorded kiosk scene through the camera's file source at 2 frames/s, any change sent), so the
+cost of images on the bus and on the wire shows next to the audio-only run.
 """
 
 from __future__ import annotations
@@ -50,10 +54,13 @@ class TimedSimulator(Simulator):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.arrivals: list[tuple[int, bytes]] = []
+        self.images = 0
 
     def record_event(self, record: Any, event: dict[str, Any], payload: bytes) -> None:
         if event.get("type") == "input_audio_buffer.append":
             self.arrivals.append((time.monotonic_ns(), payload))
+        elif event.get("type") == "input_image_buffer.append":
+            self.images += 1
         super().record_event(record, event, payload)
 
 
@@ -99,18 +106,22 @@ async def _collect(runtime: Path, periods: dict[bytes, int], started: dict[str, 
     ctx.term()
 
 
-def _measure_tolk(sim: TimedSimulator, work: Path, pcm: bytes, first_delta_sent: dict[str, int]) -> dict[str, Any]:
-    mic = PulseMic(work / "pulse-tolk")
-    speaker = work / "tolk-speaker.raw"
+def _measure_tolk(
+    sim: TimedSimulator, work: Path, pcm: bytes, first_delta_sent: dict[str, int], video: Path | None = None
+) -> dict[str, Any]:
+    tag = "cam" if video else "tolk"
+    mic = PulseMic(work / f"pulse-{tag}")
+    speaker = work / f"{tag}-speaker.raw"
     home = alsa_home(work, mic.asoundrc("bench_mic") + speaker_pcm("bench_spk", speaker))
     periods: dict[bytes, int] = {}
     started: dict[str, int] = {}
     http_port = free_port()
-    config = work / "tolk.toml"
+    config = work / f"{tag}.toml"
+    camera = f'[camera]\nsource = "file:{video}"\nmax_fps = 2\nchange_threshold = 0\nfile_fps = 10\n' if video else ""
     config.write_text(
         f'[languages]\nsource = "en"\ntarget = "de"\n[service]\nurl = "{sim.url}"\n'
         f'[audio]\ncapture_device = "bench_mic"\nplayback_device = "bench_spk"\n'
-        f'[control]\nlisten = "127.0.0.1:{http_port}"\n[log]\nlevel = "warning"\n'
+        f'[control]\nlisten = "127.0.0.1:{http_port}"\n[log]\nlevel = "warning"\n{camera}'
     )
     box = subprocess.Popen(tolk_cmd("run", "--config", str(config), "--no-restart"),
                            env=service_env(work, HOME=str(home)), cwd=REPO)  # fmt: skip
@@ -120,7 +131,7 @@ def _measure_tolk(sim: TimedSimulator, work: Path, pcm: bytes, first_delta_sent:
         target=loop.run_until_complete, args=(_collect(work, periods, started, stop_collect),), daemon=True
     )
     collector.start()
-    first_arrival = len(sim.arrivals)
+    first_arrival, first_image = len(sim.arrivals), sim.images
     try:
         status = wait_status(http_port)
         pids = {name: p["pid"] for name, p in status["processes"].items()}
@@ -145,6 +156,7 @@ def _measure_tolk(sim: TimedSimulator, work: Path, pcm: bytes, first_delta_sent:
     outs = [(started[rid] - sent) / 1e6 for rid, sent in first_delta_sent.items() if rid in started]
     return {
         "in_last": ins_last, "in_first": ins_first, "out": outs, "appends": len(sim.arrivals) - first_arrival,
+        "images": sim.images - first_image, "responses": len(first_delta_sent),
         "cpu_per_min": {n: (cpu - before[n]) / elapsed * 60 for n, (cpu, _) in usage.items()},
         "rss_mb": {n: hwm / 1024 for n, (_, hwm) in usage.items()},
         "playback_chunk_p50": counters.get("playback", {}).get("latency_ms_p50"),
@@ -196,6 +208,7 @@ def _measure_baseline(sim: TimedSimulator, work: Path, pcm: bytes, first_delta_s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of speech to feed (default 60)")
+    parser.add_argument("--camera", action="store_true", help="also run tolk with camera frames (a recorded scene)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tkb", dir="/tmp"))
@@ -207,6 +220,15 @@ def main() -> int:
         first_deltas = _stamp_first_deltas()
         tolk_sent = first_deltas[0]
         tolk = _measure_tolk(sim, work, pcm, tolk_sent)
+        cam = None
+        if args.camera:
+            from bench.camera_tokens import record_scene
+
+            video = work / "scene.avi"
+            print(f"recording a camera scene to {video} ...", flush=True)
+            record_scene(video)
+            cam_sent = first_deltas[0] = {}
+            cam = _measure_tolk(sim, work, pcm, cam_sent, video)
         base_sent = first_deltas[0] = {}
         base = _measure_baseline(sim, work, pcm, base_sent)
         violations = len(sim.violations)
@@ -217,6 +239,12 @@ def main() -> int:
     print(row("tolk in: period end -> append at service (first)", tolk["in_first"]))
     print(row("tolk out: first delta sent -> first sample to ALSA", tolk["out"]))
     print(f"{'tolk out: per chunk, session receipt -> ALSA (p50)':<52} {tolk['playback_chunk_p50']} ms")
+    if cam is not None:
+        print(f"with camera frames: {cam['images']} images sent, {cam['appends']} appends, "
+              f"{cam['responses']} responses")  # fmt: skip
+        print(row("tolk+camera in: period end -> append (last)", cam["in_last"]))
+        print(row("tolk+camera in: period end -> append (first)", cam["in_first"]))
+        print(row("tolk+camera out: first delta -> first sample to ALSA", cam["out"]))
     print(row("baseline in: block read -> append at service", base["in_last"]))
     print(f"{'  (its first 20 ms of each block waited 80 ms more)':<52}")
     print(row("baseline out: first delta sent -> first write", base["out"]))
@@ -226,6 +254,11 @@ def main() -> int:
     tolk_cpu, tolk_rss = sum(tolk["cpu_per_min"].values()), sum(tolk["rss_mb"].values())
     base_cpu, base_rss = base["cpu_per_min"]["baseline"], base["rss_mb"]["baseline"]
     print(f"{'tolk (all)':<10} {tolk_cpu:>10.2f} {tolk_rss:>12.1f}")
+    if cam is not None:
+        for name in ("camera", "session"):
+            print(f"{name + '+cam':<10} {cam['cpu_per_min'][name]:>10.2f} {cam['rss_mb'][name]:>12.1f}")
+        cam_cpu, cam_rss = sum(cam["cpu_per_min"].values()), sum(cam["rss_mb"].values())
+        print(f"{'tolk+cam':<10} {cam_cpu:>10.2f} {cam_rss:>12.1f}")
     print(f"{'baseline':<10} {base_cpu:>10.2f} {base_rss:>12.1f}")
     ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
     print("\ntolk / baseline: "

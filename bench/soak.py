@@ -7,7 +7,8 @@ utterance every few seconds, against the simulator. On a schedule: the service d
 connection (every connection closes after a while of audio), a process is killed with
 SIGKILL (round robin over capture, camera, session, playback), and the server turns bursty.
 Printed: utterances in vs translations out, drops, underruns, reconnects, restarts, and the
-RSS growth per hour of each process (from the processes that lived through the run).
+RSS growth per hour of each process, over its longest life after its first minute. A long soak
+spreads its six kills over the run, so each process lives long enough for that figure.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from tests.helpers import PulseMic, alsa_home, free_port, service_env, tolk_cmd 
 
 KILLED = ("capture", "camera", "session", "playback")
 DROP_AFTER_AUDIO_S = 45.0
-KILL_EVERY_S = 50.0
+KILL_EVERY_S = 50.0  # at least; a long soak spreads its kills so that processes live long enough to measure
+KILLS_PER_SOAK = 6
+WARM_UP_S = 60.0  # RSS growth is measured from a process's first minute on, not through its start
 BURSTY_EVERY_S = 40.0
 
 
@@ -73,6 +76,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0, help="how long (default 3; 30 for the full soak)")
     args = parser.parse_args()
     seconds = args.minutes * 60
+    kill_every = max(KILL_EVERY_S, seconds / KILLS_PER_SOAK)
 
     work = Path(tempfile.mkdtemp(prefix="tks", dir="/tmp"))
     (work / "state").mkdir()
@@ -98,14 +102,13 @@ def main() -> int:
         counter.start()
         feeder_stop = threading.Event()
         try:
-            status = wait_status(http_port)
-            first_pids = {name: p["pid"] for name, p in status["processes"].items()}
-            rss_start = {name: _rss_kb(pid) for name, pid in first_pids.items()}
+            wait_status(http_port)
+            rss = _RssTrack()
             feeder = threading.Thread(target=feed, args=(mic, pcm, feeder_stop), daemon=True)
             t0 = time.monotonic()
             feeder.start()
             kills = bursts = 0
-            next_kill, next_burst = KILL_EVERY_S, BURSTY_EVERY_S
+            next_kill, next_burst = kill_every, BURSTY_EVERY_S
             counters: dict[tuple[str, int], dict[str, float]] = {}
             while feeder.is_alive():
                 elapsed = time.monotonic() - t0
@@ -113,13 +116,14 @@ def main() -> int:
                 for name, proc in (with_status or {}).get("processes", {}).items():
                     if proc.get("pid"):
                         counters[(name, proc["pid"])] = proc.get("counters", {})
+                        rss.sample(name, proc["pid"])
                 if elapsed >= next_kill and with_status:
                     victim = KILLED[kills % len(KILLED)]
                     pid = with_status["processes"][victim]["pid"]
                     print(f"[{elapsed:6.1f} s] kill -9 {victim} ({pid})", flush=True)
                     os.kill(pid, signal.SIGKILL)
                     kills += 1
-                    next_kill += KILL_EVERY_S
+                    next_kill += kill_every
                 if elapsed >= next_burst:
                     faults.bursty = not faults.bursty
                     bursts += faults.bursty
@@ -129,9 +133,9 @@ def main() -> int:
             time.sleep(4.0)  # the last responses
             duration = time.monotonic() - t0
             final = _status(http_port) or {}
-            rss_end = {name: _rss_kb(pid) for name, pid in first_pids.items()}
             for name, proc in final.get("processes", {}).items():
                 counters[(name, proc["pid"])] = proc.get("counters", {})
+                rss.sample(name, proc["pid"])
         finally:
             feeder_stop.set()
             box.terminate()
@@ -153,14 +157,40 @@ def main() -> int:
     print(f"capture overruns: {total('capture', 'overruns'):.0f}; session backlog dropped: "
           f"{total('session', 'backlog_dropped'):.0f}; playback underruns: {total('playback', 'underruns'):.0f}; "
           f"playback dropped chunks: {total('playback', 'dropped_chunks'):.0f}")  # fmt: skip
-    print(f"\n{'process':<10} {'RSS start MB':>12} {'RSS end MB':>11} {'growth MB/h':>12}")
-    for name, start in rss_start.items():
-        end = rss_end.get(name)
-        if start is None or end is None:
-            print(f"{name:<10} {start / 1024 if start else 0:>12.1f} {'(restarted)':>11}")
-            continue
-        print(f"{name:<10} {start / 1024:>12.1f} {end / 1024:>11.1f} {(end - start) / 1024 / duration * 3600:>12.1f}")
+    print("\nRSS of each process's longest life, from its first minute on (earlier is start-up)")
+    print(f"{'process':<10} {'measured min':>12} {'RSS from MB':>12} {'RSS to MB':>10} {'growth MB/h':>12}")
+    for name, (span, start, end) in sorted(rss.longest().items()):
+        growth = (end - start) / 1024 / span * 3600 if span > 0 else float("nan")
+        print(f"{name:<10} {span / 60:>12.1f} {start / 1024:>12.1f} {end / 1024:>10.1f} {growth:>12.1f}")
     return 0
+
+
+class _RssTrack:
+    """RSS samples of every (process, pid) seen, kept from each one's warm-up on."""
+
+    def __init__(self) -> None:
+        self._born: dict[tuple[str, int], float] = {}
+        self._first: dict[tuple[str, int], tuple[float, int]] = {}
+        self._last: dict[tuple[str, int], tuple[float, int]] = {}
+
+    def sample(self, name: str, pid: int) -> None:
+        now = time.monotonic()
+        key = (name, pid)
+        born = self._born.setdefault(key, now)
+        kb = _rss_kb(pid)
+        if kb is None or now - born < WARM_UP_S:
+            return
+        self._first.setdefault(key, (now, kb))
+        self._last[key] = (now, kb)
+
+    def longest(self) -> dict[str, tuple[float, int, int]]:
+        """Per process name: (seconds measured, RSS kB at the start, at the end) of its longest-lived pid."""
+        best: dict[str, tuple[float, int, int]] = {}
+        for key, (t0, kb0) in self._first.items():
+            t1, kb1 = self._last[key]
+            if key[0] not in best or t1 - t0 > best[key[0]][0]:
+                best[key[0]] = (t1 - t0, kb0, kb1)
+        return best
 
 
 def _status(port: int) -> dict[str, Any] | None:

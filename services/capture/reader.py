@@ -9,7 +9,9 @@ backoff. On the way it
 - converts what the device took (rate, channels) to 16 kHz mono when they differ (soxr);
 - tells a device with a clock from one without (alsa-lib's ``file``/``null`` PCMs hand out audio
   as fast as it is read): a clockless one is held to real time, or it would flood the bus and
-  bill the service for hours of silence per minute;
+  bill the service for hours of silence per minute. A full buffer at the first read does not
+  settle it: a sound server may have kept what was said while the service started, so the
+  reader drains first (``ClockProbe``), and only a device that stays full is clockless;
 - recovers from overruns: ALSA's own (-EPIPE, the ring buffer overflowed while we were late) and
   a backlog a sound server kept for us (a device whose ring buffer is full after a read): the
   stale audio is dropped and counted, so a busy moment never leaves the stream seconds behind.
@@ -45,6 +47,11 @@ POLL_MS = 200
 #: At most this much backlog is read away in one overrun recovery.
 MAX_DISCARD_S = 10.0
 
+#: While the probe decides, audio read this far ahead of the wall clock is held back, not sent.
+PROBE_AHEAD_NS = 100_000_000
+#: A device still full after handing out this much more than real time has no clock.
+PROBE_CLOCKLESS_NS = 2_000_000_000
+
 #: Counters this thread keeps (created before it starts; it only updates existing keys).
 COUNTERS = ("overruns", "overrun_ms_dropped")
 
@@ -74,6 +81,43 @@ class Pacer:
             self.anchor_ns, self.periods = now_ns, 0
 
 
+class ClockProbe:
+    """Decides from the first reads whether the device has a clock that ALSA's avail() shows.
+
+    - avail() below a full buffer after a read: a clock (a sound card, a sound server). What was
+      read ahead of real time before that was a backlog kept from before the first read: stale.
+    - full after every read, and a read had to wait: the source paces itself (a FIFO fed in real
+      time behind a ``file`` PCM); what was held goes out at once, so the stream starts current.
+    - full after every read, never waiting, ``PROBE_CLOCKLESS_NS`` ahead: no clock at all.
+    """
+
+    def __init__(self) -> None:
+        self.first_ns: int | None = None
+        self.read_ns = 0
+        self.held: list[tuple[bytes, int]] = []
+        self.waited = False  # the last read had to wait for audio
+
+    def ahead_ns(self, t: int) -> int:
+        return self.read_ns - (t - (self.first_ns or t))
+
+    def after_read(self, duration_ns: int, t: int, full: bool, waited: bool) -> bool | None:
+        """The verdict (True: clocked, False: not), or None while undecided."""
+        if self.first_ns is None:
+            self.first_ns = t - duration_ns
+        self.read_ns += duration_ns
+        self.waited = waited
+        if not full:
+            return True
+        if waited or self.ahead_ns(t) > PROBE_CLOCKLESS_NS:
+            return False
+        return None
+
+    def release(self) -> tuple[list[tuple[bytes, int]], int]:
+        """What was held back, and its size in bytes."""
+        held, self.held = self.held, []
+        return held, sum(len(pcm) for pcm, _ in held)
+
+
 class Reader(threading.Thread):
     def __init__(
         self,
@@ -95,6 +139,7 @@ class Reader(threading.Thread):
         self.stopping = threading.Event()
         self.clocked: bool | None = None  # decided at the first read
         self._pending = bytearray()
+        self._pacer: Pacer | None = None
 
     def stop(self) -> None:
         """Ask the thread to end; it looks up from the device at least every POLL_MS."""
@@ -129,12 +174,14 @@ class Reader(threading.Thread):
         buffer_frames = int(info.get("buffer_size") or spec.period_frames * spec.periods)
         period_frames = int(info.get("period_size") or spec.period_frames)
         period_ns = spec.period_ms * 1_000_000
-        pacer = Pacer(period_ns, self.stopping)
+        pacer = self._pacer = Pacer(period_ns, self.stopping)
         poller = select.poll()
         for fd, events in self.pcm.polldescriptors():
             poller.register(fd, events)
         last_audio = time.monotonic()
+        probe = ClockProbe()
         while not self.stopping.is_set():
+            asked = time.monotonic_ns()
             if not poller.poll(POLL_MS):
                 if time.monotonic() - last_audio > STALL_S:
                     raise Stalled(f"no audio for {STALL_S:.0f} s")
@@ -154,16 +201,46 @@ class Reader(threading.Thread):
             # A full ring buffer right after a read: from the first read on, a PCM without a
             # clock (it always has everything ready); later, on a device with one, a backlog.
             full = self.pcm.avail() >= buffer_frames - period_frames // 2
+            pcm = converter.convert(data)
             if self.clocked is None:
-                self.clocked = not full
+                if self._probe(probe, pcm, t, frames * 1_000_000_000 // got.rate, full, t - asked, period_ns):
+                    continue
             elif self.clocked and full:
                 self._discard_backlog(got, period_frames)
                 continue
-            emitted = self._emit(converter.convert(data), t, period_ns)
+            emitted = self._emit(pcm, t, period_ns)
             if emitted:
                 self.on_chunk(t)
                 if not self.clocked:
                     pacer.after_read(t, emitted)
+
+    def _probe(
+        self, probe: ClockProbe, pcm: bytes, t: int, duration_ns: int, full: bool, waited_ns: int, period_ns: int
+    ) -> bool:
+        """One read while the clock is undecided; True if its audio was held back or dropped."""
+        self.clocked = probe.after_read(duration_ns, t, full, waited_ns >= period_ns // 2)
+        if self.clocked is None:
+            if probe.ahead_ns(t) <= PROBE_AHEAD_NS:
+                return False
+            probe.held.append((pcm, t))
+            return True
+        held, held_bytes = probe.release()
+        held_ms = held_bytes * period_ns / self.spec.period_bytes / 1e6
+        if self.clocked:
+            if held:
+                log.info("%.0f ms of audio kept for us before the first read: stale, dropped", held_ms)
+            return False
+        # The source paced its reads (it made us wait): what it had queued goes out at once, to
+        # catch up. No clock at all: the same audio goes out in real time, like the rest.
+        paced = self._pacer if not probe.waited else None
+        if held:
+            how = "in real time" if paced else "at once"
+            log.info("no clock in ALSA's view: %.0f ms read ahead go out %s", held_ms, how)
+        for stale, stamp in held:
+            emitted = self._emit(stale, stamp, period_ns)
+            if paced is not None and emitted:
+                paced.after_read(time.monotonic_ns(), emitted)
+        return False
 
     def _emit(self, pcm: bytes, t: int, period_ns: int) -> int:
         """Cut into whole periods, each stamped with its own end; returns how many went out."""
