@@ -220,23 +220,27 @@ class Writer(threading.Thread):
     def _write_device(self, data: bytes, response_id: str, source: bytes) -> int:
         """Write in periods; returns when the first one was handed to the device (0 if none).
 
-        ``source`` is the same audio at 24 kHz mono, told to ``on_rendered`` with the moment
-        its first sample plays: now plus what the device holds before this write.
+        ``source`` is the same audio at 24 kHz mono. Each period's share of it goes to
+        ``on_rendered`` *before* the period is written, stamped with the moment it will play
+        (now plus what the device holds): the echo canceller must have the reference before the
+        microphone hears it, and a write into a full device blocks for a period or more.
         """
         view = memoryview(data)
         first_ns = 0
-        plays_ns, held_s, handed_bytes = 0, 0.0, 0
+        source_frames = len(source) // BYTES_PER_FRAME
         for offset in range(0, len(view), self.device_period_bytes):
             if self.flushing.is_set() or self.stopping.is_set():
                 break
             piece = view[offset : offset + self.device_period_bytes]
             if self.clock.before_write():
                 self._underrun()
-            if not plays_ns:
+            if self.on_rendered is not None:
                 held_s = self.clock.held_s()
                 plays_ns = time.monotonic_ns() + int(held_s * 1e9)
+                a = source_frames * offset // len(data) * BYTES_PER_FRAME
+                b = source_frames * (offset + len(piece)) // len(data) * BYTES_PER_FRAME
+                self.on_rendered(source[a:b], plays_ns, held_s)
             self._write_piece(piece)
-            handed_bytes += len(piece)
             handed = time.monotonic_ns()
             first_ns = first_ns or handed
             if not self.playing:
@@ -245,9 +249,6 @@ class Writer(threading.Thread):
                 self._response_id = response_id
                 self.on_state("started", response_id, 0, handed)
             self.on_written()
-        if self.on_rendered is not None and handed_bytes and data:
-            frames = len(source) // BYTES_PER_FRAME * handed_bytes // len(data)
-            self.on_rendered(source[: frames * BYTES_PER_FRAME], plays_ns, held_s)
         return first_ns
 
     def _write_piece(self, piece: memoryview) -> None:

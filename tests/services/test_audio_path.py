@@ -29,13 +29,19 @@ class Talker(threading.Thread):
     """Writes one period every 20 ms into the microphone: what was said, plus (when given a
     speaker file) what the speaker played, mixed in at full level as it appears."""
 
-    def __init__(self, mic: PulseMic, speaker: Path | None = None) -> None:
+    def __init__(self, mic: PulseMic, speaker: Path | None = None, echo_delay_s: float = 0.0) -> None:
         super().__init__(daemon=True, name="talker")
         self.mic = mic
         self.speaker = speaker
+        # The speaker file fills as playback writes, up to its buffer ahead of what a real
+        # device would play by then: a delay makes the copy come when a device would play it.
+        self.echo_delay_s = echo_delay_s
+        self._in_flight: deque[tuple[float, bytes]] = deque()
         self.said: deque[bytes] = deque()
         self.echoed_bytes = 0
         self.echoed_loud = 0
+        self.overlapped = 0  # periods where the talker spoke over the box's loud voice
+        self.trace: list[tuple[float, float]] = []  # per period written: RMS of what was said, of the echo
         self.done = threading.Event()
         self._echo = bytearray()
         self._read = 0
@@ -49,7 +55,10 @@ class Talker(threading.Thread):
         while not self.done.is_set():
             period = np.frombuffer(self.said.popleft() if self.said else bytes(PERIOD), dtype="<i2").astype(np.int32)
             echo = self._echo_period()
+            said_rms, echo_rms = _rms(period), _rms(echo) if echo is not None else 0.0
+            self.trace.append((said_rms, echo_rms))
             if echo is not None:
+                self.overlapped += said_rms > LOUD_RMS and echo_rms > LOUD_RMS
                 period += echo
             self.mic.write(np.clip(period, -32768, 32767).astype("<i2").tobytes())
             n += 1
@@ -62,7 +71,10 @@ class Talker(threading.Thread):
             fh.seek(self._read)
             fresh = fh.read()
             self._read += len(fresh)
-            self._echo += fresh
+            if fresh:
+                self._in_flight.append((time.monotonic() + self.echo_delay_s, fresh))
+        while self._in_flight and self._in_flight[0][0] <= time.monotonic():
+            self._echo += self._in_flight.popleft()[1]
         if len(self._echo) < PERIOD:
             return None
         chunk = np.frombuffer(bytes(self._echo[:PERIOD]), dtype="<i2").astype(np.int32)
@@ -70,6 +82,10 @@ class Talker(threading.Thread):
         self.echoed_bytes += PERIOD
         self.echoed_loud += _rms(chunk) > LOUD_RMS
         return chunk
+
+    def played_back(self) -> bool:
+        """All the speaker played so far has been copied into the microphone."""
+        return not self._in_flight and len(self._echo) < PERIOD
 
     def stop(self) -> None:
         self.done.set()
@@ -89,14 +105,21 @@ def _loud_periods(pcm: bytes) -> int:
 
 
 @contextlib.contextmanager
-def _box(rundir: Path, mic: PulseMic, sim: Simulator, audio: str, *services: str) -> Iterator[Path]:
-    """The named services as real processes; yields the speaker file."""
+def _box(
+    rundir: Path, mic: PulseMic, sim: Simulator, audio: str, *services: str, pulse_speaker: bool = False
+) -> Iterator[Path]:
+    """The named services as real processes; yields the speaker file. With ``pulse_speaker``
+    playback plays to the PulseAudio sink ``spk`` instead (a real clock; no file is written)."""
     speaker = rundir / "speaker.raw"
     home = alsa_home(
         rundir,
         mic.asoundrc("test_mic")
-        + f'pcm.test_spk {{\n type file\n slave.pcm null\n file "{speaker}"\n format raw\n}}\n'
-        + 'pcm.spk16 {\n type plug\n slave { pcm "test_spk"; rate 16000; channels 1; format S16_LE }\n}\n',
+        + (
+            f'pcm.spk16 {{\n type pulse\n server "{mic.server}"\n device "spk"\n}}\n'
+            if pulse_speaker
+            else f'pcm.test_spk {{\n type file\n slave.pcm null\n file "{speaker}"\n format raw\n}}\n'
+            + 'pcm.spk16 {\n type plug\n slave { pcm "test_spk"; rate 16000; channels 1; format S16_LE }\n}\n'
+        ),
     )
     config = rundir / "tolk.toml"
     config.write_text(
