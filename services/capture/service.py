@@ -311,7 +311,6 @@ class CaptureService(Service):
             assert isinstance(msg, RenderedAudio)
             if self.echo is not None:
                 self.reference.add(msg.pcm, msg.t, msg.rate)
-                self.log.warning("DBG ref pos=%d cursor=%s readpos=%s now=%d late=%d far=%s", msg.t * 16000 // 1_000_000_000, self.echo._cursor, self.reference._read_pos, time.monotonic_ns() * 16000 // 1_000_000_000, self.reference.late_samples, self.counters.get("aec_far_s"))
 
     async def _follow_commands(self) -> None:
         sub = self.bus.subscribe(["control"], Command)
