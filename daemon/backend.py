@@ -2,8 +2,9 @@
 
 ``auto`` (the default) is the cloud when an API key is set, or when ``[service] url`` is on
 loopback (a stand-in such as the simulator needs no key); otherwise the local engine, so a box
-with no account still translates. Light on purpose: the session and ``tolk run`` import it, and
-it must not pull in the models.
+with no account still translates. With a key, ``auto`` also keeps the engine standing by: the
+session falls back to it when the cloud stays unreachable (``[service] fallback_after_s``).
+Light on purpose: the session and ``tolk run`` import it, and it must not pull in the models.
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ def resolve(cfg: config_mod.Config) -> Literal["cloud", "local"]:
     return "cloud" if key or is_loopback(cfg.service.url) else "local"
 
 
+def standby(cfg: config_mod.Config) -> bool:
+    """The engine stands by for the cloud: ``auto`` with a key, and a fallback time set."""
+    if cfg.service.backend != "auto" or not cfg.service.fallback_after_s:
+        return False
+    key, _origin = config_mod.api_key(cfg)
+    return key is not None
+
+
+def engine_needed(cfg: config_mod.Config) -> bool:
+    """Whether the local engine must run: it is the backend, or it stands by for the cloud."""
+    return resolve(cfg) == "local" or standby(cfg)
+
+
 def engine_url(cfg: config_mod.Config) -> str:
     return f"ws://{cfg.engine.listen}{ENGINE_PATH}"
 
@@ -44,5 +58,5 @@ def session_url(cfg: config_mod.Config) -> str:
 
 
 def processes(cfg: config_mod.Config, base: tuple[str, ...]) -> tuple[str, ...]:
-    """The box's processes for this config: ``base``, plus the engine when the backend is local."""
-    return (*base, "engine") if resolve(cfg) == "local" else base
+    """The box's processes for this config: ``base``, plus the engine when it is needed."""
+    return (*base, "engine") if engine_needed(cfg) else base

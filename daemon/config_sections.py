@@ -109,6 +109,13 @@ class ServiceConfig(_Section):
         description='"cloud": [service] url; "local": the box\'s own engine ([engine]); '
         '"auto": cloud when an API key is set (or url is on loopback), local otherwise.',
     )
+    fallback_after_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description='With "auto" and a key: translate with the box\'s own engine once the cloud has been '
+        "unreachable this long, until it answers again; 0: never.",
+    )
     url: str = Field(INTL_URL, description="Realtime WebSocket endpoint, without ?model=.")
     model: str = Field(DEFAULT_MODEL, description="Model name, sent as ?model=.")
     api_key_file: Path | None = Field(None, description="File holding the API key (else DASHSCOPE_API_KEY).")
@@ -245,6 +252,11 @@ class EngineConfig(_Section):
     max_utterance_s: float = Field(15.0, ge=2, le=28, description="Longer speech is cut and translated in parts.")
     max_decode_tokens: int = Field(128, ge=16, le=440, description="Bound on the decoded text per utterance.")
     threads: int = Field(0, ge=0, le=64, description="CPU threads for the models; 0: all cores.")
+    marian_dir: Path | None = Field(
+        None,
+        description="Folder of extra translation pairs: <source>-<target>/ holding a CTranslate2 Marian model "
+        "(e.g. OPUS-MT) with source.spm and target.spm; unset: none.",
+    )
 
     @field_validator("listen")
     @classmethod

@@ -238,6 +238,7 @@ class SessionStatus(Message):
     session_id: str = ""
     backlog_dropped: int = 0  # audio chunks dropped from the backlog while disconnected
     model: str = ""
+    backend: str = ""  # "cloud", "local", or "local-fallback" (the engine while the cloud is unreachable)
 
 
 @dataclass(kw_only=True)

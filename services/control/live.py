@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from daemon.config import Config
 from daemon.messages import Caption, Message, SessionStatus
 from services.control.status import StatusAggregator
+from services.session.fallback import FALLBACK
 
 #: How often an idle stream re-checks the banner (a process going quiet sends nothing).
 SCREEN_CHECK_S = 1.0
@@ -39,6 +40,12 @@ def banner(status: StatusAggregator) -> Banner:
         return Banner(level="error", text="Translation offline", detail="the session process is not running")
     session = status.session_info()
     state = session.state
+    if state == "live" and session.backend == FALLBACK:
+        return Banner(
+            level="info",
+            text="Offline mode — translating on this box",
+            detail="the translation service cannot be reached; it is used again as soon as it answers",
+        )
     if state == "live":
         return Banner(level="ok")
     if state in ("unknown", "connecting", "configuring"):

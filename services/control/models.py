@@ -32,6 +32,9 @@ class SessionInfo(BaseModel):
     reconnects: int = 0
     session_id: str = ""
     backlog_dropped: int = Field(0, description="Audio chunks dropped from the backlog while disconnected.")
+    backend: str = Field(
+        "", description='"cloud", "local", or "local-fallback": the box\'s engine while the cloud is unreachable.'
+    )
     for_s: float = Field(description="Seconds since control first saw this state.")
 
 

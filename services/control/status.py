@@ -223,6 +223,7 @@ class StatusAggregator:
             reconnects=s.reconnects,
             session_id=s.session_id,
             backlog_dropped=s.backlog_dropped,
+            backend=s.backend,
             for_s=round(self.clock() - self._session_since, 2),
         )
 

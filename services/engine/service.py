@@ -30,10 +30,12 @@ class EngineService(Service):
         self.counters.update(connections=0, responses=0, client_errors=0)
 
     async def start(self) -> None:
-        if backend.resolve(self.config) == "cloud":
+        if not backend.engine_needed(self.config):
             # Under tolk.target on every box: with the cloud in use it idles, models unloaded.
             self.log.info("the backend is the cloud: the engine idles until [service] backend resolves to local")
             return
+        if backend.standby(self.config):
+            self.log.info("standing by for the cloud: the session falls back here when it is unreachable")
         await self._load()
 
     async def _load(self) -> None:
@@ -66,7 +68,7 @@ class EngineService(Service):
 
     async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:
         self.config = new
-        if self.engine is None and backend.resolve(new) == "local":
+        if self.engine is None and backend.engine_needed(new):
             await self._load()
 
     def status(self) -> str:

@@ -11,7 +11,7 @@ import random
 from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from daemon.backend import is_loopback
 
@@ -114,3 +114,11 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+def close_reason(exc: ConnectionClosed) -> str:
+    """A lost connection's close frame in words."""
+    close = exc.rcvd or exc.sent
+    if close is None:
+        return "no close frame (network lost)"
+    return f"code {close.code}" + (f" ({close.reason})" if close.reason else "")

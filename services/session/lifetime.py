@@ -1,4 +1,5 @@
-"""How a live connection ends: rotation at a pause, a stalled service, ``session.finish``."""
+"""How a live connection ends: rotation at a pause, a stalled service, the cloud back after a
+fallback to the engine, ``session.finish``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from services.session import fallback as fallback_mod
 from services.session import protocol
 from services.session.events import EventHandler
 from services.session.profiles import profile_for
@@ -22,6 +24,7 @@ class ConnectionLifetime(EventHandler):
 
     _live: bool
     ids: protocol.EventIds
+    fallback: fallback_mod.CloudFallback
 
     async def _send(self, ws: ClientConnection, event: dict[str, object]) -> None:
         await ws.send(protocol.encode(event))
@@ -33,15 +36,31 @@ class ConnectionLifetime(EventHandler):
         limit = profile_for(service.model).session_limit_s
         grace = max(1.0, min(ROTATE_GRACE_S, limit - service.rotate_after_s - 30.0))
         self.log.info("session %.0f s old: rotating at the next pause", service.rotate_after_s)
+        await self._until_pause(grace)
+        self.count("rotations")
+        await self._end_session(ws, f"rotating after {service.rotate_after_s:.0f} s, at a pause")
+
+    async def _watch_cloud(self, ws: ClientConnection) -> None:
+        """On the engine in the cloud's stead: back to the cloud at a pause once it answers."""
+        # A remote host has no event to wait on: it is asked at intervals, cheaply.
+        while True:
+            if await fallback_mod.cloud_answers(self.config):
+                break
+            await asyncio.sleep(fallback_mod.probe_interval(self.config))
+        self.log.info("the cloud answers again: going back to it at the next pause")
+        await self._until_pause(ROTATE_GRACE_S)
+        self.fallback.reset()
+        await self._end_session(ws, "back to the cloud")
+
+    async def _until_pause(self, grace_s: float) -> None:
+        """Until nobody speaks and no answer is on its way, or ``grace_s`` ran out."""
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + grace
+        give_up = loop.time() + grace_s
         while not self.activity.at_pause(time.monotonic()) and loop.time() < give_up:
             self.activity.changed.clear()
             # Woken by audio sent or a response ending; the timeout lets a silence grow into a pause.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.activity.changed.wait(), 0.2)
-        self.count("rotations")
-        await self._end_session(ws, f"rotating after {service.rotate_after_s:.0f} s, at a pause")
 
     async def _watch_stall(self, ws: ClientConnection) -> None:
         """Speech went out and nothing at all came back for stall_timeout_s: give the connection up."""

@@ -25,8 +25,9 @@ from daemon.backend import session_url
 from daemon.messages import AudioIn, Command, SessionStatus, VideoFrame
 from daemon.service import STOP_TIMEOUT_S, ServiceContext
 from services.session import protocol
-from services.session.connection import Backoff, ConnectFailure, connect_service, is_loopback
+from services.session.connection import Backoff, ConnectFailure, close_reason, connect_service, is_loopback
 from services.session.events import ServiceRejected
+from services.session.fallback import CloudFallback
 from services.session.lifetime import ConnectionLifetime
 from services.session.outgoing import Outgoing
 
@@ -77,6 +78,7 @@ class SessionService(ConnectionLifetime):
         self.ids = protocol.EventIds()
         self.outgoing = Outgoing(self.config.service.chunk_ms, self.config.service.backlog_s)
         self.backoff = Backoff()
+        self.fallback = CloudFallback()
         self.short_lived = 0
         self._ws: ClientConnection | None = None
         self._live = False
@@ -125,6 +127,7 @@ class SessionService(ConnectionLifetime):
                 session_id=self.session_id,
                 backlog_dropped=self.outgoing.dropped,
                 model=self.config.service.model,
+                backend=self.fallback.label(self.config),
             )
         )
 
@@ -149,7 +152,7 @@ class SessionService(ConnectionLifetime):
         while True:
             self._wake.clear()
             key, _origin = config_mod.api_key(self.config)
-            if key is None and not is_loopback(session_url(self.config)):
+            if key is None and not is_loopback(self.fallback.url(self.config)):
                 self.last_error = NO_KEY
                 self.set_state("failed", NO_KEY)
                 await self._wake.wait()
@@ -175,6 +178,9 @@ class SessionService(ConnectionLifetime):
 
     def _after_failure(self, exc: ConnectFailure) -> float:
         """Set the state a lost or refused connection leaves, and return how long to wait."""
+        if self.fallback.failed(self.config, exc, time.monotonic()):
+            self.set_state("connecting", f"the cloud is unreachable ({exc}): to the box's own engine")
+            return 0.0
         if exc.fatal:
             self.set_state("failed", f"{exc}; {_retrying(FATAL_RETRY_S)}")
             return FATAL_RETRY_S
@@ -196,7 +202,7 @@ class SessionService(ConnectionLifetime):
     async def _session(self, key: str | None) -> None:
         """One connection, from handshake to close. Returns when it closed cleanly."""
         service = self.config.service
-        url = session_url(self.config)  # the cloud, or the box's own engine ([service] backend)
+        url = self.fallback.url(self.config)  # the cloud, or the box's own engine ([service] backend)
         self.set_state("connecting", url)
         ws = await connect_service(url, service.model, key, service.connect_timeout_s)
         self._ws = ws
@@ -221,10 +227,12 @@ class SessionService(ConnectionLifetime):
                 self.direction_changed()
             sender = self.spawn(self._send_loop(ws), "sender")
             watchers = [self.spawn(self._rotate(ws), "rotate"), self.spawn(self._watch_stall(ws), "stall")]
+            if self.fallback.active:
+                watchers.append(self.spawn(self._watch_cloud(ws), "cloud-probe"))
             await self.receive(ws)
             clean = True
         except ConnectionClosed as exc:
-            raise ConnectFailure(f"connection closed: {_close_reason(exc)}") from None
+            raise ConnectFailure(f"connection closed: {close_reason(exc)}") from None
         finally:
             for task in (sender, *watchers):
                 if task is not None:
@@ -244,6 +252,7 @@ class SessionService(ConnectionLifetime):
                 await ws.close()
 
     def _go_live(self) -> None:
+        self.fallback.went_live()
         self._live = True
         self.ending = False
         self._audio_sent = False
@@ -352,7 +361,8 @@ class SessionService(ConnectionLifetime):
         effective = self.direction.effective(new)
         self.captions.source, self.captions.target = effective.languages.source, effective.languages.target
         self.outgoing.set_chunk_ms(new.service.chunk_ms, new.service.backlog_s)
-        if (session_url(old), old.service.model) != (session_url(new), new.service.model):
+        if _endpoint(old) != _endpoint(new):
+            self.fallback.reset()
             await self._restart_session("service url or model changed")
             return
         ws = self._ws
@@ -388,13 +398,10 @@ def _live_detail(cfg: config_mod.Config) -> str:
     return f"{cfg.languages.source} → {cfg.languages.target}, {'+'.join(cfg.modalities)}"
 
 
+def _endpoint(cfg: config_mod.Config) -> tuple[str, str, str]:
+    return session_url(cfg), cfg.service.model, cfg.service.backend
+
+
 def _retrying(delay_s: float) -> str:
     when = f"{delay_s / 60:.0f} min" if delay_s >= 120 else f"{delay_s:.0f} s"
     return f"retrying in {when} or on a config change"
-
-
-def _close_reason(exc: ConnectionClosed) -> str:
-    close = exc.rcvd or exc.sent
-    if close is None:
-        return "no close frame (network lost)"
-    return f"code {close.code}" + (f" ({close.reason})" if close.reason else "")

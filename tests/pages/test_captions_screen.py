@@ -1,5 +1,6 @@
 """The captions screen (`/`) in Chromium: captions put on the real bus show up, partials look
-tentative, Arabic runs right to left, CJK uses CJK fonts, the banner follows the session, and
+tentative, Arabic runs right to left, CJK uses CJK fonts, the banner follows the session (offline
+mode on the box's own engine included), and
 it reads well at the kiosk's 800x480 and at 1920x1080 (screenshots in test-artifacts/)."""
 
 from __future__ import annotations
@@ -103,5 +104,13 @@ def test_captions_on_screen(browser: Any, control: ControlProcess, rundir: Path,
 
             box.session = SessionStatus(state="backoff", last_error="network: connection refused")
             banner.get_by_text("Offline — reconnecting…").wait_for(timeout=5000)
+
+            # The cloud unreachable for long: the box's own engine translates, and the screen says so.
+            box.session = SessionStatus(state="live", backend="local-fallback")
+            banner.get_by_text("Offline mode — translating on this box").wait_for(timeout=5000)
+            assert "info" in (banner.get_attribute("class") or "")
+            page.screenshot(path=str(artifacts / "captions-offline-mode-800x480.png"))
+            box.session = SessionStatus(state="live", backend="cloud")
+            page.wait_for_function("document.getElementById('banner').hidden", timeout=5000)
     finally:
         page.close()

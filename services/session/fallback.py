@@ -1,0 +1,93 @@
+"""``[service] backend = "auto"`` with a key: the box's own engine while the cloud is unreachable.
+
+A kiosk stands where Wi-Fi fails. Once connections to the cloud have failed for
+``[service] fallback_after_s`` without one going live, the session connects to the local engine
+(which stands by under ``auto``, see ``daemon.backend.standby``) and says so in its status, which
+the screen shows. While on the engine it checks the cloud as often as it waited before falling
+back (between 1 and ``PROBE_EVERY_S`` seconds; a TCP and, for ``wss``, TLS handshake: no
+session is opened, nothing is billed) and goes back to it at the next pause once it answers.
+
+Only failures that say the cloud is out of reach count: a refused key (fatal) or throttling
+means the cloud answered, and falling back would hide a problem staff must fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from urllib.parse import urlsplit
+
+from daemon import backend
+from daemon import config as config_mod
+from services.session.connection import ConnectFailure
+
+#: At most this long between checks of the cloud while the engine stands in for it.
+PROBE_EVERY_S = 30.0
+#: The label the session reports while the engine stands in for the cloud.
+FALLBACK = "local-fallback"
+
+log = logging.getLogger("tolk.session")
+
+
+class CloudFallback:
+    def __init__(self) -> None:
+        self.active = False
+        self.down_since: float | None = None  # monotonic time of the first failure of this outage
+
+    def url(self, cfg: config_mod.Config) -> str:
+        """Where the next connection goes."""
+        return backend.engine_url(cfg) if self.active else backend.session_url(cfg)
+
+    def label(self, cfg: config_mod.Config) -> str:
+        """The backend in use, for the status: "cloud", "local" or ``FALLBACK``."""
+        return FALLBACK if self.active else backend.resolve(cfg)
+
+    def failed(self, cfg: config_mod.Config, exc: ConnectFailure, now: float) -> bool:
+        """A connection to the cloud failed; True when the engine takes over from now on."""
+        if self.active or exc.fatal or exc.throttled or not backend.standby(cfg) or backend.resolve(cfg) != "cloud":
+            return False
+        if self.down_since is None:
+            self.down_since = now
+        if now - self.down_since < cfg.service.fallback_after_s:
+            return False
+        self.active = True
+        log.warning(
+            "the cloud has been unreachable for %.0f s (last: %s): translating with the box's own engine",
+            now - self.down_since,
+            exc,
+        )
+        return True
+
+    def went_live(self) -> None:
+        """A connection went live: a cloud outage, if one was being timed, is over."""
+        if not self.active:
+            self.down_since = None
+
+    def reset(self) -> None:
+        """Back to the cloud (it answers again, or its settings changed)."""
+        self.active = False
+        self.down_since = None
+
+
+def probe_interval(cfg: config_mod.Config) -> float:
+    return min(PROBE_EVERY_S, max(1.0, cfg.service.fallback_after_s))
+
+
+async def cloud_answers(cfg: config_mod.Config) -> bool:
+    """Whether the cloud's host takes a connection (TCP, and TLS for ``wss``) within the timeout."""
+    parts = urlsplit(cfg.service.url)
+    secure = parts.scheme == "wss"
+    host, port = parts.hostname or "", parts.port or (443 if secure else 80)
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ssl.create_default_context() if secure else None),
+            cfg.service.connect_timeout_s,
+        )
+    except (OSError, TimeoutError, ssl.SSLError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError):  # it answered; how it hung up does not matter
+        await writer.wait_closed()
+    return True
