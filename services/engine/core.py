@@ -42,12 +42,15 @@ class Engine:
         self.cfg = cfg
         started = time.monotonic()
         model_dir = install_whisper(cfg.model_dir or state_dir / "engine")
-        self.translator = SpeechTranslator(model_dir, cfg.threads, cfg.max_decode_tokens)
+        self.translator = SpeechTranslator(model_dir, cfg.threads, cfg.max_decode_tokens, cfg.marian_dir)
         self.speaker = Speaker(cfg.threads)
         self.load_s = time.monotonic() - started
         self.stages = StageTimes()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="engine-models")
         log.info("engine models loaded from %s in %.1f s", model_dir, self.load_s)
+        if cfg.marian_dir is not None:
+            pairs = ", ".join(f"{s}->{t}" for s, t in sorted(self.translator.marian_pairs())) or "none yet"
+            log.info("Marian pairs in %s: %s (each loaded on its first utterance)", cfg.marian_dir, pairs)
 
     async def run(self, stage: str, audio_s: float, fn: Callable[[], T]) -> T:
         """``fn`` on the model thread; its compute time is counted against ``stage``."""

@@ -23,9 +23,11 @@ _OUTPUT_FORMATS = {"pcm", "pcm16", "pcm24"}
 class EngineRules(ClientRules):
     """ClientRules plus the engine's own limits; ``end_silence_ms`` follows the client's turn_detection."""
 
-    def __init__(self, end_silence_ms: int) -> None:
+    def __init__(self, end_silence_ms: int, marian: frozenset[tuple[str, str]] = frozenset()) -> None:
         super().__init__()
         self.end_silence_ms = end_silence_ms
+        #: The Marian pairs installed when the connection opened ([engine] marian_dir).
+        self.marian = marian
 
     def _session_update(self, session: Any) -> None:
         if not isinstance(session, dict):
@@ -50,9 +52,11 @@ class EngineRules(ClientRules):
         if transcription_off:
             self.session.pop("input_audio_transcription", None)
         source, target = self.languages()
-        if eng_lang.pair(source, target) is None:
+        if eng_lang.pair(source, target, self.marian) is None:
             self.session, self.explicit_voice, self.updated = before
-            raise Rejected(eng_lang.refusal(source, target), code="unsupported_language", param="session.translation")
+            raise Rejected(
+                eng_lang.refusal(source, target, self.marian), code="unsupported_language", param="session.translation"
+            )
         if end_silence is not None:
             self.end_silence_ms = end_silence
 

