@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import feed, speaker_pcm, utterances, wait_status  # noqa: E402
 from daemon.bus import Subscriber  # noqa: E402
-from daemon.messages import Caption, Channel  # noqa: E402
+from daemon.messages import Caption, Channel, Heartbeat  # noqa: E402
 from services.simulator.faults import Faults  # noqa: E402
 from services.simulator.server import running_in_thread  # noqa: E402
 from tests.helpers import PulseMic, alsa_home, free_port, service_env, tolk_cmd  # noqa: E402
@@ -46,14 +46,20 @@ WARM_UP_S = 60.0  # RSS growth is measured from a process's first minute on, not
 BURSTY_EVERY_S = 40.0
 
 
-async def _count_translations(runtime: Path, finals: list[str], stop: asyncio.Event) -> None:
+async def _count_translations(runtime: Path, finals: set[tuple[int, str]], stop: asyncio.Event) -> None:
+    """Final translation captions, keyed by the session process that made them: a restarted
+    session numbers its utterances from u1 again."""
     ctx = zmq.asyncio.Context()
-    sub = Subscriber(ctx, Channel.STATE, ["session"], [Caption], runtime)
+    sub = Subscriber(ctx, Channel.STATE, ["session"], [Caption, Heartbeat], runtime)
+    pid = 0
 
     async def loop() -> None:
+        nonlocal pid
         async for msg in sub:
-            if isinstance(msg, Caption) and msg.final and msg.kind == "translation":
-                finals.append(msg.utterance)
+            if isinstance(msg, Heartbeat):
+                pid = msg.pid
+            elif isinstance(msg, Caption) and msg.final and msg.kind == "translation":
+                finals.add((pid, msg.utterance))
 
     task = asyncio.create_task(loop())
     await stop.wait()
@@ -94,7 +100,7 @@ def main() -> int:
         )
         box = subprocess.Popen(tolk_cmd("run", "--config", str(config)), env=service_env(work, HOME=str(home)),
                                cwd=REPO)  # fmt: skip
-        finals: list[str] = []
+        finals: set[tuple[int, str]] = set()
         stop = asyncio.Event()
         loop = asyncio.new_event_loop()
         counter = threading.Thread(target=loop.run_until_complete,
@@ -151,7 +157,7 @@ def main() -> int:
 
     print(f"\ntolk soak — {duration / 60:.1f} min, {os.cpu_count()} CPUs, {os.uname().machine}")
     print(f"utterances in: {utterances_in}; answered by the service: {answered}; "
-          f"translations out (final captions): {len(set(finals))}")  # fmt: skip
+          f"translations out (final captions): {len(finals)}")  # fmt: skip
     print(f"connections: {connections} (dropped by the service every {DROP_AFTER_AUDIO_S:.0f} s of audio); "
           f"processes killed: {kills}; bursty phases: {bursts}")  # fmt: skip
     print(f"capture overruns: {total('capture', 'overruns'):.0f}; session backlog dropped: "
