@@ -15,7 +15,16 @@ Measured here, for ``/api/status`` and ``/metrics`` (capture's heartbeat counter
 - ``aec_far_s`` / ``aec_double_talk_s`` / ``aec_double_talk_ratio``: seconds the box spoke, of
   which someone spoke too, and that share;
 - ``aec_resyncs``: times the reference was laid anew on the microphone's timeline (after a gap
-  or a drift of more than ``RESYNC_MS``), each costing the canceller a moment to re-adapt.
+  or a drift of more than ``RESYNC_MS``), each costing the canceller a moment to re-adapt;
+- ``aec_onset_guard_s``: seconds sent as silence by the onset guard (below).
+
+The onset guard: after a silence, AEC3 needs 100 to 250 ms to lock on to the speaker again
+(measured in the running box, ``tests/services/test_full_duplex_box.py``), and what leaks in that
+moment is loud enough for the VAD: the box would barge in on its own answer, cutting it after a
+fraction of a second, and send the service a scrap of its own voice. So the first
+``ONSET_GUARD_MS`` of every answer that follows ``ONSET_AFTER_QUIET_MS`` of quiet goes out as
+silence: half duplex for a moment. A visitor who speaks at exactly that instant loses that much
+of their first word; one who speaks over the rest of the answer is heard.
 """
 
 from __future__ import annotations
@@ -38,7 +47,19 @@ ERLE_WINDOW_S = 5.0
 #: ERLE is reported once this much such audio was heard.
 ERLE_MIN_S = 0.5
 
-COUNTERS = ("aec_erle_db", "aec_far_s", "aec_double_talk_s", "aec_double_talk_ratio", "aec_resyncs")
+#: The first this-many ms of the box's voice after a quiet spell go out as silence (see above).
+ONSET_GUARD_MS = 400
+#: Quiet from the speaker this long makes its next sound an onset.
+ONSET_AFTER_QUIET_MS = 500
+
+COUNTERS = (
+    "aec_erle_db",
+    "aec_far_s",
+    "aec_double_talk_s",
+    "aec_double_talk_ratio",
+    "aec_resyncs",
+    "aec_onset_guard_s",
+)
 
 
 class Canceller(Protocol):
@@ -86,6 +107,8 @@ class EchoCanceller:
         self._pending = np.zeros(0, dtype=np.int16)  # microphone samples short of a 10 ms frame
         self._ready = np.zeros(0, dtype=np.int16)  # cleaned samples not yet handed out
         self._far_active = False
+        self._far_quiet_ms = float(ONSET_AFTER_QUIET_MS)  # the first sound is an onset
+        self._guard_ms = 0.0
         self._mic_energy = 0.0
         self._out_energy = 0.0
         self._erle_mic = 0.0
@@ -117,7 +140,23 @@ class EchoCanceller:
         handed, self._ready = self._ready[: len(mic)], self._ready[len(mic) :]
         if len(handed) < len(mic):
             handed = np.concatenate([np.zeros(len(mic) - len(handed), dtype=np.int16), handed])
+        if self._onset_guarded(len(mic) * 1000 / RATE):
+            return bytes(len(pcm))
         return handed.astype("<i2").tobytes()
+
+    def _onset_guarded(self, period_ms: float) -> bool:
+        """Whether this period falls in the guard at the start of the box's speech."""
+        if self._far_active:
+            if self._far_quiet_ms >= ONSET_AFTER_QUIET_MS:
+                self._guard_ms = ONSET_GUARD_MS
+            self._far_quiet_ms = 0.0
+        else:
+            self._far_quiet_ms += period_ms
+        if self._guard_ms <= 0:
+            return False
+        self._guard_ms -= period_ms
+        self.counters["aec_onset_guard_s"] = round(self.counters["aec_onset_guard_s"] + period_ms / 1000, 3)
+        return True
 
     def account(self, speaking: bool, seconds: float) -> None:
         """The VAD's verdict on the cleaned period: double talk, or a moment for measuring ERLE."""

@@ -228,6 +228,7 @@ class Writer(threading.Thread):
         view = memoryview(data)
         first_ns = 0
         source_frames = len(source) // BYTES_PER_FRAME
+        plays_ns, held_s = 0, 0.0
         for offset in range(0, len(view), self.device_period_bytes):
             if self.flushing.is_set() or self.stopping.is_set():
                 break
@@ -235,11 +236,16 @@ class Writer(threading.Thread):
             if self.clock.before_write():
                 self._underrun()
             if self.on_rendered is not None:
-                held_s = self.clock.held_s()
-                plays_ns = time.monotonic_ns() + int(held_s * 1e9)
-                a = source_frames * offset // len(data) * BYTES_PER_FRAME
-                b = source_frames * (offset + len(piece)) // len(data) * BYTES_PER_FRAME
-                self.on_rendered(source[a:b], plays_ns, held_s)
+                if offset == 0:
+                    held_s = self.clock.held_s()
+                    plays_ns = time.monotonic_ns() + int(held_s * 1e9)
+                # One stamp per chunk, the periods laid after it: stamps read per period jitter
+                # with scheduling and the device's avail() steps, and a canceller's filter
+                # cannot follow a reference that jumps by a few milliseconds.
+                a = source_frames * offset // len(data)
+                b = source_frames * (offset + len(piece)) // len(data)
+                at_ns = plays_ns + a * 1_000_000_000 // self.spec.rate
+                self.on_rendered(source[a * BYTES_PER_FRAME : b * BYTES_PER_FRAME], at_ns, held_s)
             self._write_piece(piece)
             handed = time.monotonic_ns()
             first_ns = first_ns or handed

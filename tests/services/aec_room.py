@@ -21,6 +21,7 @@ import soxr
 
 from daemon.messages import AudioIn
 from daemon.vad import SpeechDetector, make_vad
+from services.capture import aec as aec_mod
 from services.capture.aec import EchoCanceller
 from services.capture.mute import MuteGate
 from services.capture.pipeline import CapturePipeline
@@ -135,11 +136,7 @@ def run_capture(voices: Voices, scene: Scene, echo: str, vad: str = "webrtc") ->
             "utterances",
             "keepalives",
             "vad_windows",
-            "aec_erle_db",
-            "aec_far_s",
-            "aec_double_talk_s",
-            "aec_double_talk_ratio",
-            "aec_resyncs",
+            *aec_mod.COUNTERS,
         )
     }
     gate = MuteGate()

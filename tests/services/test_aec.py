@@ -6,12 +6,12 @@ the difference on record.
 
 How "the talker reaches the session recognisably" is measured, twice. First by what matters to
 a translator: the words. The engine's own recogniser (Whisper base, shipped with tolk) reads the
-talker's sentence from what the session got, from the clean talker and from the raw microphone;
-with the box's voice as loud as the talker at the microphone (a speaker beside it), the
-cancelled signal must read within 0.4 word error of the clean talker's reading, and the raw
-microphone clearly worse, so the measure tells the two apart (measured, against the clean
-reading: 0.15 to 0.37 with AEC, where a word or two of each sentence goes; 0.65 to 0.70 raw,
-where the first half of the sentence is lost in the box's voice). Second, the correlation of the 10 ms
+talker's sentence from what the session got, from the clean talker and from the raw microphone,
+each scored by word error against what was said; with the box's voice as loud as the talker at
+the microphone (a speaker beside it), the cancelled signal must read within 0.3 of the clean
+talker's score, and the raw microphone at least 0.15 worse than the cancelled signal, so the
+measure tells the two apart (measured: clean 0.15; cancelled 0.19 to 0.42, a word or two of each
+sentence lost; raw 0.62 to 0.69, the first half of the sentence lost in the box's voice). Second, the correlation of the 10 ms
 loudness envelope of what the session gets with the clean talker's, over the double talk. The
 envelope carries the syllable rhythm that recognition follows; a waveform correlation would
 instead punish the canceller's phase changes, which neither a listener nor a recogniser hears
@@ -32,6 +32,7 @@ import pytest
 from services.engine.model import install_whisper
 from services.engine.translate import SpeechTranslator
 from tests.services.aec_room import (
+    TALKER_TEXT,
     Room,
     Voices,
     erle_db,
@@ -50,7 +51,8 @@ def voices(tmp_path_factory: pytest.TempPathFactory) -> Voices:
 
 @pytest.fixture(scope="module")
 def recogniser(tmp_path_factory: pytest.TempPathFactory) -> SpeechTranslator:
-    return SpeechTranslator(install_whisper(Path(tmp_path_factory.mktemp("whisper"))))
+    # One thread: the same audio reads the same every run.
+    return SpeechTranslator(install_whisper(Path(tmp_path_factory.mktemp("whisper"))), threads=1)
 
 
 def _words(text: str) -> list[str]:
@@ -78,12 +80,14 @@ def test_double_talk_keeps_the_talkers_words(voices: Voices, recogniser: SpeechT
         return recogniser.transcribe(np.clip(x[span], -32768, 32767).astype("<i2").tobytes(), "en")[0]
 
     clean, cancelled, raw = read(scene.talker), read(out), read(scene.mic)
-    wer_aec, wer_raw = word_error_rate(clean, cancelled), word_error_rate(clean, raw)
-    print(f"\nroom delay {delay_ms} ms, the box as loud as the talker:\n  clean:     {clean}\n"
-          f"  cancelled: {cancelled} (WER {wer_aec:.2f})\n  raw mic:   {raw} (WER {wer_raw:.2f})")  # fmt: skip
-    assert clean, "the recogniser heard nothing of the clean talker"
-    assert wer_aec <= 0.4, f"the talker's words did not survive the canceller: {cancelled!r}"
-    assert wer_raw >= wer_aec + 0.2, f"the raw microphone reads as well ({wer_raw:.2f}): the measure tells nothing"
+    said = TALKER_TEXT.replace("seventeen twenty", "1720")  # as the recogniser writes it
+    wer_clean, wer_aec, wer_raw = (word_error_rate(said, heard) for heard in (clean, cancelled, raw))
+    print(f"\nroom delay {delay_ms} ms, the box as loud as the talker (word error against what was said):\n"
+          f"  clean:     {clean} ({wer_clean:.2f})\n  cancelled: {cancelled} ({wer_aec:.2f})\n"
+          f"  raw mic:   {raw} ({wer_raw:.2f})")  # fmt: skip
+    assert wer_clean <= 0.35, f"the recogniser misreads even the clean talker: {clean!r}"
+    assert wer_aec <= wer_clean + 0.3, f"the talker's words did not survive the canceller: {cancelled!r}"
+    assert wer_raw >= wer_aec + 0.15, f"the raw microphone reads as well ({wer_raw:.2f}): the measure tells nothing"
 
 
 @pytest.mark.parametrize("delay_ms", [30, 120])
