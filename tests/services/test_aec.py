@@ -4,21 +4,22 @@ The real canceller (WebRTC AEC3) on espeak-ng speech in a simulated room, throug
 pipeline as the capture thread runs it. The same scene with ``half-duplex`` and ``off`` puts
 the difference on record.
 
-How "the talker reaches the session recognisably" is measured, twice. First by what matters to
-a translator: the words. The engine's own recogniser (Whisper base, shipped with tolk) reads the
+How "the talker reaches the session recognisably" is measured, twice. First by what matters to a
+translator: the words. The engine's own recogniser (Whisper base, shipped with tolk) reads the
 talker's sentence from what the session got, from the clean talker and from the raw microphone,
 each scored by word error against what was said; with the box's voice as loud as the talker at
 the microphone (a speaker beside it), the cancelled signal must read within 0.3 of the clean
 talker's score, and the raw microphone at least 0.15 worse than the cancelled signal, so the
 measure tells the two apart (measured: clean 0.15; cancelled 0.19 to 0.42, a word or two of each
-sentence lost; raw 0.62 to 0.69, the first half of the sentence lost in the box's voice). Second, the correlation of the 10 ms
-loudness envelope of what the session gets with the clean talker's, over the double talk. The
-envelope carries the syllable rhythm that recognition follows; a waveform correlation would
-instead punish the canceller's phase changes, which neither a listener nor a recogniser hears
-(measured: 0.58 on the talker alone, no echo at all, while the spectrum is within 1 dB). The
-bar is 0.8 with the talker's level kept within 6 dB: the raw microphone, echo included, scores
-0.84 to 0.91 on this measure, and AEC3's suppressor trims some of the talker while it removes
-the echo (0.84 to 0.91 measured at 30 to 120 ms).
+sentence lost; raw 0.62 to 0.69, the first half of the sentence lost in the box's voice).
+Second, as a check of level and rhythm (it cannot tell the two apart: see the raw figure), the
+correlation of the 10 ms loudness envelope of what the session gets with the clean talker's,
+over the double talk. The envelope carries the syllable rhythm that recognition follows; a
+waveform correlation would instead punish the canceller's phase changes, which neither a
+listener nor a recogniser hears (measured: 0.58 on the talker alone, no echo at all, while the
+spectrum is within 1 dB). The bar is 0.8 with the talker's level kept within 6 dB: the raw
+microphone, echo included, scores 0.84 to 0.91 on this measure, and AEC3's suppressor trims some
+of the talker while it removes the echo (0.84 to 0.91 measured at 30 to 120 ms).
 """
 
 from __future__ import annotations
