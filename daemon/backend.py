@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from daemon import config as config_mod
 
 ENGINE_PATH = "/api-ws/v1/realtime"
+#: The backend the session reports while the engine stands in for an unreachable cloud.
+FALLBACK = "local-fallback"
 
 
 def is_loopback(url: str) -> bool:

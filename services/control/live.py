@@ -17,10 +17,10 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from daemon import backend
 from daemon.config import Config
 from daemon.messages import Caption, Message, SessionStatus
 from services.control.status import StatusAggregator
-from services.session.fallback import FALLBACK
 
 #: How often an idle stream re-checks the banner (a process going quiet sends nothing).
 SCREEN_CHECK_S = 1.0
@@ -40,7 +40,7 @@ def banner(status: StatusAggregator) -> Banner:
         return Banner(level="error", text="Translation offline", detail="the session process is not running")
     session = status.session_info()
     state = session.state
-    if state == "live" and session.backend == FALLBACK:
+    if state == "live" and session.backend == backend.FALLBACK:
         return Banner(
             level="info",
             text="Offline mode — translating on this box",

@@ -122,3 +122,9 @@ def close_reason(exc: ConnectionClosed) -> str:
     if close is None:
         return "no close frame (network lost)"
     return f"code {close.code}" + (f" ({close.reason})" if close.reason else "")
+
+
+def retrying(delay_s: float) -> str:
+    """When the next attempt comes, in words for the status."""
+    when = f"{delay_s / 60:.0f} min" if delay_s >= 120 else f"{delay_s:.0f} s"
+    return f"retrying in {when} or on a config change"

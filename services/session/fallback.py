@@ -25,8 +25,6 @@ from services.session.connection import ConnectFailure
 
 #: At most this long between checks of the cloud while the engine stands in for it.
 PROBE_EVERY_S = 30.0
-#: The label the session reports while the engine stands in for the cloud.
-FALLBACK = "local-fallback"
 
 log = logging.getLogger("tolk.session")
 
@@ -41,8 +39,8 @@ class CloudFallback:
         return backend.engine_url(cfg) if self.active else backend.session_url(cfg)
 
     def label(self, cfg: config_mod.Config) -> str:
-        """The backend in use, for the status: "cloud", "local" or ``FALLBACK``."""
-        return FALLBACK if self.active else backend.resolve(cfg)
+        """The backend in use, for the status: "cloud", "local" or ``backend.FALLBACK``."""
+        return backend.FALLBACK if self.active else backend.resolve(cfg)
 
     def failed(self, cfg: config_mod.Config, exc: ConnectFailure, now: float) -> bool:
         """A connection to the cloud failed; True when the engine takes over from now on."""

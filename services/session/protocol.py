@@ -291,3 +291,8 @@ def usage(event: dict[str, Any]) -> UsageDelta | None:
         input_tokens=max(count(raw.get("input_tokens")), input_audio + input_text),
         output_tokens=max(count(raw.get("output_tokens")), output_audio + output_text),
     )
+
+
+def live_detail(cfg: Config) -> str:
+    """A live session in words: the direction and what comes back."""
+    return f"{cfg.languages.source} → {cfg.languages.target}, {'+'.join(cfg.modalities)}"

@@ -25,7 +25,7 @@ from daemon.backend import session_url
 from daemon.messages import AudioIn, Command, SessionStatus, VideoFrame
 from daemon.service import STOP_TIMEOUT_S, ServiceContext
 from services.session import protocol
-from services.session.connection import Backoff, ConnectFailure, close_reason, connect_service, is_loopback
+from services.session.connection import Backoff, ConnectFailure, close_reason, connect_service, is_loopback, retrying
 from services.session.events import ServiceRejected
 from services.session.fallback import CloudFallback
 from services.session.lifetime import ConnectionLifetime
@@ -171,7 +171,7 @@ class SessionService(ConnectionLifetime):
             except ServiceRejected as exc:
                 self.last_error = str(exc)
                 delay = FATAL_RETRY_S if exc.error.fatal else CONFIG_RETRY_S
-                self.set_state("failed", f"{exc}; {_retrying(delay)}", error_code=exc.error.code)
+                self.set_state("failed", f"{exc}; {retrying(delay)}", error_code=exc.error.code)
             if delay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
@@ -182,14 +182,14 @@ class SessionService(ConnectionLifetime):
             self.set_state("connecting", f"the cloud is unreachable ({exc}): to the box's own engine")
             return 0.0
         if exc.fatal:
-            self.set_state("failed", f"{exc}; {_retrying(FATAL_RETRY_S)}")
+            self.set_state("failed", f"{exc}; {retrying(FATAL_RETRY_S)}")
             return FATAL_RETRY_S
         if self.short_lived >= FLAPPING_LIMIT:
             delay = max(CONFIG_RETRY_S, self.backoff.next_delay())
             self.set_state(
                 "failed",
                 f"the service closed {self.short_lived} connections in a row within {STABLE_S:.0f} s "
-                f"of opening them (last: {exc}); {_retrying(delay)}",
+                f"of opening them (last: {exc}); {retrying(delay)}",
             )
             return delay
         floor = exc.retry_after_s if exc.retry_after_s is not None else 0.0
@@ -259,7 +259,7 @@ class SessionService(ConnectionLifetime):
         self.stalled = ""
         self.captions.new_session()
         self.activity.reset()
-        self.set_state("live", _live_detail(self.direction.effective(self.config)))
+        self.set_state("live", protocol.live_detail(self.direction.effective(self.config)))
         self.mark_fresh()
 
     async def _send_loop(self, ws: ClientConnection) -> None:
@@ -285,7 +285,7 @@ class SessionService(ConnectionLifetime):
             return
         effective = self.direction.effective(self.config)
         await self._send(ws, protocol.session_update(effective, self.ids.next()))
-        self.set_state("live", _live_detail(effective))
+        self.set_state("live", protocol.live_detail(effective))
         step = self.outgoing.chunk_bytes
         for start in range(0, len(replay), step):
             chunk = replay[start : start + step]
@@ -370,7 +370,7 @@ class SessionService(ConnectionLifetime):
             self.log.info("sending the new configuration to the live session")
             with contextlib.suppress(ConnectionClosed):
                 await self._send(ws, protocol.session_update(effective, self.ids.next()))
-            self.set_state("live", _live_detail(effective))
+            self.set_state("live", protocol.live_detail(effective))
         elif self.session_state == "failed":
             self._wake.set()  # the change may be what was missing (a key file, a voice)
 
@@ -394,14 +394,6 @@ class SessionService(ConnectionLifetime):
         self.set_state("stopped")
 
 
-def _live_detail(cfg: config_mod.Config) -> str:
-    return f"{cfg.languages.source} → {cfg.languages.target}, {'+'.join(cfg.modalities)}"
-
 
 def _endpoint(cfg: config_mod.Config) -> tuple[str, str, str]:
     return session_url(cfg), cfg.service.model, cfg.service.backend
-
-
-def _retrying(delay_s: float) -> str:
-    when = f"{delay_s / 60:.0f} min" if delay_s >= 120 else f"{delay_s:.0f} s"
-    return f"retrying in {when} or on a config change"

@@ -73,6 +73,10 @@ class Talker(threading.Thread):
             self._read += len(fresh)
             if fresh:
                 self._in_flight.append((time.monotonic() + self.echo_delay_s, fresh))
+        return self._due_echo()
+
+    def _due_echo(self) -> np.ndarray | None:
+        """The next period of what the room has carried to the microphone by now, if any."""
         while self._in_flight and self._in_flight[0][0] <= time.monotonic():
             self._echo += self._in_flight.popleft()[1]
         if len(self._echo) < PERIOD:

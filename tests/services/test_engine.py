@@ -29,23 +29,26 @@ MODEL = "qwen3-livetranslate-flash-realtime"
 GERMAN = "Guten Morgen und willkommen im Museum. Die Ausstellung beginnt um neun."
 
 
-@pytest.fixture(scope="module")
-def engine_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    state = tmp_path_factory.mktemp("engine-state")
-    engine = Engine(EngineConfig(), state)
+def serving(engine: Engine) -> Iterator[str]:
+    """``engine`` behind its WebSocket server on a thread of its own; yields the URL, then stops it."""
     loop = asyncio.new_event_loop()
     server = EngineServer(engine, "127.0.0.1", 0)
     loop.run_until_complete(server.start())
     thread = threading.Thread(target=loop.run_forever, name="engine", daemon=True)
     thread.start()
     try:
-        yield f"{server.url}"
+        yield server.url
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(15)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
         engine.close()
+
+
+@pytest.fixture(scope="module")
+def engine_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from serving(Engine(EngineConfig(), tmp_path_factory.mktemp("engine-state")))
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,10 @@ deterministically, and a broken folder is refused with the folder named.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -287,25 +285,12 @@ def test_a_corrupt_model_or_spm_is_refused_naming_the_folder(marian_dir: Path, t
 @pytest.fixture(scope="module")
 def engine_url(marian_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from services.engine.core import Engine
-    from services.engine.server import EngineServer
+    from tests.services.test_engine import serving
 
     folder = tmp_path_factory.mktemp("engine-marian")
     copy_pair(marian_dir, folder, "de-fr")
     (copy_pair(marian_dir, folder, "de-es") / "model.bin").write_bytes(b"broken" * 100)
-    engine = Engine(EngineConfig(marian_dir=folder), tmp_path_factory.mktemp("engine-state"))
-    loop = asyncio.new_event_loop()
-    server = EngineServer(engine, "127.0.0.1", 0)
-    loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, name="engine", daemon=True)
-    thread.start()
-    try:
-        yield server.url
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(15)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-        engine.close()
+    yield from serving(Engine(EngineConfig(marian_dir=folder), tmp_path_factory.mktemp("engine-state")))
 
 
 def test_the_engine_hears_german_and_answers_through_the_marian_pair(engine_url: str, tmp_path: Path) -> None:

@@ -67,15 +67,8 @@ class RoomTalker(Talker):
             self._in_flight.append((time.monotonic() + self.echo_delay_s, chunk))
 
     def _echo_period(self) -> np.ndarray | None:
-        while self._in_flight and self._in_flight[0][0] <= time.monotonic():
-            self._echo += self._in_flight.popleft()[1]
-        if len(self._echo) < PERIOD:
-            return None
-        chunk = np.frombuffer(bytes(self._echo[:PERIOD]), dtype="<i2").astype(np.int32)
-        del self._echo[:PERIOD]
-        self.echoed_bytes += PERIOD
-        if _rms(chunk) > LOUD_RMS:
-            self.echoed_loud += 1
+        chunk = self._due_echo()
+        if chunk is not None and _rms(chunk) > LOUD_RMS:
             self._last_loud = time.monotonic()
         return chunk
 
