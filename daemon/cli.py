@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8765)
     sim.add_argument("--record", help="write every client event received, one JSON per line, to this file")
+    sim.add_argument("--voice", metavar="WAV", help="answer with stretches of this 24 kHz mono recording, not a tone")
     sim.set_defaults(func=_cmd_simulator)
     return parser
 

@@ -4,7 +4,8 @@ It serves ``ws://HOST:PORT/api-ws/v1/realtime?model=qwen3-livetranslate-flash-re
 behaves as the documentation says the service does: ``session.created`` on connect,
 ``session.updated`` (the full effective config) or an ``error`` for each ``session.update``,
 an energy-based end of speech (>= 250 ms of speech, then 600 ms of silence) that triggers a
-response with the documented lifecycle, a short tone as the "translation" (24 kHz mono s16), and
+response with the documented lifecycle, a short tone as the "translation" (24 kHz mono s16; with
+``--voice FILE.wav``, a stretch of that recorded voice instead, as echo tests need), and
 transcripts that say plainly they are simulated. ``session.finish`` is answered with
 ``session.finished``.
 
@@ -37,6 +38,7 @@ import sys
 
 from services.simulator.faults import Faults, FaultSpecError
 from services.simulator.server import ConnectionLog, Simulator, running_in_thread
+from services.simulator.speech import load_voice
 
 __all__ = ["ConnectionLog", "Faults", "Simulator", "main", "running_in_thread"]
 
@@ -53,11 +55,18 @@ def main(args: argparse.Namespace) -> int:
     except FaultSpecError as exc:
         print(f"tolk simulator: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(args.host, args.port, args.record, faults))
+    voice = None
+    if getattr(args, "voice", None):
+        try:
+            voice = load_voice(args.voice)
+        except (OSError, ValueError) as exc:
+            print(f"tolk simulator: --voice {args.voice}: {exc}", file=sys.stderr)
+            return 2
+    return asyncio.run(_serve(args.host, args.port, args.record, faults, voice))
 
 
-async def _serve(host: str, port: int, record: str | None, faults: Faults) -> int:
-    sim = Simulator(host, port, faults=faults, record=record)
+async def _serve(host: str, port: int, record: str | None, faults: Faults, voice: bytes | None = None) -> int:
+    sim = Simulator(host, port, faults=faults, record=record, voice=voice)
     try:
         await sim.start()
     except OSError as exc:

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from daemon.realtime.rules import ClientRules, Rejected
 from services.simulator import responses
 from services.simulator.faults import Faults
-from services.simulator.speech import Endpointer, Utterance, reply_seconds, tone
+from services.simulator.speech import Endpointer, Utterance, reply_seconds, spoken, tone
 
 if TYPE_CHECKING:
     from services.simulator.server import ConnectionLog, Simulator
@@ -173,6 +173,11 @@ class Conversation:
             if not await self._reply(job):
                 return
 
+    def _answer_audio(self, utterance: Utterance) -> bytes:
+        seconds = reply_seconds(utterance)
+        voice = self.sim.voice
+        return tone(seconds, utterance.number) if voice is None else spoken(voice, seconds, utterance.number)
+
     async def _reply(self, utterance: Utterance) -> bool:
         session = self.rules.session
         events: list[dict[str, Any]] = []
@@ -182,7 +187,7 @@ class Conversation:
         elif source is not None:
             heard = utterance.language or source.get("language", "en")
             events += responses.transcription_events(self.ids, utterance, heard)
-        audio = tone(reply_seconds(utterance), utterance.number) if "audio" in session["modalities"] else b""
+        audio = self._answer_audio(utterance) if "audio" in session["modalities"] else b""
         input_s, self.audio_since_response_s = self.audio_since_response_s, 0.0
         self.replies += 1
         interrupted = self.replies <= self.faults.interrupt

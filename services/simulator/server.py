@@ -92,8 +92,11 @@ class Simulator:
         threshold_rms: float = 500.0,
         min_speech_ms: int = 250,
         end_silence_ms: int = 600,
+        voice: bytes | None = None,
     ) -> None:
         self.host = host
+        #: 24 kHz mono s16le speech the answers are cut from; None: a tone per answer.
+        self.voice = voice
         self.port = port
         self.faults = faults or Faults()
         self.api_key = api_key

@@ -1,4 +1,5 @@
-"""What the simulator 'hears' and 'says': an energy end-of-speech detector and a short tone.
+"""What the simulator 'hears' and 'says': an energy end-of-speech detector and a short tone
+(or, given a recorded voice, a stretch of that voice).
 
 The service decides by itself when a segment ended (server VAD, protocol.md 5.2). The
 simulator stands in for it with frame energy: 20 ms frames of the 16 kHz input are speech when
@@ -8,7 +9,9 @@ silence ends the utterance. Shorter bursts (a cough, a click) are forgotten.
 
 from __future__ import annotations
 
+import wave
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -112,6 +115,45 @@ def tone(seconds: float, number: int) -> bytes:
         wave[:fade] *= ramp
         wave[-fade:] *= ramp[::-1]
     return (wave * 32767).astype("<i2").tobytes()
+
+
+def spoken(voice: bytes, seconds: float, number: int) -> bytes:
+    """24 kHz mono s16le: ``seconds`` of a recorded voice, each answer from further on in it.
+
+    A tone is one frequency, which an echo canceller can model at any delay that fits its
+    period; the box's real voice is speech, broadband, and echo tests need that.
+    """
+    samples = np.frombuffer(voice[: len(voice) - len(voice) % 2], dtype="<i2")
+    n = max(1, int(seconds * OUTPUT_RATE))
+    if not samples.size:
+        return tone(seconds, number)
+    start = (number - 1) * n % samples.size
+    wave = np.resize(np.roll(samples, -start), n).astype(np.float64)
+    fade = min(n // 2, OUTPUT_RATE // 100)
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade)
+        wave[:fade] *= ramp
+        wave[-fade:] *= ramp[::-1]
+    return wave.astype("<i2").tobytes()
+
+
+def load_voice(path: str | Path) -> bytes:
+    """The samples of a WAV file for ``spoken``: it must be 24 kHz mono 16-bit, as answers are."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            shape = (w.getframerate(), w.getnchannels(), w.getsampwidth())
+            pcm = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise ValueError(f"not a WAV file ({exc})") from exc
+    if shape != (OUTPUT_RATE, 1, 2):
+        rate, channels, width = shape
+        raise ValueError(
+            f"{rate} Hz, {channels} channel(s), {8 * width}-bit; answers are {OUTPUT_RATE} Hz mono 16-bit "
+            f"(convert with: sox IN.wav -r {OUTPUT_RATE} -c 1 -b 16 OUT.wav)"
+        )
+    if not pcm:
+        raise ValueError("no samples")
+    return pcm
 
 
 def reply_seconds(utterance: Utterance) -> float:

@@ -55,14 +55,18 @@ class Voices:
 
 
 def make_voices(workdir: Path) -> Voices:
-    box = espeak_wav(BOX_TEXT, workdir / "box.wav", voice="de", rate16k=False)
     talker = espeak_wav(TALKER_TEXT, workdir / "talker.wav")
-    with wave.open(str(box)) as w:
-        raw = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-        box24 = soxr.resample(raw, w.getframerate(), RENDER_RATE, quality="VHQ")
     with wave.open(str(talker)) as w:
         talker16 = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    return Voices(box24=np.asarray(box24, dtype=np.int16), talker=talker16.copy())
+    return Voices(box24=box_voice(workdir), talker=talker16.copy())
+
+
+def box_voice(workdir: Path, text: str = BOX_TEXT) -> np.ndarray:
+    """The box speaking ``text`` (espeak-ng German) at 24 kHz, int16, as playback plays it."""
+    box = espeak_wav(text, workdir / "box.wav", voice="de", rate16k=False)
+    with wave.open(str(box)) as w:
+        raw = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        return np.asarray(soxr.resample(raw, w.getframerate(), RENDER_RATE, quality="VHQ"), dtype=np.int16)
 
 
 @dataclass
