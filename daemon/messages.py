@@ -167,6 +167,7 @@ class RenderedAudio(Message):
 
     ``t`` is when its first sample plays (handed to the device plus what the device still held
     then, ``delay_ms``), so capture can line it up with the microphone's own ``t`` stamps.
+    An empty ``pcm`` ends a run of continuous playing (the answer ended, or the device ran dry).
     """
 
     topic = "audio.rendered"

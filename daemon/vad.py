@@ -17,6 +17,7 @@ idle kiosk in a quiet room costs next to nothing.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Protocol
 
 import numpy as np
@@ -30,6 +31,10 @@ STOP_SCORE = 0.35
 END_AFTER_MS = 300
 #: Windows quieter than this RMS (about -56 dBFS) are silence without asking the model.
 QUIET_RMS = 50.0
+#: While the box's own voice plays through an echo canceller (``over_speaker``), speech must
+#: hold this long before it starts: what the canceller leaves of the box's voice comes in bursts
+#: of a few tens of milliseconds, a person talking over it does not stop that soon.
+OVER_SPEAKER_START_MS = 160
 
 
 class Vad(Protocol):
@@ -98,6 +103,9 @@ class SpeechDetector:
         self._above = 0
         self._below_ms = 0.0
         self._window_ms = vad.window * 1000 / RATE
+        #: Set per period by capture while the box speaks through the canceller (see above).
+        self.over_speaker = False
+        self._over_speaker_windows = max(vad.start_windows, math.ceil(OVER_SPEAKER_START_MS / self._window_ms))
 
     def feed(self, pcm: bytes) -> bool:
         """Add audio; returns ``speaking`` after it."""
@@ -125,7 +133,8 @@ class SpeechDetector:
         if score >= START_SCORE:
             self._above += 1
             self._below_ms = 0.0
-            if not self.speaking and self._above >= self.vad.start_windows:
+            needed = self._over_speaker_windows if self.over_speaker else self.vad.start_windows
+            if not self.speaking and self._above >= needed:
                 self.speaking = True
         elif score < STOP_SCORE:
             self._below(self._window_ms)

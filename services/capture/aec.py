@@ -9,22 +9,47 @@ converters, the sound server) by itself and follows it when it changes.
 
 Measured here, for ``/api/status`` and ``/metrics`` (capture's heartbeat counters):
 
+- ``aec_active``: 1 while the canceller runs (0: the installation is not on ``aec``, or the
+  canceller could not start and the microphone is half duplex instead);
 - ``aec_erle_db``: echo return loss enhancement, how much quieter the microphone's signal came
   out while only the box spoke (far end active, no near-end speech by the VAD), over the last
-  few seconds of such audio;
+  few seconds of such audio; absent until ``ERLE_MIN_S`` of such audio was heard (a 0 would
+  read as "no cancellation at all");
 - ``aec_far_s`` / ``aec_double_talk_s`` / ``aec_double_talk_ratio``: seconds the box spoke, of
   which someone spoke too, and that share;
 - ``aec_resyncs``: times the reference was laid anew on the microphone's timeline (after a gap
   or a drift of more than ``RESYNC_MS``), each costing the canceller a moment to re-adapt;
-- ``aec_onset_guard_s``: seconds sent as silence by the onset guard (below).
+- ``aec_onset_guard_s``: seconds sent as silence by the onset guard (below);
+- ``aec_residual_s``: seconds the VAD took as silence because only the echo's residue was left
+  (below).
 
-The onset guard: after a silence, AEC3 needs 100 to 250 ms to lock on to the speaker again
-(measured in the running box, ``tests/services/test_full_duplex_box.py``), and what leaks in that
-moment is loud enough for the VAD: the box would barge in on its own answer, cutting it after a
-fraction of a second, and send the service a scrap of its own voice. So the first
-``ONSET_GUARD_MS`` of every answer that follows ``ONSET_AFTER_QUIET_MS`` of quiet goes out as
-silence: half duplex for a moment. A visitor who speaks at exactly that instant loses that much
-of their first word; one who speaks over the rest of the answer is heard.
+Alignment. AEC3 models the room as a fixed delay and response, so the reference must not move
+against the microphone by even a sample. Both sides are counted, not measured: playback stamps
+each period of an uninterrupted run by the frames handed since the run began, and ends each run
+with an empty reference (``RenderReference``); here the microphone's samples are counted, and
+laid anew on its stamps only when they stay off for ``RESYNC_AFTER_MS`` (samples were lost). In
+the running box (``tests/services/test_full_duplex_box.py``), stamps read afresh moved the
+reference by 10-25 ms within an answer (PulseAudio reports what it holds in steps; a busy
+scheduler wakes reads late), and each move cost the canceller its lock: the leak made the box
+barge in on its own answers.
+
+The onset guard: at the start of each answer after a silence AEC3 takes a moment to follow the
+speaker again, and what leaks then is loud enough for the VAD. So the first ``ONSET_GUARD_MS``
+of every answer that follows ``ONSET_AFTER_QUIET_MS`` of quiet goes out as silence: half duplex
+for a moment. A visitor who speaks at exactly that instant loses that much of their first
+word; one who speaks over the rest of the answer is heard. Before the canceller has locked on
+at all (a new box: AEC3 starts knowing nothing of the room, and took up to a second of the
+first answer to find it), all of the box's speech is guarded so, until ``LOCK_PERIODS``
+periods in a row show it removing the box's voice.
+
+The residue: what AEC3 leaves of the box's voice is 15 to 80 dB down but still shaped like
+speech, and Silero scores a voice by its shape more than by its level (only windows under
+-56 dBFS skip it): residue at -50 dBFS made the box barge in on its own answers. So while the
+box speaks, a period the canceller took more than ``RESIDUAL_DB`` out of is silence to the VAD
+(the session still gets it as cleaned), and speech must hold ``OVER_SPEAKER_START_MS`` to start
+(``daemon/vad.py``); the residue comes in bursts shorter than that. A person speaking over the
+box keeps most of their level through the canceller and goes on speaking; one 20 dB quieter at
+the microphone than the box's voice is not taken for speech while it plays.
 """
 
 from __future__ import annotations
@@ -38,8 +63,14 @@ import numpy as np
 from services.capture.reference import RATE, RenderReference, position
 
 FRAME = RATE // 100  # WebRTC's APM works on 10 ms
-#: The reference cursor follows the microphone's stamps, re-laid when they differ by more.
+#: The reference cursor counts the microphone's samples; it is laid anew on the stamps when they
+#: differ from the count by more than ``RESYNC_MS`` for ``RESYNC_AFTER_MS`` on end (samples were
+#: lost: an overrun, a dropped backlog), or at once by more than ``RESYNC_AT_ONCE_MS``. A read
+#: the scheduler woke late stamps its period late, and the backlog behind it comes back to time
+#: within a few periods: re-laying on such a stamp would shift the reference under the canceller.
 RESYNC_MS = 20
+RESYNC_AFTER_MS = 200
+RESYNC_AT_ONCE_MS = 500
 #: The speaker counts as talking when its reference is above this RMS (about -50 dBFS).
 FAR_ACTIVE_RMS = 100.0
 #: ERLE averages the last this-many seconds of "only the box speaks".
@@ -51,14 +82,22 @@ ERLE_MIN_S = 0.5
 ONSET_GUARD_MS = 400
 #: Quiet from the speaker this long makes its next sound an onset.
 ONSET_AFTER_QUIET_MS = 500
+#: While the box speaks, a period the canceller took more than this out of is only its residue.
+RESIDUAL_DB = 20.0
+#: Until the canceller has first locked on (this many periods in a row of only residue, or of
+#: output quieter than QUIET_OUT_RMS, while the box speaks), the box's speech is half duplex.
+LOCK_PERIODS = 5
+QUIET_OUT_RMS = 50.0
 
+#: Counted from zero (``aec_erle_db`` joins them once measured).
 COUNTERS = (
-    "aec_erle_db",
+    "aec_active",
     "aec_far_s",
     "aec_double_talk_s",
     "aec_double_talk_ratio",
     "aec_resyncs",
     "aec_onset_guard_s",
+    "aec_residual_s",
 )
 
 
@@ -103,12 +142,19 @@ class EchoCanceller:
         self.reference = reference
         self.counters = counters
         self.canceller = factory()
+        counters["aec_active"] = 1
         self._cursor: int | None = None
+        self._off_ms = 0.0  # how long the stamps have differed from the count by more than RESYNC_MS
         self._pending = np.zeros(0, dtype=np.int16)  # microphone samples short of a 10 ms frame
         self._ready = np.zeros(0, dtype=np.int16)  # cleaned samples not yet handed out
         self._far_active = False
+        #: The last period was only the residue of the box's voice (see above): silence to the VAD.
+        self.residual_only = False
         self._far_quiet_ms = float(ONSET_AFTER_QUIET_MS)  # the first sound is an onset
         self._guard_ms = 0.0
+        self._period_samples = 0
+        self._locked = False  # the canceller has shown it removes the box's voice (see above)
+        self._lock_run = 0
         self._mic_energy = 0.0
         self._out_energy = 0.0
         self._erle_mic = 0.0
@@ -118,7 +164,7 @@ class EchoCanceller:
     def process(self, pcm: bytes, end_ns: int, period_ns: int) -> bytes:
         """The period with the speaker's echo removed (same length; S16_LE mono 16 kHz)."""
         mic = np.frombuffer(pcm, dtype="<i2")
-        self._align(position(end_ns - period_ns))
+        self._align(position(end_ns - period_ns), period_ns / 1e6)
         self._pending = np.concatenate([self._pending, mic])
         out, far_sq, mic_sq, out_sq, frames = [], 0.0, 0.0, 0.0, 0
         while len(self._pending) >= FRAME:
@@ -135,6 +181,10 @@ class EchoCanceller:
         self._ready = np.concatenate([self._ready, *out])
         self._far_active = frames > 0 and math.sqrt(far_sq / (frames * FRAME)) > FAR_ACTIVE_RMS
         self._mic_energy, self._out_energy = mic_sq, out_sq
+        self._period_samples = frames * FRAME
+        self.residual_only = self._far_active and out_sq * 10 ** (RESIDUAL_DB / 10) < mic_sq
+        if self.residual_only:
+            self.counters["aec_residual_s"] = round(self.counters["aec_residual_s"] + len(mic) / RATE, 3)
         # Periods that are not whole 10 ms frames (say 15 ms) leave a remainder for the next
         # one: the stream then runs that much behind, once, starting with a little silence.
         handed, self._ready = self._ready[: len(mic)], self._ready[len(mic) :]
@@ -144,8 +194,23 @@ class EchoCanceller:
             return bytes(len(pcm))
         return handed.astype("<i2").tobytes()
 
+    @property
+    def far_active(self) -> bool:
+        """The box's voice played in the last period."""
+        return self._far_active
+
     def _onset_guarded(self, period_ms: float) -> bool:
-        """Whether this period falls in the guard at the start of the box's speech."""
+        """Whether this period falls in the guard at the start of the box's speech, or in the
+        box's speech before the canceller first locked on."""
+        if not self._locked:
+            # Locked: it takes RESIDUAL_DB out of the box's voice, or leaves nothing to hear.
+            quiet_out = self._out_energy < QUIET_OUT_RMS**2 * self._period_samples
+            self._lock_run = self._lock_run + 1 if self._far_active and (self.residual_only or quiet_out) else 0
+            self._locked = self._lock_run >= LOCK_PERIODS
+        if self._far_active and not self._locked:
+            self._far_quiet_ms = 0.0
+            self.counters["aec_onset_guard_s"] = round(self.counters["aec_onset_guard_s"] + period_ms / 1000, 3)
+            return True
         if self._far_active:
             if self._far_quiet_ms >= ONSET_AFTER_QUIET_MS:
                 self._guard_ms = ONSET_GUARD_MS
@@ -176,12 +241,18 @@ class EchoCanceller:
         if self._erle_s >= ERLE_MIN_S and self._erle_mic > 0:
             c["aec_erle_db"] = round(10 * math.log10(self._erle_mic / max(self._erle_out, 1.0)), 1)
 
-    def _align(self, start: int) -> None:
+    def _align(self, start: int, period_ms: float) -> None:
         expected = None if self._cursor is None else self._cursor + len(self._pending)
-        if expected is not None and abs(start - expected) <= RESYNC_MS * RATE // 1000:
-            return
         if expected is not None:
+            off = abs(start - expected)
+            if off <= RESYNC_MS * RATE // 1000:
+                self._off_ms = 0.0
+                return
+            self._off_ms += period_ms
+            if off <= RESYNC_AT_ONCE_MS * RATE // 1000 and self._off_ms < RESYNC_AFTER_MS:
+                return
             self.counters["aec_resyncs"] += 1
+        self._off_ms = 0.0
         self._cursor = start - len(self._pending)
 
 

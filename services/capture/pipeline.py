@@ -61,7 +61,9 @@ class CapturePipeline:
         muted = self.gate.muted(t - period_ns)
         pcm = bytes(len(data)) if muted else heard
         was = self.detector.speaking
-        speaking = self.detector.silence(len(pcm)) if muted else self.detector.feed(pcm)
+        # What the canceller left of the box's own voice is silence to the VAD (aec.py: the residue).
+        quiet = muted or (echo is not None and echo.residual_only)
+        speaking = self.detector.silence(len(pcm)) if quiet else self.detector.feed(pcm)
         if echo is not None:
             echo.account(speaking, len(data) / BYTES_PER_SECOND)
         if speaking != was:

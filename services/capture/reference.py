@@ -46,17 +46,24 @@ class RenderReference:
         self._taken = 0
         self._made = 0
         self._resampler: soxr.ResampleStream | None = None
+        self._ended = False  # the stretch was ended (``add`` with no samples): the next starts anew
         self.stretches = 0
         self.late_samples = 0  # arrived after capture had passed their position
 
     def add(self, pcm: bytes, plays_ns: int, rate: int) -> None:
-        """Playback handed ``pcm`` (S16 mono at ``rate``) to the device; it plays from ``plays_ns``."""
+        """Playback handed ``pcm`` (S16 mono at ``rate``) to the device; it plays from ``plays_ns``.
+
+        Empty ``pcm`` ends the stretch: what the resampler still holds goes in now, while the
+        device is still playing it, rather than when the next answer starts.
+        """
         samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2")
         if not samples.size:
+            self._flush()
             return
         start = position(plays_ns)
         continues = self._stretch_at + self._taken * RATE // self.source_rate
-        if not self.stretches or abs(start - continues) > SNAP_MS * RATE // 1000 or rate != self.source_rate:
+        jumped = abs(start - continues) > SNAP_MS * RATE // 1000
+        if not self.stretches or self._ended or jumped or rate != self.source_rate:
             self._new_stretch(start, rate)
         self._taken += len(samples)
         self._write(self._resampler.resample_chunk(samples) if self._resampler is not None else samples)
@@ -80,9 +87,15 @@ class RenderReference:
 
     # --- the ring (under the lock) -----------------------------------------------------------
 
-    def _new_stretch(self, start: int, rate: int) -> None:
+    def _flush(self) -> None:
         if self._resampler is not None:
             self._write(self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True))
+            self._resampler = None
+        self._ended = True
+
+    def _new_stretch(self, start: int, rate: int) -> None:
+        self._flush()
+        self._ended = False
         self.stretches += 1
         self.source_rate = rate
         self._stretch_at, self._taken, self._made = start, 0, 0

@@ -167,7 +167,8 @@ class CaptureService(Service):
         if why := self.gate.reason(now):
             line += f", muted ({why})"
         if self.echo is not None:
-            line += f", echo cancelled ({self.counters['aec_erle_db']:g} dB)"
+            erle = self.counters.get("aec_erle_db")
+            line += ", echo cancelled " + ("(ERLE not measured yet)" if erle is None else f"(ERLE {erle:g} dB)")
         elif self._aec_failed:
             line += f", half duplex: echo canceller unavailable ({self._aec_failed})"
         if self.detector.speaking:
@@ -261,6 +262,9 @@ class CaptureService(Service):
                 self._aec_failed = ""
                 self.log.info("echo cancellation on: the box's own voice is removed from the microphone")
         self.echo = echo
+        if echo is None:
+            self.counters["aec_active"] = 0
+            self.counters.pop("aec_erle_db", None)  # a figure for a canceller no longer running
         if self._reader is not None:
             self._reader.pipeline.echo = echo
 

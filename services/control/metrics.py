@@ -128,6 +128,8 @@ class BoxCollector(Collector):
             p50.add_metric([], playback.counters["latency_ms_p50"] / 1000.0)
             yield p50
 
+        yield from _echo_metrics(self.status)
+
         session = self.status.session_info()
         state = GaugeMetricFamily("tolk_session_state", "1 for the realtime session's current state.", labels=["state"])
         for name in (*SESSION_STATES, *(() if session.state in SESSION_STATES else (session.state,))):
@@ -160,6 +162,28 @@ class BoxCollector(Collector):
                 cost = GaugeMetricFamily("tolk_cost_per_hour", "Cost per hour at [service] price_per_million_*.")
                 cost.add_metric([], usage.cost_per_hour)
                 yield cost
+
+
+def _echo_metrics(status: StatusAggregator) -> Iterator[Metric]:
+    echo = status.echo_info()
+    if echo is None:
+        return
+    on = GaugeMetricFamily("tolk_echo_cancelling", "1 while the echo canceller runs on the microphone.")
+    on.add_metric([], 1.0 if echo.cancelling else 0.0)
+    yield on
+    if echo.erle_db is not None:
+        erle = GaugeMetricFamily(
+            "tolk_echo_erle_db", "Echo return loss enhancement over the last seconds when only the box spoke."
+        )
+        erle.add_metric([], echo.erle_db)
+        yield erle
+    for name, help_text, value in (
+        ("tolk_echo_far_seconds", "Seconds the box spoke with the canceller running.", echo.far_s),
+        ("tolk_echo_double_talk_seconds", "Of those, seconds someone spoke over the box.", echo.double_talk_s),
+    ):
+        family = CounterMetricFamily(name, help_text)
+        family.add_metric([], value)
+        yield family
 
 
 class BoxMetrics:

@@ -61,6 +61,25 @@ class PlaybackInfo(BaseModel):
     age_s: float
 
 
+class EchoInfo(BaseModel):
+    """The echo canceller as capture measures it (``[audio] echo = "aec"``)."""
+
+    cancelling: bool = Field(
+        description="The canceller runs; false on another echo setting, or when it could not start (half duplex)."
+    )
+    erle_db: float | None = Field(
+        None,
+        description="Echo return loss enhancement: how much quieter the box's own voice leaves the microphone "
+        "path, over the last seconds when only the box spoke; null until measured.",
+    )
+    far_s: float = Field(0.0, description="Seconds the box has spoken (the canceller's far end).")
+    double_talk_s: float = Field(0.0, description="Of those, seconds someone spoke over it.")
+    double_talk_ratio: float = 0.0
+    onset_guard_s: float = Field(
+        0.0, description="Seconds sent as silence at the start of answers while the canceller locks on."
+    )
+
+
 class CaptionText(BaseModel):
     text: str = Field(description="A partial's text includes the not yet confirmed stash.")
     final: bool
@@ -80,6 +99,7 @@ class ConfigSummary(BaseModel):
     modalities: list[str]
     voice: str | None
     camera: str
+    echo: str
     listen: str
 
 
@@ -90,6 +110,7 @@ class StatusReport(BaseModel):
     usage: UsageInfo | None = None
     speaking: bool | None = Field(None, description="Whether capture hears speech; null: not reported yet.")
     playback: PlaybackInfo | None = None
+    echo: EchoInfo | None = Field(None, description="Null until capture reports.")
     captions: list[CaptionInfo] = Field(default_factory=list, description="The latest utterances, oldest first.")
     config: ConfigSummary
 

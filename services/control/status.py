@@ -28,6 +28,7 @@ from services.control.models import (
     CaptionInfo,
     CaptionText,
     ConfigSummary,
+    EchoInfo,
     Health,
     PlaybackInfo,
     ProcessStatus,
@@ -264,6 +265,20 @@ class StatusAggregator:
         proc = self._processes.get(name)
         return proc is not None and self._process_problem(proc, self.clock()) is None
 
+    def echo_info(self) -> EchoInfo | None:
+        capture = self._processes.get("capture")
+        c = capture.counters if capture is not None else {}
+        if "aec_active" not in c:
+            return None
+        return EchoInfo(
+            cancelling=bool(c["aec_active"]),
+            erle_db=c.get("aec_erle_db"),
+            far_s=c.get("aec_far_s", 0.0),
+            double_talk_s=c.get("aec_double_talk_s", 0.0),
+            double_talk_ratio=c.get("aec_double_talk_ratio", 0.0),
+            onset_guard_s=c.get("aec_onset_guard_s", 0.0),
+        )
+
     def playback_info(self) -> PlaybackInfo | None:
         p = self._playback
         if p is None:
@@ -283,6 +298,7 @@ class StatusAggregator:
             usage=self.usage_info(),
             speaking=self._speaking,
             playback=self.playback_info(),
+            echo=self.echo_info(),
             captions=self.captions(),
             config=summary(cfg),
         )
@@ -295,5 +311,6 @@ def summary(cfg: Config) -> ConfigSummary:
         modalities=cfg.modalities,
         voice=cfg.voice,
         camera=cfg.camera.source,
+        echo=cfg.audio.echo,
         listen=cfg.control.listen,
     )

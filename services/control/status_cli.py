@@ -77,6 +77,14 @@ def format_status(data: dict[str, Any], url: str) -> str:
         lines.append(
             f"usage:   {usage.get('audio_seconds_sent', 0):.0f} s audio sent; tokens in {tokens_in}, out {tokens_out}"
         )
+    if (echo := data.get("echo")) and echo.get("cancelling"):
+        erle = echo.get("erle_db")
+        lines.append(
+            f"echo:    cancelled, ERLE {'not measured yet' if erle is None else f'{erle:g} dB'}; the box spoke "
+            f"{echo.get('far_s', 0):.0f} s, someone over it {echo.get('double_talk_s', 0):.0f} s"
+        )
+    elif echo and cfg.get("echo") == "aec":
+        lines.append("echo:    NOT cancelled (the canceller could not start: half duplex; see capture's status)")
     captions = data.get("captions", [])
     if captions:
         lines.append("captions:")

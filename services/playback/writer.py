@@ -96,6 +96,11 @@ class Writer(threading.Thread):
         self.playing = False
         self._response_id = ""
         self._frames = 0
+        # The reference's running count (``_publish_rendered``): when the run's first frame
+        # plays (0: no run yet), what the device held then, frames handed since.
+        self._run_at_ns = 0
+        self._run_held_s = 0.0
+        self._run_frames = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
     def stop(self) -> None:
@@ -151,6 +156,7 @@ class Writer(threading.Thread):
         if not pending:
             return
         self.clock.begin()
+        self._run_at_ns = 0
         for chunk in pending:
             self._write(chunk)
         filled_s = 0.0
@@ -167,6 +173,7 @@ class Writer(threading.Thread):
                 if filled_s == 0.0:
                     self.counters["gap_fills"] += 1
                 filled_s += self._write_silence()
+        self._end_run()
         if self.stopping.is_set():
             return  # run() drops what is left and says drained
         self._wait_played()
@@ -228,7 +235,6 @@ class Writer(threading.Thread):
         view = memoryview(data)
         first_ns = 0
         source_frames = len(source) // BYTES_PER_FRAME
-        plays_ns, held_s = 0, 0.0
         for offset in range(0, len(view), self.device_period_bytes):
             if self.flushing.is_set() or self.stopping.is_set():
                 break
@@ -236,16 +242,9 @@ class Writer(threading.Thread):
             if self.clock.before_write():
                 self._underrun()
             if self.on_rendered is not None:
-                if offset == 0:
-                    held_s = self.clock.held_s()
-                    plays_ns = time.monotonic_ns() + int(held_s * 1e9)
-                # One stamp per chunk, the periods laid after it: stamps read per period jitter
-                # with scheduling and the device's avail() steps, and a canceller's filter
-                # cannot follow a reference that jumps by a few milliseconds.
                 a = source_frames * offset // len(data)
                 b = source_frames * (offset + len(piece)) // len(data)
-                at_ns = plays_ns + a * 1_000_000_000 // self.spec.rate
-                self.on_rendered(source[a * BYTES_PER_FRAME : b * BYTES_PER_FRAME], at_ns, held_s)
+                self._publish_rendered(source[a * BYTES_PER_FRAME : b * BYTES_PER_FRAME])
             self._write_piece(piece)
             handed = time.monotonic_ns()
             first_ns = first_ns or handed
@@ -256,6 +255,32 @@ class Writer(threading.Thread):
                 self.on_state("started", response_id, 0, handed)
             self.on_written()
         return first_ns
+
+    def _publish_rendered(self, share: bytes) -> None:
+        """The reference for one period, stamped with when it plays.
+
+        While the device plays without a break, the stamp is counted, not measured: the moment
+        the run's first sample plays (now plus what the device held, read once) plus the frames
+        handed since. Stamps read afresh jitter with scheduling and with the steps in which a
+        sound server reports what it holds (10-25 ms behind PulseAudio), and a canceller's filter
+        cannot follow a reference that jumps by a few milliseconds. A new stretch or an underrun
+        starts a new run.
+        """
+        if not self._run_at_ns:
+            self._run_held_s = self.clock.held_s()
+            self._run_at_ns = time.monotonic_ns() + int(self._run_held_s * 1e9)
+            self._run_frames = 0
+        at_ns = self._run_at_ns + self._run_frames * 1_000_000_000 // self.spec.rate
+        self._run_frames += len(share) // BYTES_PER_FRAME
+        assert self.on_rendered is not None
+        self.on_rendered(share, at_ns, self._run_held_s)
+
+    def _end_run(self) -> None:
+        """Nothing more follows this run: an empty reference says so, and capture's resampler
+        lets out the few milliseconds it holds back while the device still plays them."""
+        if self._run_at_ns and self.on_rendered is not None:
+            self.on_rendered(b"", self._run_at_ns + self._run_frames * 1_000_000_000 // self.spec.rate, 0.0)
+        self._run_at_ns = 0
 
     def _write_piece(self, piece: memoryview) -> None:
         frames = len(piece) // self.frame_bytes
@@ -282,6 +307,7 @@ class Writer(threading.Thread):
             self.in_device_since_ns = 0
 
     def _underrun(self) -> None:
+        self._end_run()  # the device stopped and started again: the reference's count too
         self.counters["underruns"] += 1
         count = int(self.counters["underruns"])
         if count <= 5 or count % 100 == 0:

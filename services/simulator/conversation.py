@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from daemon.realtime.rules import ClientRules, Rejected
 from services.simulator import responses
 from services.simulator.faults import Faults
-from services.simulator.speech import Endpointer, Utterance, reply_seconds, spoken, tone
+from services.simulator.speech import Endpointer, Utterance, reply_seconds, spoken, tone, voiced_seconds
 
 if TYPE_CHECKING:
     from services.simulator.server import ConnectionLog, Simulator
@@ -174,9 +174,10 @@ class Conversation:
                 return
 
     def _answer_audio(self, utterance: Utterance) -> bytes:
-        seconds = reply_seconds(utterance)
         voice = self.sim.voice
-        return tone(seconds, utterance.number) if voice is None else spoken(voice, seconds, utterance.number)
+        if voice is None:
+            return tone(reply_seconds(utterance), utterance.number)
+        return spoken(voice, voiced_seconds(utterance), utterance.number)
 
     async def _reply(self, utterance: Utterance) -> bool:
         session = self.rules.session

@@ -156,6 +156,12 @@ def load_voice(path: str | Path) -> bytes:
     return pcm
 
 
+def voiced_seconds(utterance: Utterance) -> float:
+    """How long an answer in a recorded voice speaks: as long as what was said (0.5 to 4 s), as
+    an interpreter's does, so that someone can speak over it."""
+    return min(4.0, max(0.5, utterance.speech_s))
+
+
 def reply_seconds(utterance: Utterance) -> float:
     """How long the simulated translation speaks: 0.5 to 1 s."""
     return min(1.0, max(0.5, 0.6 * utterance.speech_s))

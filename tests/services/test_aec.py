@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.capture.reference import RenderReference, position
 from services.engine.model import install_whisper
 from services.engine.translate import SpeechTranslator
 from tests.services.aec_room import (
@@ -125,3 +126,21 @@ def test_off_lets_the_echo_through(voices: Voices) -> None:
     erle = erle_db(scene, out)
     print(f"\noff: the box's voice reaches the session {erle:.1f} dB quieter")
     assert erle < 1
+
+
+def test_the_end_of_an_answer_reaches_the_reference_in_time() -> None:
+    """The resampler (24 -> 16 kHz) holds back a few milliseconds of each answer; playback's
+    empty end-of-run reference lets them out while the device still plays them, not when the
+    next answer starts seconds later (too late: capture has passed them)."""
+    t0 = 1_000_000_000_000
+    answer = (8000 * np.sin(np.arange(12000) * 2 * np.pi * 440 / 24000)).astype("<i2")  # 0.5 s
+    reference = RenderReference()
+    start = position(t0)
+    reference.read(start - 160, 160)  # capture is reading, just before the answer plays
+    reference.add(answer.tobytes(), t0, 24000)
+    reference.add(b"", t0 + 500_000_000, 24000)
+    laid = reference.read(start, 8000)
+    assert np.count_nonzero(laid[-400:]) > 350, "the answer's last 25 ms never reached the reference"
+    assert np.abs(laid.astype(np.float64)).max() > 7000 and reference.late_samples == 0
+    reference.add(answer.tobytes(), t0 + 2_000_000_000, 24000)  # the next answer: a stretch of its own
+    assert reference.stretches == 2 and reference.late_samples == 0

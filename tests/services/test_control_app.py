@@ -120,6 +120,7 @@ async def test_status_shows_captions_usage_and_config(setup: tuple[Any, ...]) ->
             "modalities": ["text", "audio"],
             "voice": "Cherry",
             "camera": "none",
+            "echo": "half-duplex",
             "listen": "127.0.0.1:8080",
         }
 
@@ -138,6 +139,36 @@ async def test_status_shows_captions_usage_and_config(setup: tuple[Any, ...]) ->
     assert "tolk OK" in text
     assert "line 11" in text
     assert "capture" in text and "up" in text
+    assert "echo:" not in text  # half duplex: nothing to measure
+
+
+async def test_status_reports_the_echo_canceller(setup: tuple[Any, ...]) -> None:
+    """Capture's canceller figures in /api/status and ``tolk status``: not measured, then
+    measured; and a canceller that could not start is said plainly."""
+    app, agg, _, _, _, _ = setup
+    all_alive(agg)
+    counters = {"aec_active": 1, "aec_far_s": 0.3, "aec_double_talk_s": 0.0, "aec_onset_guard_s": 0.3}
+    async with client(app) as http:
+        assert (await http.patch("/api/config", json={"audio": {"echo": "aec"}})).status_code == 200
+        assert (await http.get("/api/status")).json()["echo"] is None  # capture has not said yet
+        agg.handle(Heartbeat(service="capture", pid=100, state="running", counters=counters))
+        early = (await http.get("/api/status")).json()
+        assert early["echo"]["cancelling"] is True and early["echo"]["erle_db"] is None
+        assert "ERLE not measured yet" in format_status(early, "u")
+        counters |= {"aec_erle_db": 38.5, "aec_far_s": 12.0, "aec_double_talk_s": 3.0, "aec_double_talk_ratio": 0.25}
+        agg.handle(Heartbeat(service="capture", pid=100, state="running", counters=counters))
+        measured = (await http.get("/api/status")).json()
+        assert measured["config"]["echo"] == "aec"
+        assert measured["echo"] == {
+            "cancelling": True, "erle_db": 38.5, "far_s": 12.0, "double_talk_s": 3.0,
+            "double_talk_ratio": 0.25, "onset_guard_s": 0.3,
+        }  # fmt: skip
+        line = "echo:    cancelled, ERLE 38.5 dB; the box spoke 12 s, someone over it 3 s"
+        assert line in format_status(measured, "u")
+        agg.handle(Heartbeat(service="capture", pid=100, state="running", counters={"aec_active": 0}))
+        failed = (await http.get("/api/status")).json()
+    assert failed["echo"]["cancelling"] is False
+    assert "echo:    NOT cancelled" in format_status(failed, "u")
 
 
 async def test_patch_merges_keeps_comments_and_null_removes(setup: tuple[Any, ...]) -> None:

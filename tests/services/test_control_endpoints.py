@@ -79,7 +79,8 @@ async def test_commands_go_on_the_bus(parts: tuple[Any, ...]) -> None:
 async def test_metrics_in_prometheus_text(parts: tuple[Any, ...]) -> None:
     app, agg, _ = parts
     counters = {
-        "capture": {"chunks": 500, "overruns": 2, "reopens": 1},
+        "capture": {"chunks": 500, "overruns": 2, "reopens": 1, "aec_active": 1, "aec_erle_db": 41.5,
+                    "aec_far_s": 20.0, "aec_double_talk_s": 4.5},
         "session": {"chunks_sent": 100, "backlog_dropped": 7, "reconnects": 3},
         "playback": {"chunks_played": 90, "dropped_chunks": 4, "underruns": 5, "latency_ms_p50": 42.0},
     }
@@ -109,6 +110,10 @@ async def test_metrics_in_prometheus_text(parts: tuple[Any, ...]) -> None:
     assert samples[("tolk_playback_underruns_total", (("process", "playback"),))] == 5
     assert samples[("tolk_capture_overruns_total", (("process", "capture"),))] == 2
     assert samples[("tolk_session_reconnects_total", (("process", "session"),))] == 3
+    assert samples[("tolk_echo_cancelling", ())] == 1.0
+    assert samples[("tolk_echo_erle_db", ())] == 41.5
+    assert samples[("tolk_echo_far_seconds_total", ())] == 20.0
+    assert samples[("tolk_echo_double_talk_seconds_total", ())] == 4.5
     assert samples[("tolk_session_state", (("state", "live"),))] == 1.0
     assert samples[("tolk_session_state", (("state", "backoff"),))] == 0.0
     assert samples[("tolk_tokens_total", (("direction", "in"), ("kind", "audio")))] == 1250

@@ -15,8 +15,8 @@ an adaptive filter can match at any delay that fits its period and learns nothin
 next answer at another pitch. With tones, AEC3 held 5 to 13 dB over whole answers here and the
 leak was answered as speech; with a voice, 40 dB and more.
 
-The talker asks a question, and while the box speaks the answer, says a "thank you". With
-``aec`` the service hears both and nothing of the box's voice; with ``half-duplex`` the
+The talker asks a question, and while the box speaks the answer, says "thank you very much".
+With ``aec`` the service hears both and nothing of the box's voice; with ``half-duplex`` the
 overlapping words are lost, on record next to it.
 """
 
@@ -27,17 +27,18 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.messages import Channel, Heartbeat
 from services.simulator.server import running_in_thread
 from services.simulator.speech import Endpointer
-from tests.helpers import PulseMic, espeak_wav, wait_until, wav_pcm
+from tests.helpers import PulseMic, espeak_wav, free_port, wait_until, wav_pcm
 from tests.services.aec_room import box_voice
 from tests.services.test_audio_path import LOUD_RMS, PERIOD, Talker, _box, _logs, _loud_periods, _rms
-from tests.services.test_capture import Tap
 
 #: The room: the speaker's sound reaches the microphone this long after the sink played it.
 ECHO_DELAY_S = 0.06
@@ -51,7 +52,7 @@ ONSET_PERIODS = 15
 #: Loud echo after this many quiet periods is a new answer (as capture's onset guard counts).
 QUIET_BETWEEN = 25
 #: What the box says, its answers cut from it one after the other: speech without long pauses,
-#: so that every answer speaks throughout (the simulator's answers last 0.5 to 1 s).
+#: so that every answer speaks throughout (the simulator's answers last as long as the question).
 ANSWERS = (
     "Die Ausstellung über den alten Hafen finden Sie im zweiten Stock gleich neben dem Café "
     "und die Führung durch die Werft beginnt um drei Uhr am Eingang im Erdgeschoss"
@@ -66,6 +67,7 @@ class RoomTalker(Talker):
     def __init__(self, mic: PulseMic) -> None:
         super().__init__(mic, echo_delay_s=ECHO_DELAY_S)
         self._last_loud = 0.0
+        self._answer_from = 0.0  # when the room first carried the current answer
         self._monitor = subprocess.Popen(
             ["parec", f"--server={mic.server}", "--device=spk.monitor", "--rate=16000", "--channels=1",
              "--format=s16le", "--raw", "--latency-msec=20"],
@@ -82,8 +84,15 @@ class RoomTalker(Talker):
     def _echo_period(self) -> np.ndarray | None:
         chunk = self._due_echo()
         if chunk is not None and _rms(chunk) > LOUD_RMS:
-            self._last_loud = time.monotonic()
+            now = time.monotonic()
+            if now - self._last_loud > 0.5:
+                self._answer_from = now
+            self._last_loud = now
         return chunk
+
+    def answer_sounded_s(self) -> float:
+        """How long the answer the room carries now has been sounding (0: none)."""
+        return time.monotonic() - self._answer_from if time.monotonic() - self._last_loud < 0.3 else 0.0
 
     def played_back(self) -> bool:
         """The room has been quiet for a while (the monitor never stops, silence included)."""
@@ -101,30 +110,35 @@ def _trimmed(pcm: bytes) -> bytes:
     return samples[int(np.argmax(np.abs(samples) > 300)) :].tobytes()
 
 
-def _latest_counters(beats: Tap) -> dict[str, float]:
-    """Capture's counters from its newest heartbeat (older ones wait in the socket's queue)."""
-    newest = beats.until(lambda m: isinstance(m, Heartbeat), 5, "a capture heartbeat")
-    while (msg := beats.recv(0)) is not None:
-        newest = msg if isinstance(msg, Heartbeat) else newest
-    return dict(newest.counters)
+def _reported(listen: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """What control reports: /api/status, and the canceller's ``tolk_echo_*`` metrics."""
+    status = httpx.get(f"http://{listen}/api/status", timeout=5).json()
+    metrics = httpx.get(f"http://{listen}/metrics", timeout=5).text
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name.startswith("tolk_echo_")
+    }
+    return status, samples
 
 
 @pytest.mark.parametrize("echo", ["aec", "half-duplex"])
 def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) -> None:
-    """A question, answered; the same question again, and while the box speaks that answer a
-    short "thank you", said entirely over the box's voice; the question a third time. With
-    ``aec`` the service answers all four and never the box's own voice; with ``half-duplex``
-    the "thank you" is lost."""
-    # Long enough for the simulator's longest answer (1 s).
+    """A question, answered; the same question again, and half a second into that answer a
+    "thank you very much" said over the box's voice; the question a third time. With ``aec``
+    the box hears the thanks and stops for it (barge-in), the service answers all four and
+    never the box's own voice; with ``half-duplex`` the thanks is lost."""
+    # The simulator answers in the recorded voice for as long as the question's speech (2 s).
     question = wav_pcm(espeak_wav("Where is the exhibition about the old harbour?", rundir / "q.wav"))
-    thanks = _trimmed(wav_pcm(espeak_wav("Thank you.", rundir / "t.wav")))
+    thanks = _trimmed(wav_pcm(espeak_wav("Thank you very much.", rundir / "t.wav")))
     voice = box_voice(rundir, ANSWERS).tobytes()
+    listen = f"127.0.0.1:{free_port()}"
+    settings = f'streaming = "always"\necho = "{echo}"\n[control]\nlisten = "{listen}"'
     with (
         running_in_thread(voice=voice) as sim,
-        _box(rundir, mic, sim, f'streaming = "always"\necho = "{echo}"', "capture", "session", "playback",
-             pulse_speaker=True),
-    ):  # fmt: skip
-        beats = Tap(rundir, Channel.STATE, Heartbeat)
+        _box(rundir, mic, sim, settings, "capture", "session", "playback", "control", pulse_speaker=True),
+    ):
         talker = RoomTalker(mic)
         talker.start()
         try:
@@ -134,10 +148,10 @@ def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) 
             time.sleep(1.0)
             second_at = len(talker.trace)
             talker.say(question)
-            echoed = talker.echoed_loud
-            # Past the canceller's onset guard (the answer's first 400 ms go out as silence).
-            wait_until(lambda: talker.echoed_loud > echoed + 15, 25, 0.02, "the second answer, echoed")
-            talker.say(thanks)  # all of it over the box's voice (which stops for it: barge-in)
+            # Past the canceller's onset guard (the answer's first 400 ms go out as silence, and
+            # the reference reaches capture ~80 ms ahead of the echo), with 0.5 s of it left.
+            wait_until(lambda: talker.answer_sounded_s() >= 0.5, 25, 0.01, "the second answer, echoed")
+            talker.say(thanks)  # over the box's voice (with aec, it stops for it: barge-in)
             with contextlib.suppress(AssertionError):
                 wait_until(lambda: sim.responses >= 3, 15, 0.1)
             wait_until(talker.played_back, 15, 0.05, "the answers played")
@@ -148,12 +162,12 @@ def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) 
             wait_until(lambda: talker.echoed_loud > echoed + 10, 25, 0.05, "the last answer, echoed")
             wait_until(talker.played_back, 15, 0.05, "the last answer played")
             time.sleep(4.0)  # an answer to the box's own voice would come in this while
-            counters = _latest_counters(beats)
+            reported, metrics = _reported(listen)
         finally:
             talker.stop()
-            beats.close()
         heard = bytes(sim.audio_in)
         responses = sim.responses
+    barge_ins = reported["processes"]["playback"]["counters"]["barge_ins"]
     said_loud = 3 * _loud_periods(question) + _loud_periods(thanks)
     utterances = [round(u.speech_s, 2) for u in Endpointer().feed(heard)]
     erle = _erle_after(talker.trace, second_at, heard, question) if echo == "aec" else float("inf")
@@ -164,17 +178,29 @@ def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) 
         f"heard {_loud_periods(heard)} loud periods (the talker said {said_loud}) and answered "
         f"{responses} time(s) (utterances of {utterances} s); ERLE after the first answer {erle:.1f} dB "
         f"past each onset, {whole:.1f} dB over whole answers; "
-        f"capture's own ERLE {counters.get('aec_erle_db')} dB, double talk "
-        f"{counters.get('aec_double_talk_s')} s of {counters.get('aec_far_s')} s"
+        f"capture's own figures in /api/status: {reported['echo']}; the box stopped for someone "
+        f"{barge_ins} time(s)"
     )
-    assert talker.overlapped * PERIOD_S >= 0.1, "the thanks did not overlap the box's voice: the test shows nothing"
+    # With aec the box stops for the thanks within a few periods; it must have begun over the voice.
+    assert talker.overlapped * PERIOD_S >= 0.06, "the thanks did not overlap the box's voice: the test shows nothing"
     if echo == "aec":
         # The three questions and the thanks answered, the box's voice never: four answers.
         assert responses == 4 and len(utterances) == 4, _logs(rundir)
-        assert erle >= MIN_ERLE_DB, f"the box's voice reached the service only {erle:.1f} dB quieter"
-        assert counters["aec_erle_db"] > 0 and counters["aec_double_talk_s"] > 0, counters
+        assert erle >= MIN_ERLE_DB, f"the box's voice reached the service only {erle:.1f} dB quieter\n{_logs(rundir)}"
+        # It stopped for the thanks, and never for its own voice.
+        assert barge_ins == 1, _logs(rundir)
+        # Capture's own figures, as /api/status and /metrics report them.
+        reported = reported["echo"]
+        assert reported["cancelling"] and reported["erle_db"] > 0 and reported["double_talk_s"] > 0, reported
+        assert metrics["tolk_echo_erle_db"] == reported["erle_db"], metrics
+        assert metrics["tolk_echo_double_talk_seconds_total"] == reported["double_talk_s"], metrics
     else:
         assert responses == 3 and len(utterances) == 3, _logs(rundir)
+        assert barge_ins == 0, _logs(rundir)  # the microphone is muted while the box speaks
+        reported = reported["echo"]
+        assert not reported["cancelling"] and reported["erle_db"] is None, reported
+        assert metrics == {"tolk_echo_cancelling": 0.0, "tolk_echo_far_seconds_total": 0.0,
+                           "tolk_echo_double_talk_seconds_total": 0.0}, metrics  # fmt: skip
 
 
 def _erle_after(

@@ -7,6 +7,7 @@ frames exactly as the session's publisher does. Everything played lands in a raw
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import time
@@ -19,7 +20,7 @@ import pytest
 import zmq
 
 from daemon.bus import endpoint
-from daemon.messages import AudioOut, Channel, Heartbeat, Message, PlaybackState, topic_of
+from daemon.messages import AudioOut, Channel, Heartbeat, Message, PlaybackState, RenderedAudio, topic_of
 from tests.helpers import NotifySocket, alsa_home, running, service_env, tolk_cmd, wait_until
 
 
@@ -252,3 +253,47 @@ def test_bursty_arrival_plays_without_gaps_once_started(
         assert beat.counters["gap_fills"] == 0 and beat.counters["underruns"] == 0, beat.counters
         assert played == b"".join(pieces)
         assert beat.counters["start_wait_ms"] <= start_ms + 40, beat.counters
+
+
+def test_the_echo_reference_is_what_played_stamped_by_count(rundir: Path, sd: NotifySocket) -> None:
+    """What playback hands the device goes out as the canceller's reference (``RenderedAudio``),
+    sample for sample, its stamps counted along the run (each exactly where the one before it
+    ends, whatever the scheduler did), and an empty one closes each run."""
+    session = FakeSession(rundir)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, topic_of(RenderedAudio))
+    sub.connect(endpoint("playback", Channel.BULK, rundir))
+    answers = [[_speech(0.1, 200 + 10 * n + i) for i in range(4)] for n in range(2)]
+    got: list[RenderedAudio] = []
+    try:
+        with _playback(rundir, sd, "test_spk") as proc:
+            _ready(sd)
+            tap = StateTap(rundir)
+            try:
+                session.wait_for_subscriber()
+                time.sleep(0.5)  # the reference's subscriber joins playback's bulk socket
+                for n, answer in enumerate(answers):
+                    for pcm in answer:
+                        session.send(pcm, f"resp-{n}")
+                    session.send(b"", f"resp-{n}")
+                    tap.until(lambda n=n: len(tap.states) >= 2 * (n + 1), what=f"answer {n} played")
+                while sub.poll(500):
+                    msg = Message.from_frames(sub.recv_multipart())
+                    assert isinstance(msg, RenderedAudio)
+                    got.append(msg)
+            finally:
+                tap.close()
+            _stop(proc, rundir)
+    finally:
+        sub.close(0)
+        ctx.term()
+        session.close()
+    ends = [i for i, msg in enumerate(got) if not msg.pcm]
+    assert len(ends) == 2 and ends[-1] == len(got) - 1, [len(m.pcm) for m in got]
+    runs = [got[: ends[0] + 1], got[ends[0] + 1 :]]
+    for answer, run in zip(answers, runs, strict=True):
+        assert b"".join(m.pcm for m in run) == b"".join(answer)
+        for before, after in itertools.pairwise(run):
+            assert after.t - before.t == pytest.approx(len(before.pcm) / 2 / 24000 * 1e9, abs=1), (before, after)
+    assert runs[1][0].t >= runs[0][-1].t  # the second answer starts a run of its own, after the first
