@@ -170,8 +170,12 @@ class PulseMic:
         # O_RDWR: never blocks, never EOF for the reader between writes.
         self.fd = os.open(self.fifo, os.O_RDWR)
 
-    def asoundrc(self, name: str = "mic") -> str:
-        return f'pcm.{name} {{\n    type pulse\n    server "{self.server}"\n    device "mic"\n}}\n'
+    def asoundrc(self, name: str = "mic", device: str = "mic") -> str:
+        return f'pcm.{name} {{\n    type pulse\n    server "{self.server}"\n    device "{device}"\n}}\n'
+
+    def load_module(self, *args: str) -> None:
+        """Load a PulseAudio module into this server (e.g. a loopback for a room's echo)."""
+        subprocess.run(["pactl", f"--server={self.server}", "load-module", *args], check=True, capture_output=True)
 
     def write(self, pcm: bytes) -> None:
         view = memoryview(pcm)

@@ -21,7 +21,9 @@ Measured here, for ``/api/status`` and ``/metrics`` (capture's heartbeat counter
   or a drift of more than ``RESYNC_MS``), each costing the canceller a moment to re-adapt;
 - ``aec_onset_guard_s``: seconds sent as silence by the onset guard (below);
 - ``aec_residual_s``: seconds the VAD took as silence because only the echo's residue was left
-  (below).
+  (below);
+- ``aec_reference_late_s``: seconds of the speaker's reference that arrived after capture had
+  passed their moment (the canceller ran without them).
 
 Alignment. AEC3 models the room as a fixed delay and response, so the reference must not move
 against the microphone by even a sample. Both sides are counted, not measured: playback stamps
@@ -34,13 +36,15 @@ scheduler wakes reads late), and each move cost the canceller its lock: the leak
 barge in on its own answers.
 
 The onset guard: at the start of each answer after a silence AEC3 takes a moment to follow the
-speaker again, and what leaks then is loud enough for the VAD. So the first ``ONSET_GUARD_MS``
-of every answer that follows ``ONSET_AFTER_QUIET_MS`` of quiet goes out as silence: half duplex
-for a moment. A visitor who speaks at exactly that instant loses that much of their first
-word; one who speaks over the rest of the answer is heard. Before the canceller has locked on
-at all (a new box: AEC3 starts knowing nothing of the room, and took up to a second of the
-first answer to find it), all of the box's speech is guarded so, until ``LOCK_PERIODS``
-periods in a row show it removing the box's voice.
+speaker again (in the running box, sometimes no reduction at all for the first 100 ms), and
+what leaks then is loud enough for the VAD. So every answer that follows
+``ONSET_AFTER_QUIET_MS`` of quiet goes out as silence for ``ONSET_GUARD_MS``, and on until the
+canceller shows it has locked on (``LOCK_PERIODS`` periods in a row of only residue or nothing
+audible), ``ONSET_GUARD_MAX_MS`` at most: half duplex for a moment. A visitor who speaks at that
+instant loses that much of their first words (their voice keeps the canceller from showing a
+lock, so the longest guard applies); one who speaks over the rest of the answer is heard. Before
+the canceller has locked on at all (a new box: AEC3 starts knowing nothing of the room, and took
+up to a second of the first answer to find it) the guard has no limit.
 
 The residue: what AEC3 leaves of the box's voice is 15 to 80 dB down but still shaped like
 speech, and Silero scores a voice by its shape more than by its level (only windows under
@@ -78,8 +82,10 @@ ERLE_WINDOW_S = 5.0
 #: ERLE is reported once this much such audio was heard.
 ERLE_MIN_S = 0.5
 
-#: The first this-many ms of the box's voice after a quiet spell go out as silence (see above).
+#: The box's voice after a quiet spell goes out as silence for at least this long, then until the
+#: canceller shows it has locked on, but no longer than ONSET_GUARD_MAX_MS (see above).
 ONSET_GUARD_MS = 400
+ONSET_GUARD_MAX_MS = 1000
 #: Quiet from the speaker this long makes its next sound an onset.
 ONSET_AFTER_QUIET_MS = 500
 #: While the box speaks, a period the canceller took more than this out of is only its residue.
@@ -98,6 +104,7 @@ COUNTERS = (
     "aec_resyncs",
     "aec_onset_guard_s",
     "aec_residual_s",
+    "aec_reference_late_s",
 )
 
 
@@ -151,7 +158,7 @@ class EchoCanceller:
         #: The last period was only the residue of the box's voice (see above): silence to the VAD.
         self.residual_only = False
         self._far_quiet_ms = float(ONSET_AFTER_QUIET_MS)  # the first sound is an onset
-        self._guard_ms = 0.0
+        self._guard_ms: float | None = None  # how long the current guard has held; None: no guard
         self._period_samples = 0
         self._locked = False  # the canceller has shown it removes the box's voice (see above)
         self._lock_run = 0
@@ -179,6 +186,7 @@ class EchoCanceller:
             out_sq += _energy(cleaned)
             frames += 1
         self._ready = np.concatenate([self._ready, *out])
+        self.counters["aec_reference_late_s"] = round(self.reference.late_samples / RATE, 3)
         self._far_active = frames > 0 and math.sqrt(far_sq / (frames * FRAME)) > FAR_ACTIVE_RMS
         self._mic_energy, self._out_energy = mic_sq, out_sq
         self._period_samples = frames * FRAME
@@ -200,26 +208,28 @@ class EchoCanceller:
         return self._far_active
 
     def _onset_guarded(self, period_ms: float) -> bool:
-        """Whether this period falls in the guard at the start of the box's speech, or in the
-        box's speech before the canceller first locked on."""
-        if not self._locked:
-            # Locked: it takes RESIDUAL_DB out of the box's voice, or leaves nothing to hear.
-            quiet_out = self._out_energy < QUIET_OUT_RMS**2 * self._period_samples
-            self._lock_run = self._lock_run + 1 if self._far_active and (self.residual_only or quiet_out) else 0
-            self._locked = self._lock_run >= LOCK_PERIODS
-        if self._far_active and not self._locked:
-            self._far_quiet_ms = 0.0
-            self.counters["aec_onset_guard_s"] = round(self.counters["aec_onset_guard_s"] + period_ms / 1000, 3)
-            return True
+        """Whether this period falls in the guard at the start of the box's speech (above)."""
         if self._far_active:
-            if self._far_quiet_ms >= ONSET_AFTER_QUIET_MS:
-                self._guard_ms = ONSET_GUARD_MS
+            # Locked on: it takes RESIDUAL_DB out of the box's voice, or leaves nothing to hear.
+            quiet_out = self._out_energy < QUIET_OUT_RMS**2 * self._period_samples
+            self._lock_run = self._lock_run + 1 if self.residual_only or quiet_out else 0
+            if self._far_quiet_ms >= ONSET_AFTER_QUIET_MS:  # an answer starts
+                self._guard_ms, self._lock_run = 0.0, 0
             self._far_quiet_ms = 0.0
         else:
             self._far_quiet_ms += period_ms
-        if self._guard_ms <= 0:
+        if self._guard_ms is None:
             return False
-        self._guard_ms -= period_ms
+        locked = self._lock_run >= LOCK_PERIODS
+        self._locked = self._locked or locked
+        self._guard_ms += period_ms
+        longest = ONSET_GUARD_MAX_MS if self._locked else math.inf
+        if (self._guard_ms > ONSET_GUARD_MS and locked) or self._guard_ms > longest:
+            self._guard_ms = None
+            return False
+        if self._far_quiet_ms >= ONSET_AFTER_QUIET_MS:
+            self._guard_ms = None  # the answer ended before the canceller showed anything
+            return False
         self.counters["aec_onset_guard_s"] = round(self.counters["aec_onset_guard_s"] + period_ms / 1000, 3)
         return True
 

@@ -110,14 +110,16 @@ def _loud_periods(pcm: bytes) -> int:
 
 @contextlib.contextmanager
 def _box(
-    rundir: Path, mic: PulseMic, sim: Simulator, audio: str, *services: str, pulse_speaker: bool = False
+    rundir: Path, mic: PulseMic, sim: Simulator, audio: str, *services: str, pulse_speaker: bool = False,
+    mic_source: str = "mic",
 ) -> Iterator[Path]:
     """The named services as real processes; yields the speaker file. With ``pulse_speaker``
-    playback plays to the PulseAudio sink ``spk`` instead (a real clock; no file is written)."""
+    playback plays to the PulseAudio sink ``spk`` instead (a real clock; no file is written);
+    ``mic_source`` is the PulseAudio source capture records."""
     speaker = rundir / "speaker.raw"
     home = alsa_home(
         rundir,
-        mic.asoundrc("test_mic")
+        mic.asoundrc("test_mic", mic_source)
         + (
             f'pcm.spk16 {{\n type pulse\n server "{mic.server}"\n device "spk"\n}}\n'
             if pulse_speaker

@@ -1,23 +1,21 @@
 """Full duplex with real processes: the talker speaks over the box's own voice.
 
-The rig of ``test_audio_path``, with a speaker that keeps real time: playback plays to the
-test PulseAudio's sink ``spk`` (a clock of its own, like a sound card), whose monitor is
-recorded (``parec``) and mixed back into the microphone after a room's delay at full level
-(the loudspeaker next to the microphone); the simulator is the service, and it answers in a
-recorded voice (espeak-ng German, as ``test_aec``'s box speaks). (The ``file`` PCM speaker of
-the other audio tests holds its last buffer until drained, so the end of each answer would
-reach the "room" late, an echo no real speaker makes.) Capture runs the canceller on the
-reference that playback publishes across the bus (``RenderedAudio``), so this test holds the
-wiring between the processes, where ``test_aec`` holds the canceller itself.
-
-The answers must be speech, not the simulator's usual tone: a pure tone is one frequency, which
-an adaptive filter can match at any delay that fits its period and learns nothing from for the
-next answer at another pitch. With tones, AEC3 held 5 to 13 dB over whole answers here and the
-leak was answered as speech; with a voice, 40 dB and more.
+The room is built inside the test's PulseAudio, on one clock: playback plays to the sink
+``spk``, and a ``module-loopback`` carries its monitor into the null sink ``room`` 60 ms later
+at full level (the loudspeaker beside the microphone); a second loopback carries the talker
+(the pipe-source ``mic``, written by a thread at real time) into the same room; capture records
+``room.monitor``. The echo path is the sound server's own, steady as a room is: an earlier rig
+that mixed the monitor into the microphone from a Python thread shifted the echo by 20 ms
+whenever the machine was busy, which no room does. The simulator is the service, and answers
+in a recorded voice (espeak-ng German, as ``test_aec``'s box speaks): a tone is one frequency,
+which an adaptive filter can match at any delay that fits its period and learns nothing from
+for the next answer at another pitch. Capture runs the canceller on the reference that
+playback publishes across the bus (``RenderedAudio``), so this test holds the wiring between
+the processes, where ``test_aec`` holds the canceller itself.
 
 The talker asks a question, and while the box speaks the answer, says "thank you very much".
-With ``aec`` the service hears both and nothing of the box's voice; with ``half-duplex`` the
-overlapping words are lost, on record next to it.
+With ``aec`` the service hears both and nothing of the box's voice, and the box stops only for
+the talker; with ``half-duplex`` the overlapping words are lost, on record next to it.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ import contextlib
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +40,12 @@ from tests.services.aec_room import box_voice
 from tests.services.test_audio_path import LOUD_RMS, PERIOD, Talker, _box, _logs, _loud_periods, _rms
 
 #: The room: the speaker's sound reaches the microphone this long after the sink played it.
-ECHO_DELAY_S = 0.06
+ECHO_DELAY_MS = 60
 PERIOD_S = 0.02
 PERIOD_SAMPLES = 320
-#: AEC3 takes 100 to 250 ms to lock on again at the start of each answer after a silence
-#: (measured in this rig; on the canceller alone with a perfectly aligned reference, 80 ms at a
-#: 60 ms room delay). ERLE is taken past that, as ``test_aec`` takes it past the first 1.5 s;
-#: the leak at each onset is printed, and must never become an utterance of its own.
+#: AEC3 takes a moment to follow the speaker again at the start of each answer after a silence
+#: (the onset guard sends that moment as silence). ERLE is taken past it, as ``test_aec`` takes
+#: it past the first 1.5 s; the leak at each onset is printed, and must never become speech.
 ONSET_PERIODS = 15
 #: Loud echo after this many quiet periods is a new answer (as capture's onset guard counts).
 QUIET_BETWEEN = 25
@@ -61,47 +59,77 @@ ANSWERS = (
 MIN_ERLE_DB = 25.0
 
 
-class RoomTalker(Talker):
-    """The talker, hearing the box through the room: the sink's monitor, delayed."""
+def _build_room(mic: PulseMic) -> None:
+    mic.load_module("module-null-sink", "sink_name=room", "rate=16000", "channels=1")
+    mic.load_module("module-loopback", "source=spk.monitor", "sink=room", f"latency_msec={ECHO_DELAY_MS}")
+    mic.load_module("module-loopback", "source=mic", "sink=room", "latency_msec=20")
 
-    def __init__(self, mic: PulseMic) -> None:
-        super().__init__(mic, echo_delay_s=ECHO_DELAY_S)
+
+class Recording(threading.Thread):
+    """A PulseAudio source as it sounds, from now on (``parec``, 16 kHz mono), period by period."""
+
+    def __init__(self, mic: PulseMic, source: str) -> None:
+        super().__init__(daemon=True, name=f"record-{source}")
+        self.pcm = bytearray()
+        self.loud = 0  # loud periods so far
         self._last_loud = 0.0
-        self._answer_from = 0.0  # when the room first carried the current answer
-        self._monitor = subprocess.Popen(
-            ["parec", f"--server={mic.server}", "--device=spk.monitor", "--rate=16000", "--channels=1",
+        self._loud_from = 0.0  # when the current loud stretch began
+        self._proc = subprocess.Popen(
+            ["parec", f"--server={mic.server}", f"--device={source}", "--rate=16000", "--channels=1",
              "--format=s16le", "--raw", "--latency-msec=20"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        self._recorder = threading.Thread(target=self._record, daemon=True, name="room")
-        self._recorder.start()
+        self.start()
 
-    def _record(self) -> None:
-        assert self._monitor.stdout is not None
-        while chunk := self._monitor.stdout.read(PERIOD):
-            self._in_flight.append((time.monotonic() + self.echo_delay_s, chunk))
+    def run(self) -> None:
+        assert self._proc.stdout is not None
+        while chunk := self._proc.stdout.read(PERIOD):
+            self.pcm += chunk
+            if _rms(np.frombuffer(chunk, dtype="<i2")) > LOUD_RMS:
+                now = time.monotonic()
+                if now - self._last_loud > 0.5:
+                    self._loud_from = now
+                self._last_loud, self.loud = now, self.loud + 1
 
-    def _echo_period(self) -> np.ndarray | None:
-        chunk = self._due_echo()
-        if chunk is not None and _rms(chunk) > LOUD_RMS:
-            now = time.monotonic()
-            if now - self._last_loud > 0.5:
-                self._answer_from = now
-            self._last_loud = now
-        return chunk
+    def sounding(self) -> bool:
+        return time.monotonic() - self._last_loud < 0.1
 
-    def answer_sounded_s(self) -> float:
-        """How long the answer the room carries now has been sounding (0: none)."""
-        return time.monotonic() - self._answer_from if time.monotonic() - self._last_loud < 0.3 else 0.0
+    def sounded_s(self) -> float:
+        """How long the current loud stretch has lasted (0: quiet)."""
+        return time.monotonic() - self._loud_from if self.sounding() else 0.0
 
-    def played_back(self) -> bool:
-        """The room has been quiet for a while (the monitor never stops, silence included)."""
+    def quiet(self) -> bool:
+        """Quiet for a while (a sink's monitor never stops: silence is recorded too)."""
         return time.monotonic() - self._last_loud > 0.5
 
     def stop(self) -> None:
-        self._monitor.terminate()
-        self._monitor.wait(5)
-        super().stop()
+        self._proc.terminate()
+        self._proc.wait(5)
+        self.join(2)
+
+
+class RoomTalker(Talker):
+    """The talker at the microphone; the box's voice reaches the microphone inside PulseAudio.
+    ``trace`` holds, per period written, the RMS of what was said and 1.0 if the box sounded."""
+
+    def __init__(self, mic: PulseMic, speaker: Recording) -> None:
+        super().__init__(mic)
+        self.speaker = speaker
+
+    def _echo_period(self) -> np.ndarray | None:
+        return None
+
+    def run(self) -> None:
+        start, n = time.monotonic(), 0
+        while not self.done.is_set():
+            period = self.said.popleft() if self.said else bytes(PERIOD)
+            said = _rms(np.frombuffer(period, dtype="<i2"))
+            box = self.speaker.sounding()
+            self.trace.append((said, float(box)))
+            self.overlapped += said > LOUD_RMS and box
+            self.mic.write(period)
+            n += 1
+            self.done.wait(max(0.0, start + n * PERIOD_S - time.monotonic()))
 
 
 def _trimmed(pcm: bytes) -> bytes:
@@ -135,51 +163,60 @@ def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) 
     voice = box_voice(rundir, ANSWERS).tobytes()
     listen = f"127.0.0.1:{free_port()}"
     settings = f'streaming = "always"\necho = "{echo}"\n[control]\nlisten = "{listen}"'
+    _build_room(mic)
     with (
         running_in_thread(voice=voice) as sim,
-        _box(rundir, mic, sim, settings, "capture", "session", "playback", "control", pulse_speaker=True),
-    ):
-        talker = RoomTalker(mic)
+        _box(rundir, mic, sim, settings, "capture", "session", "playback", "control", pulse_speaker=True,
+             mic_source="room.monitor"),
+    ):  # fmt: skip
+        speaker, room = Recording(mic, "spk.monitor"), Recording(mic, "room.monitor")
+        talker = RoomTalker(mic, speaker)
         talker.start()
         try:
             talker.say(question)
-            wait_until(lambda: talker.echoed_loud >= 10, 25, 0.02, "the first answer, echoed into the microphone")
-            wait_until(talker.played_back, 10, 0.05, "the first answer played")
+            wait_until(lambda: speaker.loud >= 10, 25, 0.02, "the first answer")
+            wait_until(speaker.quiet, 10, 0.05, "the first answer played")
             time.sleep(1.0)
             second_at = len(talker.trace)
             talker.say(question)
-            # Past the canceller's onset guard (the answer's first 400 ms go out as silence, and
-            # the reference reaches capture ~80 ms ahead of the echo), with 0.5 s of it left.
-            wait_until(lambda: talker.answer_sounded_s() >= 0.5, 25, 0.01, "the second answer, echoed")
+            # Past the canceller's onset guard (the answer's first 400 ms or more go out as
+            # silence), with more than a second of it left.
+            wait_until(lambda: speaker.sounded_s() >= 0.6, 25, 0.01, "the second answer")
             talker.say(thanks)  # over the box's voice (with aec, it stops for it: barge-in)
             with contextlib.suppress(AssertionError):
                 wait_until(lambda: sim.responses >= 3, 15, 0.1)
-            wait_until(talker.played_back, 15, 0.05, "the answers played")
+            wait_until(speaker.quiet, 15, 0.05, "the answers played")
             time.sleep(1.0)
             # Once more, answered with only the box speaking: the stretch ERLE is measured on.
-            echoed = talker.echoed_loud
+            loud = speaker.loud
             talker.say(question)
-            wait_until(lambda: talker.echoed_loud > echoed + 10, 25, 0.05, "the last answer, echoed")
-            wait_until(talker.played_back, 15, 0.05, "the last answer played")
+            wait_until(lambda: speaker.loud > loud + 10, 25, 0.05, "the last answer")
+            wait_until(speaker.quiet, 15, 0.05, "the last answer played")
             time.sleep(4.0)  # an answer to the box's own voice would come in this while
             reported, metrics = _reported(listen)
+        except AssertionError as exc:  # a wait ran out: what the processes said is the clue
+            raise AssertionError(f"{exc}\n{_logs(rundir)}") from None
         finally:
             talker.stop()
+            speaker.stop()
+            room.stop()
         heard = bytes(sim.audio_in)
         responses = sim.responses
     barge_ins = reported["processes"]["playback"]["counters"]["barge_ins"]
     said_loud = 3 * _loud_periods(question) + _loud_periods(thanks)
     utterances = [round(u.speech_s, 2) for u in Endpointer().feed(heard)]
-    erle = _erle_after(talker.trace, second_at, heard, question) if echo == "aec" else float("inf")
-    whole = _erle_after(talker.trace, second_at, heard, question, onset=0) if echo == "aec" else float("inf")
+    erle = whole = float("inf")
+    if echo == "aec":
+        erle = _erle_after(talker.trace, second_at, bytes(room.pcm), heard, question)
+        whole = _erle_after(talker.trace, second_at, bytes(room.pcm), heard, question, onset=0)
     print(
         f"\necho={echo}: the talker spoke over the box for {talker.overlapped * 20} ms; "
-        f"{talker.echoed_loud} loud periods of the box's voice reached the microphone; the service "
+        f"{speaker.loud} loud periods of the box's voice played; the service "
         f"heard {_loud_periods(heard)} loud periods (the talker said {said_loud}) and answered "
         f"{responses} time(s) (utterances of {utterances} s); ERLE after the first answer {erle:.1f} dB "
         f"past each onset, {whole:.1f} dB over whole answers; "
         f"capture's own figures in /api/status: {reported['echo']}; the box stopped for someone "
-        f"{barge_ins} time(s)"
+        f"{barge_ins} time(s); {_device_trouble(reported)}"
     )
     # With aec the box stops for the thanks within a few periods; it must have begun over the voice.
     assert talker.overlapped * PERIOD_S >= 0.06, "the thanks did not overlap the box's voice: the test shows nothing"
@@ -203,39 +240,69 @@ def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) 
                            "tolk_echo_double_talk_seconds_total": 0.0}, metrics  # fmt: skip
 
 
-def _erle_after(
-    trace: list[tuple[float, float]], start: int, heard: bytes, question: bytes, onset: int = ONSET_PERIODS
-) -> float:
-    """ERLE of what the service heard while only the box spoke, from period ``start`` on, past
-    the first ``onset`` periods of each answer.
+def _device_trouble(status: dict[str, Any]) -> str:
+    """What went wrong at the devices, from the processes' counters."""
+    capture, playback = (status["processes"][name]["counters"] for name in ("capture", "playback"))
+    return (
+        f"capture overruns {capture.get('overruns')}, reference re-laid {capture.get('aec_resyncs')} "
+        f"time(s), {capture.get('aec_reference_late_s')} s of it late; "
+        f"time(s); playback underruns {playback.get('underruns')}, gap fills {playback.get('gap_fills')}"
+    )
 
-    The talker's periods are laid on the heard stream by finding the first question in it
-    (cross-correlation): the microphone path is sample-continuous, so period n of the talker is
-    heard ``n - first`` periods after it. ERLE is the echo's energy there, as the talker mixed
-    it in, over the energy that reached the service.
+
+def _erle_after(
+    trace: list[tuple[float, float]], start: int, raw: bytes, heard: bytes, question: bytes, onset: int = ONSET_PERIODS
+) -> float:
+    """ERLE of what the service heard while only the box spoke, from the talker's period
+    ``start`` on, past the first ``onset`` periods of each answer.
+
+    ``raw`` is the microphone as recorded beside capture. The talker's periods are laid on it and
+    on the heard stream by finding the first question in each (cross-correlation): both are
+    sample-continuous, so period n of the talker lies ``n - first`` periods after it. "Only the
+    box" is a loud microphone with the talker silent two periods either side; ERLE is the
+    microphone's energy there over the energy that reached the service.
     """
-    first = next(n for n, (said, _) in enumerate(trace) if said > 0)
-    x = np.frombuffer(heard, dtype="<i2").astype(np.float64)
-    q = np.frombuffer(question, dtype="<i2").astype(np.float64)
-    size = 1 << int(np.ceil(np.log2(len(x) + len(q))))
-    corr = np.fft.irfft(np.fft.rfft(x, size) * np.conj(np.fft.rfft(q, size)), size)[: len(x)]
-    # The question's first sounding period sits where the talker wrote its first period.
-    periods = q[: len(q) // PERIOD_SAMPLES * PERIOD_SAMPLES].reshape(-1, PERIOD_SAMPLES)
-    lead = int(np.argmax(np.any(periods != 0, axis=1)))
-    base = int(np.argmax(corr)) + (lead - first) * PERIOD_SAMPLES
+    x, r = _at_talker(heard, trace, question), _at_talker(raw, trace, question)
     echo_energy = heard_energy = 0.0
-    run, quiet = 0, QUIET_BETWEEN  # loud echo periods of the current answer; quiet ones since
-    for n in range(start, len(trace)):
-        said, echo = trace[n]
-        if echo > LOUD_RMS:
+    run, quiet = 0, QUIET_BETWEEN  # loud periods of the current answer; quiet ones since
+    for n in range(max(start, 2), len(trace) - 2):
+        mic, out = r(n), x(n)
+        if mic is None or out is None:
+            continue
+        loud = _rms(mic) > LOUD_RMS
+        talker_silent = all(said == 0 for said, _ in trace[n - 2 : n + 3])
+        if loud and talker_silent:
             run = 1 if quiet >= QUIET_BETWEEN else run + 1
             quiet = 0
-        else:
+            if run > onset:
+                echo_energy += float(np.sum(mic.astype(np.float64) ** 2))
+                heard_energy += float(np.sum(out.astype(np.float64) ** 2))
+        elif not loud:
             quiet += 1
-        at = base + n * PERIOD_SAMPLES
-        if said == 0 and echo > LOUD_RMS and run > onset and 0 <= at <= len(x) - PERIOD_SAMPLES:
-            echo_energy += echo**2 * PERIOD_SAMPLES
-            heard_energy += float(np.sum(x[at : at + PERIOD_SAMPLES] ** 2))
     if echo_energy == 0:
         return float("nan")  # no stretch where only the box spoke
     return 10 * float(np.log10(echo_energy / max(heard_energy, 1.0)))
+
+
+def _at_talker(
+    stream: bytes, trace: list[tuple[float, float]], question: bytes
+) -> Callable[[int], np.ndarray | None]:
+    """Period n of the talker's trace, as it lies in ``stream`` (None: outside it)."""
+    first = next(n for n, (said, _) in enumerate(trace) if said > 0)
+    x = np.frombuffer(stream, dtype="<i2")
+    q = np.frombuffer(question, dtype="<i2").astype(np.float64)
+    size = 1 << int(np.ceil(np.log2(len(x) + len(q))))
+    corr = np.fft.irfft(np.fft.rfft(x.astype(np.float64), size) * np.conj(np.fft.rfft(q, size)), size)[: len(x)]
+    # The question's first sounding period sits where the talker wrote its first period.
+    periods = q[: len(q) // PERIOD_SAMPLES * PERIOD_SAMPLES].reshape(-1, PERIOD_SAMPLES)
+    lead = int(np.argmax(np.any(periods != 0, axis=1)))
+    # The question is said three times: the first time is the earliest peak near the highest.
+    near = int(np.argmax(corr >= 0.7 * corr.max()))
+    found = near + int(np.argmax(corr[near : near + 1600]))
+    base = found + (lead - first) * PERIOD_SAMPLES
+
+    def period(n: int) -> np.ndarray | None:
+        at = base + n * PERIOD_SAMPLES
+        return x[at : at + PERIOD_SAMPLES] if 0 <= at <= len(x) - PERIOD_SAMPLES else None
+
+    return period
