@@ -270,16 +270,20 @@ class Writer(threading.Thread):
             self._run_held_s = self.clock.held_s()
             self._run_at_ns = time.monotonic_ns() + int(self._run_held_s * 1e9)
             self._run_frames = 0
-        at_ns = self._run_at_ns + self._run_frames * 1_000_000_000 // self.spec.rate
+        at_ns = self._run_position_ns()
         self._run_frames += len(share) // BYTES_PER_FRAME
         assert self.on_rendered is not None
         self.on_rendered(share, at_ns, self._run_held_s)
+
+    def _run_position_ns(self) -> int:
+        """When the next frame of the current run plays."""
+        return self._run_at_ns + self._run_frames * 1_000_000_000 // self.spec.rate
 
     def _end_run(self) -> None:
         """Nothing more follows this run: an empty reference says so, and capture's resampler
         lets out the few milliseconds it holds back while the device still plays them."""
         if self._run_at_ns and self.on_rendered is not None:
-            self.on_rendered(b"", self._run_at_ns + self._run_frames * 1_000_000_000 // self.spec.rate, 0.0)
+            self.on_rendered(b"", self._run_position_ns(), 0.0)
         self._run_at_ns = 0
 
     def _write_piece(self, piece: memoryview) -> None:

@@ -105,16 +105,9 @@ class Endpointer:
 
 def tone(seconds: float, number: int) -> bytes:
     """24 kHz mono s16le: a soft tone whose pitch tells utterances apart, with short fades."""
-    n = max(1, int(seconds * OUTPUT_RATE))
-    t = np.arange(n) / OUTPUT_RATE
+    t = np.arange(max(1, int(seconds * OUTPUT_RATE))) / OUTPUT_RATE
     freq = 330.0 + 55.0 * ((number - 1) % 8)
-    wave = 0.25 * np.sin(2 * np.pi * freq * t)
-    fade = min(n // 2, OUTPUT_RATE // 100)
-    if fade:
-        ramp = np.linspace(0.0, 1.0, fade)
-        wave[:fade] *= ramp
-        wave[-fade:] *= ramp[::-1]
-    return (wave * 32767).astype("<i2").tobytes()
+    return _faded(0.25 * 32767 * np.sin(2 * np.pi * freq * t))
 
 
 def spoken(voice: bytes, seconds: float, number: int) -> bytes:
@@ -124,17 +117,20 @@ def spoken(voice: bytes, seconds: float, number: int) -> bytes:
     period; the box's real voice is speech, broadband, and echo tests need that.
     """
     samples = np.frombuffer(voice[: len(voice) - len(voice) % 2], dtype="<i2")
-    n = max(1, int(seconds * OUTPUT_RATE))
     if not samples.size:
         return tone(seconds, number)
-    start = (number - 1) * n % samples.size
-    wave = np.resize(np.roll(samples, -start), n).astype(np.float64)
-    fade = min(n // 2, OUTPUT_RATE // 100)
+    n = max(1, int(seconds * OUTPUT_RATE))
+    return _faded(samples[((number - 1) * n + np.arange(n)) % samples.size].astype(np.float64))
+
+
+def _faded(signal: np.ndarray) -> bytes:
+    """10 ms fades in and out (no click at either end), as s16le."""
+    fade = min(len(signal) // 2, OUTPUT_RATE // 100)
     if fade:
         ramp = np.linspace(0.0, 1.0, fade)
-        wave[:fade] *= ramp
-        wave[-fade:] *= ramp[::-1]
-    return wave.astype("<i2").tobytes()
+        signal[:fade] *= ramp
+        signal[-fade:] *= ramp[::-1]
+    return signal.astype("<i2").tobytes()
 
 
 def load_voice(path: str | Path) -> bytes:

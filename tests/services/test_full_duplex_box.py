@@ -116,9 +116,6 @@ class RoomTalker(Talker):
         super().__init__(mic)
         self.speaker = speaker
 
-    def _echo_period(self) -> np.ndarray | None:
-        return None
-
     def run(self) -> None:
         start, n = time.monotonic(), 0
         while not self.done.is_set():

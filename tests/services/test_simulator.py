@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -24,7 +23,7 @@ from websockets.exceptions import InvalidStatus
 
 from services.simulator import Faults, Simulator
 from services.simulator.speech import Endpointer
-from tests.helpers import REPO, tolk_cmd
+from tests.helpers import REPO, free_port, tolk_cmd
 
 MODEL = "qwen3-livetranslate-flash-realtime"
 AUDIO_SESSION = {
@@ -333,47 +332,6 @@ async def test_close_mid_response_fault() -> None:
         assert kinds[-1] == "response.audio.delta" and "response.done" not in kinds
 
 
-async def test_answers_speak_a_given_voice() -> None:
-    """With a recorded voice, each answer is a stretch of it (broadband, as the box's real voice
-    is) as long as what was said, the next answer from further on in it; fades only at the ends."""
-    voice = np.random.default_rng(7).integers(-8000, 8000, 24000 * 4).astype("<i2")
-    async with Simulator(pace_s=0.002, voice=voice.tobytes()) as simulator:
-        client = await open_client(simulator)
-        await client.configure()
-        answers = []
-        for _ in range(2):
-            await client.append(speech(1.2) + silence(0.8))
-            events = await client.until("response.done")
-            pcm = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.audio.delta")
-            answers.append(np.frombuffer(pcm, "<i2"))
-        await client.ws.close()
-    first, second = answers
-    n, fade = len(first), 240  # 10 ms fades at 24 kHz
-    assert n / 24000 == pytest.approx(1.2, abs=0.05) and len(second) == n
-    assert np.array_equal(first[fade:-fade], voice[fade : n - fade])
-    assert np.array_equal(second[fade:-fade], voice[n + fade : 2 * n - fade])
-    assert np.abs(first[:fade].astype(np.int32)).max() < np.abs(voice[:fade].astype(np.int32)).max()
-
-
-def test_cli_refuses_a_voice_it_cannot_speak(tmp_path: Path) -> None:
-    """A voice at the wrong rate is refused before listening, with the conversion to run."""
-    import wave
-
-    wrong = tmp_path / "voice16k.wav"
-    with wave.open(str(wrong), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(speech(0.5))
-    done = subprocess.run(
-        tolk_cmd("simulator", "--port", str(_free_port()), "--voice", str(wrong)),
-        cwd=REPO, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    assert "16000 Hz, 1 channel(s), 16-bit; answers are 24000 Hz mono 16-bit" in done.stderr
-    assert "sox" in done.stderr and "listening" not in done.stderr
-
-
 def test_endpointer_needs_enough_speech_then_silence() -> None:
     ep = Endpointer()
     assert ep.feed(speech(0.1) + silence(0.8)) == []  # a click is not an utterance
@@ -383,14 +341,8 @@ def test_endpointer_needs_enough_speech_then_silence() -> None:
     assert ep.feed(silence(2.0)) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cli_records_events_and_audio(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     record = tmp_path / "events.jsonl"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = tolk_cmd("simulator", "--port", str(port), "--record", str(record))
