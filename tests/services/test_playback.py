@@ -120,6 +120,8 @@ def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> 
             assert "idle, test_spk open" in _ready(sd)
             tap = StateTap(rundir)
             try:
+                # A heartbeat first: the tap has joined, so "started" cannot be missed (slow joiner).
+                tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
                 session.wait_for_subscriber()
 
                 # A response of five 100 ms deltas, sent in a burst as the service does, then
@@ -180,6 +182,8 @@ def test_missing_speaker_is_waited_for_and_a_config_change_applies(rundir: Path,
             assert "waiting for device 'nosuch': No such file or directory" in _ready(sd)
             tap = StateTap(rundir)
             try:
+                # A heartbeat first: the tap has joined, so "started" cannot be missed (slow joiner).
+                tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
                 session.wait_for_subscriber()
                 session.send(_speech(0.1, 1), "resp-1")
                 tap.until(lambda: any(h.counters.get("dropped_chunks") == 1 for h in tap.heartbeats), what="a drop")
@@ -231,6 +235,8 @@ def test_bursty_arrival_plays_without_gaps_once_started(
             _ready(sd)
             tap = StateTap(rundir)
             try:
+                # A heartbeat first: the tap has joined, so "started" cannot be missed (slow joiner).
+                tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
                 session.wait_for_subscriber()
                 t0 = time.monotonic()
                 for at, pcm in zip(arrivals, pieces, strict=True):
@@ -271,6 +277,8 @@ def test_the_echo_reference_is_what_played_stamped_by_count(rundir: Path, sd: No
             _ready(sd)
             tap = StateTap(rundir)
             try:
+                # A heartbeat first: the tap has joined, so "started" cannot be missed (slow joiner).
+                tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
                 session.wait_for_subscriber()
                 time.sleep(0.5)  # the reference's subscriber joins playback's bulk socket
                 for n, answer in enumerate(answers):
