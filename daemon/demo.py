@@ -124,7 +124,14 @@ def demo_config(base: str | None, backend: dict[str, dict[str, object]], path: P
 
 
 async def _feed(fifo_fd: int, speech: bytes) -> None:
-    """Write one period at a time on an absolute schedule: 0.5 s silence, the speech, then silence."""
+    """Write one period at a time on an absolute schedule: 0.5 s silence, the speech, then silence.
+
+    The FIFO is written without blocking: once capture stops reading (the box is stopping) its
+    64 KB fill in two seconds, and a blocking write would then hold the event loop, and with it
+    the supervisor that is waiting for the processes to stop, for ever. A period nobody reads is
+    dropped, as a microphone's samples are when nothing records them.
+    """
+    os.set_blocking(fifo_fd, False)
     silence = bytes(CHUNK)
     lead = [silence] * (500 // PERIOD_MS)
     body = [speech[i : i + CHUNK].ljust(CHUNK, b"\0") for i in range(0, len(speech), CHUNK)]
@@ -133,7 +140,8 @@ async def _feed(fifo_fd: int, speech: bytes) -> None:
     start = loop.time()
     n = 0
     while True:
-        os.write(fifo_fd, next(chunks, silence))
+        with contextlib.suppress(BlockingIOError):  # a period under PIPE_BUF goes in whole or not at all
+            os.write(fifo_fd, next(chunks, silence))
         n += 1
         await asyncio.sleep(max(0.0, start + n * PERIOD_MS / 1000 - loop.time()))
 
