@@ -12,7 +12,8 @@ Measured here, for ``/api/status`` and ``/metrics`` (capture's heartbeat counter
 - ``aec_active``: 1 while the canceller runs (0: the installation is not on ``aec``, or the
   canceller could not start and the microphone is half duplex instead);
 - ``aec_erle_db``: echo return loss enhancement, how much quieter the microphone's signal came
-  out while only the box spoke (far end active, no near-end speech by the VAD), over the last
+  out while only the box spoke (far end active, no near-end speech by the VAD, even
+  ``ERLE_CONFIRM_S`` later: a person's first words are not yet speech to it), over the last
   few seconds of such audio; absent until ``ERLE_MIN_S`` of such audio was heard (a 0 would
   read as "no cancellation at all");
 - ``aec_far_s`` / ``aec_double_talk_s`` / ``aec_double_talk_ratio``: seconds the box spoke, of
@@ -59,6 +60,7 @@ the microphone than the box's voice is not taken for speech while it plays.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -81,6 +83,8 @@ FAR_ACTIVE_RMS = 100.0
 ERLE_WINDOW_S = 5.0
 #: ERLE is reported once this much such audio was heard.
 ERLE_MIN_S = 0.5
+#: A period goes into ERLE once the VAD has had this long to take it for the start of speech.
+ERLE_CONFIRM_S = 0.3
 
 #: The box's voice after a quiet spell goes out as silence for at least this long, then until the
 #: canceller shows it has locked on, but no longer than ONSET_GUARD_MAX_MS (see above).
@@ -88,6 +92,9 @@ ONSET_GUARD_MS = 400
 ONSET_GUARD_MAX_MS = 1000
 #: Quiet from the speaker this long makes its next sound an onset.
 ONSET_AFTER_QUIET_MS = 500
+#: The box's voice counts as audible in the microphone this long after it stopped (the room's
+#: delay and reverberation): speech must hold longer to start (``daemon/vad.py``) until then.
+ECHO_TAIL_MS = 300
 #: While the box speaks, a period the canceller took more than this out of is only its residue.
 RESIDUAL_DB = 20.0
 #: Until the canceller has first locked on (this many periods in a row of only residue, or of
@@ -167,6 +174,7 @@ class EchoCanceller:
         self._erle_mic = 0.0
         self._erle_out = 0.0
         self._erle_s = 0.0
+        self._unconfirmed: deque[tuple[float, float, float]] = deque()  # mic, out energy, seconds
 
     def process(self, pcm: bytes, end_ns: int, period_ns: int) -> bytes:
         """The period with the speaker's echo removed (same length; S16_LE mono 16 kHz)."""
@@ -207,6 +215,12 @@ class EchoCanceller:
         """The box's voice played in the last period."""
         return self._far_active
 
+    @property
+    def box_audible(self) -> bool:
+        """The box's voice, or its echo's tail, can be in the microphone: while it plays, through
+        its short pauses, and ``ECHO_TAIL_MS`` after (the room carries it on a little)."""
+        return self._far_active or self._far_quiet_ms < ECHO_TAIL_MS
+
     def _onset_guarded(self, period_ms: float) -> bool:
         """Whether this period falls in the guard at the start of the box's speech (above)."""
         if self._far_active:
@@ -243,13 +257,21 @@ class EchoCanceller:
             c["aec_double_talk_s"] = round(c["aec_double_talk_s"] + seconds, 3)
         c["aec_double_talk_ratio"] = round(c["aec_double_talk_s"] / c["aec_far_s"], 4)
         if speaking:
+            self._unconfirmed.clear()  # the start of what the VAD now hears as speech
             return
+        # A period counts only once the VAD has had time to start speech on it: a person's
+        # first words over the box are "not speech" to it for a while (the over-speaker hold).
+        self._unconfirmed.append((self._mic_energy, self._out_energy, seconds))
+        while sum(s for _, _, s in self._unconfirmed) > ERLE_CONFIRM_S:
+            self._add_to_erle(*self._unconfirmed.popleft())
+
+    def _add_to_erle(self, mic_energy: float, out_energy: float, seconds: float) -> None:
         keep = max(0.0, 1.0 - seconds / ERLE_WINDOW_S)  # an exponential window of ERLE_WINDOW_S
-        self._erle_mic = self._erle_mic * keep + self._mic_energy
-        self._erle_out = self._erle_out * keep + self._out_energy
+        self._erle_mic = self._erle_mic * keep + mic_energy
+        self._erle_out = self._erle_out * keep + out_energy
         self._erle_s += seconds
         if self._erle_s >= ERLE_MIN_S and self._erle_mic > 0:
-            c["aec_erle_db"] = round(10 * math.log10(self._erle_mic / max(self._erle_out, 1.0)), 1)
+            self.counters["aec_erle_db"] = round(10 * math.log10(self._erle_mic / max(self._erle_out, 1.0)), 1)
 
     def _align(self, start: int, period_ms: float) -> None:
         expected = None if self._cursor is None else self._cursor + len(self._pending)

@@ -61,8 +61,10 @@ class CapturePipeline:
         muted = self.gate.muted(t - period_ns)
         pcm = bytes(len(data)) if muted else heard
         was = self.detector.speaking
-        # What the canceller left of the box's own voice is silence to the VAD (aec.py: the residue).
+        # What the canceller left of the box's own voice is silence to the VAD (aec.py: the residue),
+        # and while the box is audible speech must hold longer to start: what leaks comes in bursts.
         quiet = muted or (echo is not None and echo.residual_only)
+        self.detector.over_speaker = echo is not None and echo.box_audible
         speaking = self.detector.silence(len(pcm)) if quiet else self.detector.feed(pcm)
         if echo is not None:
             echo.account(speaking, len(data) / BYTES_PER_SECOND)

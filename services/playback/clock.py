@@ -45,6 +45,8 @@ class DeviceClock:
     def held_s(self) -> float:
         """Seconds of audio written but not yet played."""
         if self.clocked:
+            if not self._playing():
+                return 0.0
             avail = self._avail()
             return max(0, self.buffer_frames - avail) / self.rate if avail >= 0 else 0.0
         return max(0.0, self._virtual_held_s())
@@ -64,6 +66,19 @@ class DeviceClock:
 
     def _virtual_held_s(self) -> float:
         return self._written / self.rate - (time.monotonic() - self._start)
+
+    def _playing(self) -> bool:
+        """Whether the device is playing: only then is ``buffer - avail`` what it holds.
+
+        A stopped one (drained, dropped, never started) holds nothing, whatever ``avail`` says:
+        behind PulseAudio, after a drain, it still reports the space it had before, so a new
+        answer was seen 20 to 100 ms "behind" audio that was no longer there, and its echo
+        reference laid that much late; the canceller lost the box's voice for most of the answer.
+        """
+        try:
+            return self.pcm.state() in (alsaaudio.PCM_STATE_RUNNING, alsaaudio.PCM_STATE_DRAINING)
+        except alsaaudio.ALSAAudioError:
+            return False
 
     def _avail(self) -> int:
         try:

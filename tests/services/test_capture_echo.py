@@ -1,0 +1,96 @@
+"""The capture pipeline's voice detection while the box speaks through the canceller.
+
+What a canceller leaks of the box's voice comes in bursts of a few tens of milliseconds: after a
+pause in the answer, at a change of delay, while it adapts. While the box is audible, speech
+must hold ``OVER_SPEAKER_START_MS`` before it counts (``daemon/vad.py``), or one such burst makes
+the box stop its own answer. Here the canceller is exact (the room is the reference itself, so
+what comes through is the talker alone), and a burst of a real voice as short as a leak plays the
+part of the leak; the real VAD judges it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.vad import SpeechDetector, make_vad
+from services.capture import aec as aec_mod
+from services.capture.aec import ECHO_TAIL_MS, EchoCanceller
+from services.capture.mute import MuteGate
+from services.capture.pipeline import COUNTERS, CapturePipeline
+from services.capture.policy import PolicySettings, StreamingPolicy
+from services.capture.reference import RATE, RenderReference
+from tests.helpers import espeak_wav, wav_pcm
+from tests.services.aec_room import SessionSink
+
+PERIOD = RATE // 50  # 20 ms
+T0_NS = 1_000_000_000_000
+
+
+class ExactCanceller:
+    """The room is the reference itself, and this canceller removes exactly that."""
+
+    def process(self, mic: np.ndarray, far: np.ndarray) -> np.ndarray:
+        return (mic.astype(np.int32) - far).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def talker(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    path = espeak_wav("Excuse me, where is the exhibition?", tmp_path_factory.mktemp("echo") / "t.wav")
+    samples = np.frombuffer(wav_pcm(Path(path)), dtype="<i2")
+    return samples[int(np.argmax(np.abs(samples) > 300)) :]
+
+
+def _speech_starts(talker: np.ndarray, box_s: float, said_at_s: float, said_ms: int) -> list[float]:
+    """The box speaks for ``box_s`` from 1 s on (a hum, its echo quieter than the talker at the microphone); ``said_ms``
+    of the talker begin at ``said_at_s``. When the pipeline said speech started (s)."""
+    total = int(RATE * 4.0)
+    box = np.zeros(total, dtype=np.int32)
+    t = np.arange(int(RATE * box_s)) / RATE
+    hum = 1500 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    box[RATE : RATE + len(t)] = hum.astype(np.int32)
+    said = np.zeros(total, dtype=np.int32)
+    part = talker[: RATE * said_ms // 1000]
+    at = int(RATE * said_at_s)
+    said[at : at + len(part)] = part
+    counters = {k: 0.0 for k in (*COUNTERS, *aec_mod.COUNTERS)}
+    starts: list[float] = []
+    pipeline = CapturePipeline(
+        SessionSink(),  # type: ignore[arg-type]
+        MuteGate(),
+        SpeechDetector(make_vad("silero")),
+        StreamingPolicy(PolicySettings(mode="always", period_ms=20)),
+        counters,
+        lambda speaking, t_ns: starts.append((t_ns - T0_NS) / 1e9) if speaking else None,
+    )
+    reference = RenderReference(source_rate=RATE)
+    reference.add(box[: 5 * PERIOD].astype("<i2").tobytes(), T0_NS, RATE)
+    pipeline.echo = EchoCanceller(reference, counters, factory=ExactCanceller)
+    pipeline.echo._locked = True  # a canceller that has long found the room (no onset guard's limitless start)
+    far = box.astype("<i2")
+    mic = np.clip(box + said, -32768, 32767).astype("<i2")
+    for k in range(total // PERIOD):
+        # As playback does: each period of the reference goes out a little before it plays.
+        ahead = k + 5
+        reference.add(far[ahead * PERIOD : (ahead + 1) * PERIOD].tobytes(), T0_NS + ahead * 20_000_000, RATE)
+        end_ns = T0_NS + (k + 1) * 20_000_000
+        pipeline.period(mic[k * PERIOD : (k + 1) * PERIOD].tobytes(), end_ns, 20_000_000)
+    return starts
+
+
+def test_a_burst_as_short_as_a_leak_is_not_speech_while_the_box_speaks(talker: np.ndarray) -> None:
+    alone = _speech_starts(talker, box_s=0.0, said_at_s=2.0, said_ms=100)
+    assert alone, "100 ms of a voice in a quiet room is speech (the burst must be one the VAD hears)"
+    assert _speech_starts(talker, box_s=2.0, said_at_s=2.0, said_ms=100) == []
+    # Just after the box stopped, its echo's tail is still in the room.
+    assert _speech_starts(talker, box_s=1.0, said_at_s=2.0 + ECHO_TAIL_MS / 2000, said_ms=100) == []
+
+
+def test_a_person_who_goes_on_talking_over_the_box_is_heard(talker: np.ndarray) -> None:
+    alone = _speech_starts(talker, box_s=0.0, said_at_s=2.0, said_ms=1000)
+    over = _speech_starts(talker, box_s=2.0, said_at_s=2.0, said_ms=1000)
+    assert alone and over, (alone, over)
+    # Later than alone by about the hold, not by more.
+    assert 0.06 <= over[0] - alone[0] <= 0.3, (alone, over)
