@@ -29,9 +29,10 @@ from tests.services.test_playback import FakeSession, StateTap, _ready, _speech,
 
 RATE = 24000
 #: How far from the recorded sound a reference may be found (the search), and how far the
-#: answers may differ from each other (the test's bar: a few samples of scheduling, no more).
+#: answers may differ from each other: a few milliseconds of scheduling at a run's start (seen:
+#: 3.3 ms), never a period or more (the stale buffer laid answers 20 to 100 ms off).
 SEARCH_MS = 150
-MAX_SPREAD_MS = 5.0
+MAX_SPREAD_MS = 8.0
 
 
 class MonitorRecording(threading.Thread):
@@ -118,7 +119,7 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
                     msg = Message.from_frames(reference.recv_multipart())
                     assert isinstance(msg, RenderedAudio)
                     got.append(msg)
-                barge_ins = tap.heartbeats[-1].counters["barge_ins"]
+                tap.until(lambda: tap.heartbeats[-1].counters["barge_ins"] >= 3, 10, "three barge-ins counted")
             finally:
                 tap.close()
             _stop(proc, rundir)
@@ -136,8 +137,8 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
             runs.append([])
     runs = [run for run in runs if run]
     lags = [_lag_ms(recording, run) for run in runs]
-    print(f"\n{len(runs)} answers ({barge_ins:.0f} cut by a barge-in); each found this far from its stamp (ms): {lags}")
-    assert len(runs) == 8 and barge_ins >= 2, (len(runs), barge_ins)
+    print(f"\n{len(runs)} answers (3 cut by a barge-in); each found this far from its stamp (ms): {lags}")
+    assert len(runs) == 8, [len(run) for run in runs]
     assert max(lags) - min(lags) <= MAX_SPREAD_MS, lags
 
 
