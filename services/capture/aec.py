@@ -13,9 +13,10 @@ Measured here, for ``/api/status`` and ``/metrics`` (capture's heartbeat counter
   canceller could not start and the microphone is half duplex instead);
 - ``aec_erle_db``: echo return loss enhancement, how much quieter the microphone's signal came
   out while only the box spoke (far end active, no near-end speech by the VAD, even
-  ``ERLE_CONFIRM_S`` later: a person's first words are not yet speech to it), over the last
-  few seconds of such audio; absent until ``ERLE_MIN_S`` of such audio was heard (a 0 would
-  read as "no cancellation at all");
+  ``ERLE_CONFIRM_S`` later: a person's first words are not yet speech to it; past the onset
+  guard, which sends silence and is counted apart), over the last few seconds of such audio;
+  absent until ``ERLE_MIN_S`` of such audio was heard (a 0 would read as "no cancellation at
+  all");
 - ``aec_far_s`` / ``aec_double_talk_s`` / ``aec_double_talk_ratio``: seconds the box spoke, of
   which someone spoke too, and that share;
 - ``aec_resyncs``: times the reference was laid anew on the microphone's timeline (after a gap
@@ -175,6 +176,7 @@ class EchoCanceller:
         self._erle_out = 0.0
         self._erle_s = 0.0
         self._unconfirmed: deque[tuple[float, float, float]] = deque()  # mic, out energy, seconds
+        self._guarded = False  # the last period went out as silence (the onset guard)
 
     def process(self, pcm: bytes, end_ns: int, period_ns: int) -> bytes:
         """The period with the speaker's echo removed (same length; S16_LE mono 16 kHz)."""
@@ -206,7 +208,8 @@ class EchoCanceller:
         handed, self._ready = self._ready[: len(mic)], self._ready[len(mic) :]
         if len(handed) < len(mic):
             handed = np.concatenate([np.zeros(len(mic) - len(handed), dtype=np.int16), handed])
-        if self._onset_guarded(len(mic) * 1000 / RATE):
+        self._guarded = self._onset_guarded(len(mic) * 1000 / RATE)
+        if self._guarded:
             return bytes(len(pcm))
         return handed.astype("<i2").tobytes()
 
@@ -259,6 +262,8 @@ class EchoCanceller:
         if speaking:
             self._unconfirmed.clear()  # the start of what the VAD now hears as speech
             return
+        if self._guarded:
+            return  # none of it reached the session; the guard has its own figure
         # A period counts only once the VAD has had time to start speech on it: a person's
         # first words over the box are "not speech" to it for a while (the over-speaker hold).
         self._unconfirmed.append((self._mic_energy, self._out_energy, seconds))
