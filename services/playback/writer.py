@@ -6,7 +6,7 @@ Per stretch of speech:
    waited that long, or the response ended, so a short reply still plays). Network bursts that
    arrive faster than real time build up behind it and are absorbed.
 2. Play: write period by period, volume applied, converted to what the device took. ``started``
-   is said when the first sample is handed to the device.
+   is said as the first sample is handed to the device (just before the write).
 3. Gaps: when the queue runs dry mid-response (the next delta is late) and the device is about
    to run out, a period of silence is written instead of letting the device underrun: a short
    pause instead of a click and a restart. Counted as ``gap_fills``. Without the response's end
@@ -228,9 +228,10 @@ class Writer(threading.Thread):
         """Write in periods; returns when the first one was handed to the device (0 if none).
 
         ``source`` is the same audio at 24 kHz mono. Each period's share of it goes to
-        ``on_rendered`` *before* the period is written, stamped with the moment it will play
-        (now plus what the device holds): the echo canceller must have the reference before the
-        microphone hears it, and a write into a full device blocks for a period or more.
+        ``on_rendered`` stamped with the moment it will play: *before* the period is written
+        (the echo canceller must have the reference before the microphone hears it, and a write
+        into a full device blocks for a period or more), except the first of a run, which goes
+        right after its write, whose moment only the write tells (``_start_run``).
         """
         view = memoryview(data)
         first_ns = 0
@@ -241,35 +242,50 @@ class Writer(threading.Thread):
             piece = view[offset : offset + self.device_period_bytes]
             if self.clock.before_write():
                 self._underrun()
+            share, published = b"", False
             if self.on_rendered is not None:
                 a = source_frames * offset // len(data)
                 b = source_frames * (offset + len(piece)) // len(data)
-                self._publish_rendered(source[a * BYTES_PER_FRAME : b * BYTES_PER_FRAME])
-            self._write_piece(piece)
-            handed = time.monotonic_ns()
-            first_ns = first_ns or handed
+                share = source[a * BYTES_PER_FRAME : b * BYTES_PER_FRAME]
+                if self._run_at_ns:
+                    self._publish_rendered(share)
+                    published = True
             if not self.playing:
+                # Said as the first sample is handed over, before the write: half duplex mutes
+                # the microphone on it, and the box's voice must not reach the room first.
                 self.playing = True
                 self._frames = 0
                 self._response_id = response_id
-                self.on_state("started", response_id, 0, handed)
+                self.on_state("started", response_id, 0, time.monotonic_ns())
+            self._write_piece(piece)
+            if share and not published:
+                self._start_run(len(piece) // self.frame_bytes)
+                self._publish_rendered(share)
+            first_ns = first_ns or time.monotonic_ns()
             self.on_written()
         return first_ns
+
+    def _start_run(self, written_frames: int) -> None:
+        """The stopped device has just taken a run's first period: its first frame played that
+        period less what the device still holds ago. Read after the write, not before it:
+        starting a stopped device can take a while (behind PulseAudio, a round trip to the
+        server), and a stamp taken before it was seen up to 14 ms early on a busy machine. It
+        can hold no more than that period (PulseAudio's plugin, just restarted, was seen to say
+        a period more: a stamp 20 ms late)."""
+        self._run_held_s = min(self.clock.held_s(), written_frames / self.clock.rate)
+        played_s = written_frames / self.clock.rate - self._run_held_s
+        self._run_at_ns = time.monotonic_ns() - int(played_s * 1e9)
+        self._run_frames = 0
 
     def _publish_rendered(self, share: bytes) -> None:
         """The reference for one period, stamped with when it plays.
 
         While the device plays without a break, the stamp is counted, not measured: the moment
-        the run's first sample plays (now plus what the device held, read once) plus the frames
-        handed since. Stamps read afresh jitter with scheduling and with the steps in which a
-        sound server reports what it holds (10-25 ms behind PulseAudio), and a canceller's filter
-        cannot follow a reference that jumps by a few milliseconds. A new stretch or an underrun
-        starts a new run.
+        the run's first sample plays (``_start_run``) plus the frames handed since. Stamps read
+        afresh jitter with scheduling and with the steps in which a sound server reports what it
+        holds (10-25 ms behind PulseAudio), and a canceller's filter cannot follow a reference
+        that jumps by a few milliseconds. A new stretch or an underrun starts a new run.
         """
-        if not self._run_at_ns:
-            self._run_held_s = self.clock.held_s()
-            self._run_at_ns = time.monotonic_ns() + int(self._run_held_s * 1e9)
-            self._run_frames = 0
         at_ns = self._run_position_ns()
         self._run_frames += len(share) // BYTES_PER_FRAME
         assert self.on_rendered is not None

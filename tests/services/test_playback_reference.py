@@ -29,8 +29,9 @@ from tests.services.test_playback import FakeSession, StateTap, _ready, _speech,
 
 RATE = 24000
 #: How far from the recorded sound a reference may be found (the search), and how far the
-#: answers may differ from each other: a few milliseconds of scheduling at a run's start (seen:
-#: 3.3 ms), never a period or more (the stale buffer laid answers 20 to 100 ms off).
+#: answers may differ from each other: a thread switch at a run's start at most (seen: 0.7 ms,
+#: with a busy loop on one of two cores), never a period or more (the stale buffer laid answers
+#: 20 to 100 ms off; a stamp read before starting the device, up to 14 ms on a busy machine).
 SEARCH_MS = 150
 MAX_SPREAD_MS = 8.0
 
