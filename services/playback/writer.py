@@ -257,24 +257,28 @@ class Writer(threading.Thread):
                 self._frames = 0
                 self._response_id = response_id
                 self.on_state("started", response_id, 0, time.monotonic_ns())
+            before_ns = time.monotonic_ns()
             self._write_piece(piece)
             if share and not published:
-                self._start_run(len(piece) // self.frame_bytes)
+                self._start_run(len(piece) // self.frame_bytes, before_ns, time.monotonic_ns())
                 self._publish_rendered(share)
             first_ns = first_ns or time.monotonic_ns()
             self.on_written()
         return first_ns
 
-    def _start_run(self, written_frames: int) -> None:
-        """The stopped device has just taken a run's first period: its first frame played that
-        period less what the device still holds ago. Read after the write, not before it:
-        starting a stopped device can take a while (behind PulseAudio, a round trip to the
-        server), and a stamp taken before it was seen up to 14 ms early on a busy machine. It
-        can hold no more than that period (PulseAudio's plugin, just restarted, was seen to say
-        a period more: a stamp 20 ms late)."""
-        self._run_held_s = min(self.clock.held_s(), written_frames / self.clock.rate)
-        played_s = written_frames / self.clock.rate - self._run_held_s
-        self._run_at_ns = time.monotonic_ns() - int(played_s * 1e9)
+    def _start_run(self, written_frames: int, before_ns: int, after_ns: int) -> None:
+        """The stopped device has just taken a run's first period (the write began at
+        ``before_ns`` and returned at ``after_ns``): its first frame played that period less what
+        the device still holds before ``after_ns``, and not before the write began.
+
+        Read after the write, not only before it: starting a stopped device can take a while
+        (behind PulseAudio, a round trip to the server), and a stamp taken before it was seen up
+        to 14 ms early on a busy machine. It can hold no more than that period (PulseAudio's
+        plugin, just restarted, was seen to say a period more: a stamp 20 ms late)."""
+        period_s = written_frames / self.clock.rate
+        self._run_held_s = min(self.clock.held_s(), period_s)
+        played_ns = int((period_s - self._run_held_s) * 1e9)
+        self._run_at_ns = max(before_ns, after_ns - played_ns)
         self._run_frames = 0
 
     def _publish_rendered(self, share: bytes) -> None:
