@@ -176,6 +176,7 @@ class EchoCanceller:
         self._erle_out = 0.0
         self._erle_s = 0.0
         self._unconfirmed: deque[tuple[float, float, float]] = deque()  # mic, out energy, seconds
+        self._unconfirmed_s = 0.0  # their seconds
         self._guarded = False  # the last period went out as silence (the onset guard)
 
     def process(self, pcm: bytes, end_ns: int, period_ns: int) -> bytes:
@@ -261,14 +262,18 @@ class EchoCanceller:
         c["aec_double_talk_ratio"] = round(c["aec_double_talk_s"] / c["aec_far_s"], 4)
         if speaking:
             self._unconfirmed.clear()  # the start of what the VAD now hears as speech
+            self._unconfirmed_s = 0.0
             return
         if self._guarded:
             return  # none of it reached the session; the guard has its own figure
         # A period counts only once the VAD has had time to start speech on it: a person's
         # first words over the box are "not speech" to it for a while (the over-speaker hold).
         self._unconfirmed.append((self._mic_energy, self._out_energy, seconds))
-        while sum(s for _, _, s in self._unconfirmed) > ERLE_CONFIRM_S:
-            self._add_to_erle(*self._unconfirmed.popleft())
+        self._unconfirmed_s += seconds
+        while self._unconfirmed_s > ERLE_CONFIRM_S:
+            mic_energy, out_energy, held_s = self._unconfirmed.popleft()
+            self._unconfirmed_s -= held_s
+            self._add_to_erle(mic_energy, out_energy, held_s)
 
     def _add_to_erle(self, mic_energy: float, out_energy: float, seconds: float) -> None:
         keep = max(0.0, 1.0 - seconds / ERLE_WINDOW_S)  # an exponential window of ERLE_WINDOW_S

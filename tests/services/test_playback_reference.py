@@ -11,7 +11,6 @@ still to play, it laid answers 20 to 100 ms late.)
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from daemon.bus import endpoint
 from daemon.messages import Channel, Message, RenderedAudio, SpeechActivity, topic_of
 from services.playback.clock import DeviceClock
 from tests.helpers import NotifySocket, PulseMic, alsa_home, running, service_env, tolk_cmd, wait_until
+from tests.services.test_full_duplex_box import Recording
 from tests.services.test_playback import FakeSession, StateTap, _ready, _speech, _stop
 
 RATE = 24000
@@ -36,39 +36,7 @@ SEARCH_MS = 150
 MAX_SPREAD_MS = 8.0
 
 
-class MonitorRecording(threading.Thread):
-    """The sink's monitor from now on, with when each piece arrived, to lay it on monotonic time."""
-
-    def __init__(self, mic: PulseMic) -> None:
-        super().__init__(daemon=True, name="record-spk")
-        self.pcm = bytearray()
-        self.arrivals: list[tuple[int, int]] = []  # (monotonic ns, samples recorded by then)
-        self._proc = subprocess.Popen(
-            ["parec", f"--server={mic.server}", "--device=spk.monitor", f"--rate={RATE}", "--channels=1",
-             "--format=s16le", "--raw", "--latency-msec=20"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.start()
-
-    def run(self) -> None:
-        assert self._proc.stdout is not None
-        while chunk := self._proc.stdout.read(960):
-            self.pcm += chunk
-            self.arrivals.append((time.monotonic_ns(), len(self.pcm) // 2))
-
-    def stop(self) -> None:
-        self._proc.terminate()
-        self._proc.wait(5)
-        self.join(2)
-
-    def position(self, t_ns: int) -> int:
-        """The sample recorded at monotonic ``t_ns``: the recording is sample-continuous, so the
-        piece that arrived soonest after it was recorded places all of it (up to a constant)."""
-        t0 = min(at - n * 1_000_000_000 // RATE for at, n in self.arrivals)
-        return (t_ns - t0) * RATE // 1_000_000_000
-
-
-def _lag_ms(recording: MonitorRecording, run: list[RenderedAudio]) -> float:
+def _lag_ms(recording: Recording, run: list[RenderedAudio]) -> float:
     """Where the run's first 0.3 s lie in the recording, relative to their stamp."""
     ref = np.frombuffer(b"".join(m.pcm for m in run), dtype="<i2").astype(np.float64)[: RATE * 3 // 10]
     rec = np.frombuffer(bytes(recording.pcm), dtype="<i2").astype(np.float64)
@@ -93,7 +61,7 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
     reference.setsockopt(zmq.SUBSCRIBE, topic_of(RenderedAudio))
     reference.connect(endpoint("playback", Channel.BULK, rundir))
     got: list[RenderedAudio] = []
-    recording = MonitorRecording(mic)
+    recording = Recording(mic, "spk.monitor", RATE)
     wait_until(lambda: recording.arrivals, 10, what="the recording to start")
     try:
         with running(tolk_cmd("service", "playback", "--config", str(config)), env, rundir / "playback.log") as proc:
