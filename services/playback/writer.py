@@ -46,6 +46,11 @@ LOW_WATER_S = 0.04
 MAX_FILL_S = 0.5
 #: How many recent chunks the latency median covers.
 LATENCY_WINDOW = 200
+#: A run's start is re-read over its first half second, moved earlier by at least a little
+#: (finer is scheduling noise) and at most a period and a half (more is a device fault).
+REFINE_S = 0.5
+MIN_REFINE_NS = 500_000
+MAX_REFINE_NS = 30_000_000
 #: Counters this thread keeps (created before it starts; it only updates existing keys).
 COUNTERS = (
     "chunks_played",
@@ -55,6 +60,7 @@ COUNTERS = (
     "silence_ms_inserted",
     "latency_ms_p50",
     "start_wait_ms",
+    "reference_refined",
 )
 
 StateCallback = Callable[[str, str, int, int], None]  # state, response_id, frames, t
@@ -101,6 +107,7 @@ class Writer(threading.Thread):
         self._run_at_ns = 0
         self._run_held_s = 0.0
         self._run_frames = 0
+        self._run_device_frames = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
     def stop(self) -> None:
@@ -257,29 +264,47 @@ class Writer(threading.Thread):
                 self._frames = 0
                 self._response_id = response_id
                 self.on_state("started", response_id, 0, time.monotonic_ns())
-            before_ns = time.monotonic_ns()
             self._write_piece(piece)
             if share and not published:
-                self._start_run(len(piece) // self.frame_bytes, before_ns, time.monotonic_ns())
+                self._start_run(len(piece) // self.frame_bytes)
                 self._publish_rendered(share)
+            elif published:
+                self._refine_run(len(piece) // self.frame_bytes)
             first_ns = first_ns or time.monotonic_ns()
             self.on_written()
         return first_ns
 
-    def _start_run(self, written_frames: int, before_ns: int, after_ns: int) -> None:
-        """The stopped device has just taken a run's first period (the write began at
-        ``before_ns`` and returned at ``after_ns``): its first frame played that period less what
-        the device still holds before ``after_ns``, and not before the write began.
+    def _start_run(self, written_frames: int) -> None:
+        """The stopped device has just taken a run's first period: its first frame played that
+        period less what the device still holds, counted back from when it said so.
 
-        Read after the write, not only before it: starting a stopped device can take a while
-        (behind PulseAudio, a round trip to the server), and a stamp taken before it was seen up
-        to 14 ms early on a busy machine. It can hold no more than that period (PulseAudio's
-        plugin, just restarted, was seen to say a period more: a stamp 20 ms late)."""
+        Counted from the reading, never from the write: how long the write took (a round trip
+        to the sound server, 1-25 ms on a busy machine) says nothing of when the device
+        started, and anchoring on the write's start laid answers up to 11 ms apart (measured
+        against the sink's recording; counted back from the reading they lie within 1 ms). It
+        can hold no more than that period (PulseAudio's plugin, just restarted, was seen to say
+        a period more: a stamp 20 ms late)."""
         period_s = written_frames / self.clock.rate
         self._run_held_s = min(self.clock.held_s(), period_s)
-        played_ns = int((period_s - self._run_held_s) * 1e9)
-        self._run_at_ns = max(before_ns, after_ns - played_ns)
+        read_ns = time.monotonic_ns()
+        self._run_at_ns = read_ns - int((period_s - self._run_held_s) * 1e9)
         self._run_frames = 0
+        self._run_device_frames = written_frames
+
+    def _refine_run(self, written_frames: int) -> None:
+        """Each later write tells again when the run began: now, less what the device has played.
+        A reading can only be late (the thread kept from the CPU or the GIL between the write and
+        the reading, or the device reporting its progress in steps), never early, so the run
+        begins at the earliest of them. On a busy core the first reading was seen 5-20 ms late;
+        a few periods on, the earliest lies within a millisecond of the sound."""
+        self._run_device_frames += written_frames
+        if not self.clock.clocked or self._run_device_frames > self.clock.rate * REFINE_S:
+            return
+        played_s = self._run_device_frames / self.clock.rate - self.clock.held_s()
+        began_ns = time.monotonic_ns() - int(played_s * 1e9)
+        if self._run_at_ns - MAX_REFINE_NS < began_ns < self._run_at_ns - MIN_REFINE_NS:
+            self._run_at_ns = began_ns
+            self.counters["reference_refined"] += 1
 
     def _publish_rendered(self, share: bytes) -> None:
         """The reference for one period, stamped with when it plays.

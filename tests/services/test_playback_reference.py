@@ -29,16 +29,23 @@ from tests.services.test_playback import FakeSession, StateTap, _ready, _speech,
 
 RATE = 24000
 #: How far from the recorded sound a reference may be found (the search), and how far the
-#: answers may differ from each other: a thread switch at a run's start at most (seen: 0.7 ms,
-#: with a busy loop on one of two cores), never a period or more (the stale buffer laid answers
-#: 20 to 100 ms off; a stamp read before starting the device, up to 14 ms on a busy machine).
+#: answers may differ from each other once the device has reported its progress (seen: within
+#: 1.6 ms, a busy loop on one of two cores; the stale buffer laid answers 20 to 100 ms off, a
+#: stamp counted from the write's start 5-15 ms). An answer's first period is stamped from one
+#: reading, which the plugin can leave a period stale (seen: 20 ms late, 1 answer in 10 on a
+#: busy core, until its first report of progress), never more than a period and a half.
 SEARCH_MS = 150
-MAX_SPREAD_MS = 8.0
+#: Periods of 20 ms: the device's buffer of 6, filled at once, and the write that waited for
+#: its first report of progress.
+SETTLED = 8
+MAX_SPREAD_MS = 3.0
+MAX_FIRST_SPREAD_MS = 30.0
 
 
 def _lag_ms(recording: Recording, run: list[RenderedAudio]) -> float:
-    """Where the run's first 0.3 s lie in the recording, relative to their stamp."""
+    """Where 0.3 s of the run lie in the recording, relative to their stamp."""
     ref = np.frombuffer(b"".join(m.pcm for m in run), dtype="<i2").astype(np.float64)[: RATE * 3 // 10]
+    assert len(ref) == RATE * 3 // 10, "the run is too short to find"
     rec = np.frombuffer(bytes(recording.pcm), dtype="<i2").astype(np.float64)
     search = RATE * SEARCH_MS // 1000
     at = recording.position(run[0].t) - search
@@ -105,10 +112,13 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
         elif runs[-1]:
             runs.append([])
     runs = [run for run in runs if run]
-    lags = [_lag_ms(recording, run) for run in runs]
-    print(f"\n{len(runs)} answers (3 cut by a barge-in); each found this far from its stamp (ms): {lags}")
     assert len(runs) == 8, [len(run) for run in runs]
-    assert max(lags) - min(lags) <= MAX_SPREAD_MS, lags
+    firsts = [_lag_ms(recording, run) for run in runs]
+    settled = [_lag_ms(recording, run[SETTLED:]) for run in runs]
+    print(f"\n{len(runs)} answers (3 cut by a barge-in); each found this far from its stamp (ms):"
+          f"\n  its first period: {firsts}\n  from its {SETTLED}th on: {settled}")
+    assert max(settled) - min(settled) <= MAX_SPREAD_MS, settled
+    assert max(firsts) - min(firsts) <= MAX_FIRST_SPREAD_MS, firsts
 
 
 def test_a_stopped_device_holds_nothing_whatever_its_avail_says(
