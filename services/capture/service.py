@@ -147,6 +147,7 @@ class CaptureService(Service):
             return
         audio = new.audio
         self.log.info("capture now %r, %d ms periods: reopening", audio.capture_device, audio.period_ms)
+        self._last_chunk_ns = 0  # another device: its silence counts from its open
         if self._reader is not None:
             self._reader.stop()
         else:
@@ -159,7 +160,9 @@ class CaptureService(Service):
                 return f"waiting for device {device!r}: {self.keeper.waiting_reason}"
             return f"opening {device!r}" if self.state != "stopped" else "stopped"
         now = time.monotonic_ns()
-        since = max(self._last_chunk_ns, self._reading_since_ns) or now
+        # Counted from the last audio, not from a reopen: a device reopened because it went
+        # silent has still given nothing.
+        since = self._last_chunk_ns or self._reading_since_ns or now
         quiet_s = (now - since) / 1e9
         if quiet_s > NO_AUDIO_AFTER_S:
             return f"no audio for {quiet_s:.1f} s from {device!r}"

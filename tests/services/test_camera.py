@@ -121,11 +121,13 @@ class CameraUnderTest:
     def speak(self, speaking: bool) -> Heartbeat:
         """Publish speech as capture does, until the camera's heartbeat shows it took it."""
         want = "sampling (speech)" if speaking else "waiting for speech"
+        # A heartbeat sent before this call may still be queued: its counters would be stale.
+        since = time.monotonic_ns()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             self.capture.publish(SpeechActivity(speaking=speaking))  # repeated: the first may meet no subscriber
             try:
-                return self.heartbeat(lambda hb: want in hb.status, want, timeout=0.3)
+                return self.heartbeat(lambda hb: hb.t >= since and want in hb.status, want, timeout=0.3)
             except AssertionError:
                 continue
         raise AssertionError(f"the camera never said {want!r}: {self.last and self.last.status}")
