@@ -188,7 +188,7 @@ def _fate(obs: Observations, links: _Links, fed: Fed, heard: list[Heard], missed
         return Fate(fed.index, "sent", "never answered", f"heard as one with utterance {first}")
     if conn.completed < utterance:
         cause, detail = _lost_between(obs, life, life, ("session",), conn)
-        if not cause:
+        if cause == "unexplained":  # the service had it, on a connection that stayed open
             cause, detail = "never answered", f"connection {number} open, no response to its utterance {utterance}"
         return Fate(fed.index, "sent", cause, detail)
     answer = links.answers.get((number, utterance))
