@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 S = 1_000_000_000
-#: Capture stamps a period's end; the pipe-source and a 20 ms period put it this far after the write.
+#: Capture stamps a period's end; where a period's content is not found among what was fed (an echo
+#: canceller changed it), it belongs to the utterance whose window, moved by capture's lag behind the
+#: feeder (measured from the periods that were found), holds it, give or take this much.
 LAG_NS = 300_000_000
 #: The answer to an utterance is due within this after it ends (1.2 s trailing silence sent, the
 #: service's 0.6 s end of speech, the reply's events).
@@ -53,10 +55,12 @@ class Fed:
 
 @dataclass(frozen=True)
 class Heard:
-    """A loud, un-muted ``audio.in`` period capture published (``t``: the period's end)."""
+    """A loud, un-muted ``audio.in`` period capture published (``t``: the period's end), and when
+    the feeder wrote that audio, where its content was found among what was fed."""
 
     t_ns: int
     digest: bytes
+    fed_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,23 +164,46 @@ def account(obs: Observations) -> list[Fate]:
             links.where[digest] = (conn.number, utterance)
     for answer in obs.answers:
         links.answers[(answer.connection, answer.rank)] = answer
-    by_t = sorted(obs.heard, key=lambda h: h.t_ns)
-    times = [h.t_ns for h in by_t]
     missed = _missed_answers(obs)
-    return [
-        _fate(
-            obs, links, fed, by_t[bisect_left(times, fed.start_ns) : bisect_right(times, fed.end_ns + LAG_NS)], missed
-        )
-        for fed in sorted(obs.fed, key=lambda f: f.start_ns)
-    ]
+    lags = _Lags(obs.heard)
+    return [_fate(obs, links, fed, lags, missed) for fed in sorted(obs.fed, key=lambda f: f.start_ns)]
 
 
-def _fate(obs: Observations, links: _Links, fed: Fed, heard: list[Heard], missed: dict[str, str]) -> Fate:
-    """``heard``: what capture published of it (loud, un-muted periods within its window)."""
+class _Lags:
+    """How far capture ran behind the feeder, measured from the periods whose content was found
+    among what was fed (a restarted capture can lag by seconds: what was written while it was
+    down waits in the microphone's buffer)."""
+
+    def __init__(self, heard: list[Heard]) -> None:
+        matched = sorted((h.fed_ns, h.t_ns - h.fed_ns) for h in heard if h.fed_ns is not None)
+        self._fed = [m[0] for m in matched]
+        self._lag = [m[1] for m in matched]
+        self._matched = sorted((h for h in heard if h.fed_ns is not None), key=lambda h: h.fed_ns or 0)
+        self._unmatched = sorted((h for h in heard if h.fed_ns is None), key=lambda h: h.t_ns)
+        self._unmatched_t = [h.t_ns for h in self._unmatched]
+
+    def at(self, fed_ns: int) -> int:
+        """The lag measured last before ``fed_ns`` (0 before any)."""
+        i = bisect_right(self._fed, fed_ns)
+        return self._lag[i - 1] if i else (self._lag[0] if self._lag else 0)
+
+    def heard(self, fed: Fed) -> list[Heard]:
+        """What capture published of an utterance: its periods found by content, and those not
+        found whose stamps fall in its window moved by the lag."""
+        a = bisect_left(self._fed, fed.start_ns)
+        b = bisect_right(self._fed, fed.end_ns + 20_000_000)
+        lag = self.at(fed.end_ns)
+        c = bisect_left(self._unmatched_t, fed.start_ns + lag)
+        d = bisect_right(self._unmatched_t, fed.end_ns + lag + LAG_NS)
+        return self._matched[a:b] + self._unmatched[c:d]
+
+
+def _fate(obs: Observations, links: _Links, fed: Fed, lags: _Lags, missed: dict[str, str]) -> Fate:
     fs, fe = fed.start_ns, fed.end_ns
     life = (fs, fe + ANSWER_NS)
+    heard = lags.heard(fed)
     if len(heard) < HEARD_SHARE * max(1, fed.loud_periods):
-        return Fate(fed.index, "fed", *_not_captured(obs, fed, len(heard)))
+        return Fate(fed.index, "fed", *_not_captured(obs, fed, len(heard), lags.at(fs)))
     hits = Counter(links.where[h.digest] for h in heard if h.digest in links.where)
     if sum(hits.values()) < SENT_SHARE * len(heard):
         cause, detail = _lost_between(obs, (fs, fe + SEND_NS), life, ("session",))
@@ -207,8 +234,9 @@ def _fate(obs: Observations, links: _Links, fed: Fed, heard: list[Heard], missed
     return Fate(fed.index, "received", cause, detail or f"{answer.response_id}: {why}")
 
 
-def _not_captured(obs: Observations, fed: Fed, heard: int) -> tuple[str, str]:
-    fs, fe = fed.start_ns, fed.end_ns
+def _not_captured(obs: Observations, fed: Fed, heard: int, lag: int) -> tuple[str, str]:
+    """Capture's side, on its clock: the utterance's window moved by capture's lag."""
+    fs, fe = fed.start_ns + lag, fed.end_ns + lag
     if kill := _killed(obs.kills, ("capture",), (fs, fe)):
         return _kill_cause(kill, fs)
     muted = _muted_share(obs.capture_beats, fs, fe + LAG_NS)
@@ -220,8 +248,9 @@ def _not_captured(obs: Observations, fed: Fed, heard: int) -> tuple[str, str]:
         return "half-duplex mute", f"{detail} ({muted:.0%} of it muted)"
     if not any(fs - S // 5 <= t <= fe + LAG_NS for t in obs.speech_starts):
         return "VAD", f"{heard} of {fed.loud_periods} loud periods published, no speech start"
-    cause, detail = _lost_between(obs, (fs, fe), (fs, fe + ANSWER_NS), ())
-    return cause, detail or f"{heard} of {fed.loud_periods} loud periods published, speech detected"
+    if kill := _killed(obs.kills, None, (fs, fe)):
+        return _kill_cause(kill, fs)
+    return "unexplained", f"{heard} of {fed.loud_periods} loud periods published, speech detected"
 
 
 def _lost_between(

@@ -59,6 +59,7 @@ KILLS_PER_SOAK = 6
 WARM_UP_S = 60.0  # RSS growth is measured from a process's first minute on, not through its start
 BURSTY_EVERY_S = 40.0
 ECHO_TAIL_MS = 400  # [audio] echo_tail_ms's default, written out so the accountant knows it
+_STEP, _KEY = 32, 16  # bytes: content lookup of fed audio (see _fed_index)
 _RESPONSE = re.compile(r"resp_sim(\d+)x(\d+)")
 
 
@@ -67,9 +68,11 @@ class _Watch:
     loud published periods, speech starts and heartbeats; the session's states, captions and
     answers; playback's runs; every service's heartbeats (for when a killed one is back)."""
 
-    def __init__(self, runtime: Path, loud_rms: float) -> None:
+    def __init__(self, runtime: Path, loud_rms: float, fed_at: dict[bytes, int]) -> None:
         self.runtime = runtime
         self.loud_rms = loud_rms
+        self.fed_at = fed_at
+        self.heard_at: dict[bytes, int] = {}  # a published period's digest -> its offset in what was fed
         self.heard: list[ledger.Heard] = []
         self.speech_starts: list[int] = []
         self.capture_beats: list[ledger.CaptureBeat] = []
@@ -129,7 +132,10 @@ class _Watch:
         async for msg in sub:
             if isinstance(msg, AudioIn):
                 if not msg.muted and _rms(msg.pcm) > self.loud_rms:
-                    self.heard.append(ledger.Heard(msg.t, _digest(msg.pcm)))
+                    digest = _digest(msg.pcm)
+                    self.heard.append(ledger.Heard(msg.t, digest))
+                    if (offset := _find(self.fed_at, msg.pcm)) is not None:
+                        self.heard_at[digest] = offset
             elif isinstance(msg, AudioOut) and msg.response_id:
                 seen = self.audio_out.setdefault(msg.response_id, [msg.t, msg.t, 0])
                 seen[1] = max(seen[1], msg.t)
@@ -152,6 +158,24 @@ def _rms(pcm: bytes) -> float:
     return float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
 
 
+def _fed_index(pcm: bytes, spans: list[tuple[int, int]]) -> dict[bytes, int]:
+    """Where each utterance's audio lies in what is fed: 8 samples every 16, by their bytes (the
+    faint noise floor makes them unique), so any 20 ms period capture publishes can be found."""
+    index: dict[bytes, int] = {}
+    for a, b in spans:
+        for p in range(a - a % _STEP, b, _STEP):
+            index.setdefault(pcm[p : p + _KEY], p)
+    return index
+
+
+def _find(index: dict[bytes, int], pcm: bytes) -> int | None:
+    """The offset in what was fed of a period whose samples came through unchanged."""
+    for j in range(0, min(_STEP, len(pcm) - _KEY + 1), 2):
+        if (p := index.get(pcm[j : j + _KEY])) is not None:
+            return p - j
+    return None
+
+
 def _digest(pcm: bytes) -> bytes:
     return hashlib.blake2b(pcm, digest_size=8).digest()
 
@@ -166,6 +190,17 @@ def _fed(pcm: bytes, spans: list[tuple[int, int]], written: list[int], loud_rms:
         loud = sum(_rms(pcm[n * PERIOD : (n + 1) * PERIOD]) > loud_rms for n in range(first, last + 1))
         fed.append(ledger.Fed(index, written[first], written[last], loud))
     return fed
+
+
+def _on_feeder_clock(heard: list[ledger.Heard], at: dict[bytes, int], written: list[int]) -> list[ledger.Heard]:
+    out = []
+    for h in heard:
+        offset = at.get(h.digest)
+        fed_ns = None
+        if offset is not None and offset // PERIOD < len(written):
+            fed_ns = written[offset // PERIOD] + (offset % PERIOD) * 31_250  # 31.25 µs a byte at 16 kHz
+        out.append(ledger.Heard(h.t_ns, h.digest, fed_ns))
+    return out
 
 
 def _connections(sim: Simulator, loud_rms: float) -> tuple[list[ledger.Connection], list[str]]:
@@ -247,7 +282,7 @@ def main() -> int:
               f"every other {BURSTY_EVERY_S:.0f} s", flush=True)  # fmt: skip
         box = subprocess.Popen(tolk_cmd("run", "--config", str(config)), env=service_env(work, HOME=str(home)),
                                cwd=REPO)  # fmt: skip
-        watch = _Watch(work, loud_rms)
+        watch = _Watch(work, loud_rms, _fed_index(pcm, spans))
         stop = asyncio.Event()
         loop = asyncio.new_event_loop()
         watcher = threading.Thread(target=loop.run_until_complete, args=(watch.run(stop),), daemon=True)
@@ -300,7 +335,7 @@ def main() -> int:
     connections, notes = _connections(sim, loud_rms)
     observations = ledger.Observations(
         fed=_fed(pcm, spans, written, loud_rms),
-        heard=watch.heard,
+        heard=_on_feeder_clock(watch.heard, watch.heard_at, written),
         speech_starts=watch.speech_starts,
         capture_beats=watch.capture_beats,
         connections=connections,
@@ -329,6 +364,10 @@ def main() -> int:
         back = f"back after {(up - t) / 1e9:.1f} s" if up else "never back"
         print(f"  kill -9 {name} ({pid}) at {(t - written[0]) / 1e9:.1f} s of speech: {back}")
     found = sum(1 for h in watch.heard if any(h.digest in c.periods for c in connections))
+    lags = sorted(h.t_ns - h.fed_ns for h in observations.heard if h.fed_ns is not None)
+    if lags:
+        print(f"capture behind the feeder (periods found by content: {len(lags)} of {len(watch.heard)}): "
+              f"median {lags[len(lags) // 2] / 1e6:.0f} ms, max {lags[-1] / 1e6:.0f} ms")  # fmt: skip
     print(f"loud periods capture published: {len(watch.heard)}, of which the service received {found}; "
           f"playback runs: {len(observations.runs)}; bus frames rejected: {watch.rejected}")  # fmt: skip
     for note in notes:

@@ -147,3 +147,20 @@ def test_the_report_counts_every_utterance_once() -> None:
     text = ledger.report(ledger.account(obs))
     assert "lost: 1 of 2" in text
     assert "VAD" in text and "#2" in text
+
+
+def test_a_capture_running_seconds_behind_is_followed_by_content_not_by_the_clock() -> None:
+    """A restarted capture lags the microphone (what was said while it was down waits in the
+    device's buffer): its periods, found among what was fed, still count for their utterance,
+    and its mute is looked for on its own clock."""
+    obs = _observed()
+    lag = 4 * S
+    obs.heard = [Heard(h.t_ns + lag, h.digest, h.t_ns - 20 * MS) for h in obs.heard]
+    obs.speech_starts = [t + lag for t in obs.speech_starts]
+    assert [f.played for f in ledger.account(obs)] == [True, True]
+    obs.heard = [h for h in obs.heard if not h.digest.startswith(b"u2")] + [Heard(2 * S + lag, b"x", 2 * S)]
+    obs.speech_starts = obs.speech_starts[:1]
+    obs.capture_beats = _beats(10, 20 * S, muted=(5 * S + lag, 6 * S + lag))
+    assert _fates(obs)[1] == ("fed", "half-duplex mute")
+    obs.capture_beats = _beats(10, 20 * S, muted=(5 * S, 6 * S))  # muted on the feeder's clock only
+    assert _fates(obs)[1] == ("fed", "VAD")
