@@ -245,7 +245,10 @@ def _not_captured(obs: Observations, fed: Fed, heard: int, lag: int) -> tuple[st
             r.start_ns <= fs + LAG_NS and (r.end_ns is None or r.end_ns + obs.tail_ns >= fs) for r in obs.runs
         )
         detail = "began while the box was speaking" if speaking else "the box was silent: a mute outlived its playback"
-        return "half-duplex mute", f"{detail} ({muted:.0%} of it muted)"
+        return (
+            "half-duplex mute",
+            f"{detail} ({muted:.0%} of it muted; {heard} of {fed.loud_periods} loud periods published)",
+        )
     if not any(fs - S // 5 <= t <= fe + LAG_NS for t in obs.speech_starts):
         return "VAD", f"{heard} of {fed.loud_periods} loud periods published, no speech start"
     if kill := _killed(obs.kills, None, (fs, fe)):

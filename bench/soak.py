@@ -366,8 +366,9 @@ def main() -> int:
     found = sum(1 for h in watch.heard if any(h.digest in c.periods for c in connections))
     lags = sorted(h.t_ns - h.fed_ns for h in observations.heard if h.fed_ns is not None)
     if lags:
+        low, mid, high = (x / 1e6 for x in (lags[0], lags[len(lags) // 2], lags[-1]))
         print(f"capture behind the feeder (periods found by content: {len(lags)} of {len(watch.heard)}): "
-              f"median {lags[len(lags) // 2] / 1e6:.0f} ms, max {lags[-1] / 1e6:.0f} ms")  # fmt: skip
+              f"min {low:.0f} ms, median {mid:.0f} ms, max {high:.0f} ms")  # fmt: skip
     print(f"loud periods capture published: {len(watch.heard)}, of which the service received {found}; "
           f"playback runs: {len(observations.runs)}; bus frames rejected: {watch.rejected}")  # fmt: skip
     for note in notes:
