@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,34 +24,43 @@ SENTENCES = [
 ]
 
 
-
 def speech(work: Path, seconds: float) -> bytes:
     return utterances(work, seconds)[0]
 
 
 def utterances(work: Path, seconds: float) -> tuple[bytes, int]:
     """Utterances with pauses, over a faint noise floor so every 20 ms period is unique; and their count."""
+    pcm, spans = utterance_spans(work, seconds)
+    return pcm, len(spans)
+
+
+def utterance_spans(work: Path, seconds: float) -> tuple[bytes, list[tuple[int, int]]]:
+    """As ``utterances``, with each utterance's byte span in the audio (start, end)."""
     pieces = []
     for i, text in enumerate(SENTENCES):
         pieces.append(wav_pcm(espeak_wav(text, work / f"s{i}.wav")))
     rng = np.random.default_rng(7)
     out = bytearray()
-    i = 0
+    spans: list[tuple[int, int]] = []
     while len(out) < seconds * 32000:
-        out += pieces[i % len(pieces)] + bytes(int(1.2 * 32000))
-        i += 1
+        piece = pieces[len(spans) % len(pieces)]
+        spans.append((len(out), len(out) + len(piece)))
+        out += piece + bytes(int(1.2 * 32000))
     out += bytes(3 * 32000)  # a microphone never stops: the last response comes back while it runs
     samples = np.frombuffer(bytes(out), dtype="<i2").astype(np.int32)
     samples += rng.integers(-6, 7, size=samples.size)
-    return np.clip(samples, -32768, 32767).astype("<i2").tobytes(), i
+    return np.clip(samples, -32768, 32767).astype("<i2").tobytes(), spans
 
 
-def feed(mic: PulseMic, pcm: bytes, stop: threading.Event) -> None:
+def feed(mic: PulseMic, pcm: bytes, stop: threading.Event, on_write: Callable[[int, int], None] | None = None) -> None:
+    """Write ``pcm`` in real time, one period at a time; ``on_write(offset, monotonic_ns)`` after each."""
     start = time.monotonic()
     for n, offset in enumerate(range(0, len(pcm), PERIOD)):
         if stop.is_set():
             return
         mic.write(pcm[offset : offset + PERIOD])
+        if on_write is not None:
+            on_write(offset, time.monotonic_ns())
         delay = start + (n + 1) * 0.02 - time.monotonic()
         if delay > 0:
             time.sleep(delay)

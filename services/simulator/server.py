@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,6 +58,26 @@ class ConnectionLog:
     violations: list[str] = field(default_factory=list)
     audio: bytearray = field(default_factory=bytearray)  # what was appended on this connection (capped)
     sent: list[str] = field(default_factory=list)  # types of the server events sent, in order
+    # For a bench that follows each utterance (bench/ledger.py), on time.monotonic_ns(), shared
+    # with the box's processes: when it opened and closed, how it closed, and each append.
+    opened_ns: int = 0
+    closed_ns: int = 0
+    close_code: int | None = None
+    marks: list[AppendMark] = field(default_factory=list)  # capped at MAX_EVENTS
+    utterances: int = 0  # utterances the simulator heard end on this connection (at close)
+    replies: int = 0  # responses it began on this connection (at close)
+
+
+@dataclass(frozen=True)
+class AppendMark:
+    """One append as it arrived: where its audio lies in ``ConnectionLog.audio``, and how many
+    utterances had ended and responses begun on the connection before it."""
+
+    t_ns: int
+    offset: int
+    size: int
+    utterances_before: int
+    replies_before: int
 
 
 class Recorder:
@@ -199,6 +220,7 @@ class Simulator:
 
     async def _handle(self, ws: ServerConnection) -> None:
         record = self._handshakes.pop(id(ws))
+        record.opened_ns = time.monotonic_ns()
         self.connections.append(record)
         log.info("connection %d opened", record.number)
         conversation = Conversation(self, ws, record.faults, record)
@@ -207,6 +229,9 @@ class Simulator:
             await conversation.run()
         finally:
             self._live.pop(record.number, None)
+            record.closed_ns = time.monotonic_ns()
+            record.close_code = ws.close_code
+            record.utterances, record.replies = conversation.endpointer.utterances, conversation.replies
             log.info(
                 "connection %d closed (%d events, %d violations)",
                 record.number,
@@ -225,6 +250,7 @@ class Simulator:
         self._keep(entry)
         pcm = payload if event["type"] == "input_audio_buffer.append" else b""
         if pcm:
+            self._mark(record, len(pcm))
             record.appends += 1
             record.audio_bytes += len(pcm)
             if len(record.audio) < MAX_AUDIO_BYTES:
@@ -237,6 +263,13 @@ class Simulator:
                 self.audio_dropped += excess
         if self._recorder is not None:
             self._recorder.write(entry, pcm)
+
+    def _mark(self, record: ConnectionLog, size: int) -> None:
+        conversation = self._live.get(record.number)
+        if conversation is None or len(record.marks) >= MAX_EVENTS:
+            return
+        heard, replies = conversation.endpointer.utterances, conversation.replies
+        record.marks.append(AppendMark(time.monotonic_ns(), record.audio_bytes, size, heard, replies))
 
     def record_frame(self, record: ConnectionLog, raw: str | bytes, rejected: str = "") -> None:
         """A frame that is not an accepted event: kept as far as it can be read."""
