@@ -31,6 +31,7 @@ from services.session.fallback import CloudFallback
 from services.session.lifetime import ConnectionLifetime
 from services.session.outgoing import Outgoing
 
+RESTART_REQUESTED = "restart requested"
 NO_KEY = "no API key: set DASHSCOPE_API_KEY or [service] api_key_file"
 #: A configuration the service refused is tried again this rarely (or at once on a config change).
 CONFIG_RETRY_S = 60.0
@@ -170,15 +171,23 @@ class SessionService(ConnectionLifetime):
                 delay = self._after_failure(exc)
             except ServiceRejected as exc:
                 self.last_error = str(exc)
-                delay = FATAL_RETRY_S if exc.error.fatal else CONFIG_RETRY_S
-                self.set_state("failed", f"{exc}; {retrying(delay)}", error_code=exc.error.code)
+                if self.fallback.engine_failed():
+                    # The engine refused what the cloud may well take: back to the cloud, not a long wait.
+                    delay = self.backoff.next_delay()
+                    self.set_state("backoff", f"the box's own engine refused ({exc}); trying the cloud again")
+                else:
+                    delay = FATAL_RETRY_S if exc.error.fatal else CONFIG_RETRY_S
+                    self.set_state("failed", f"{exc}; {retrying(delay)}", error_code=exc.error.code)
             if delay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
 
     def _after_failure(self, exc: ConnectFailure) -> float:
         """Set the state a lost or refused connection leaves, and return how long to wait."""
-        if self.fallback.failed(self.config, exc, time.monotonic()):
+        if self.fallback.engine_failed():
+            self.set_state("backoff", f"the box's own engine failed ({exc}): trying the cloud again")
+            return self.backoff.next_delay()
+        if self.fallback.failed(self.direction.effective(self.config), exc, time.monotonic()):
             self.set_state("connecting", f"the cloud is unreachable ({exc}): to the box's own engine")
             return 0.0
         if exc.fatal:
@@ -196,7 +205,8 @@ class SessionService(ConnectionLifetime):
         if exc.throttled and exc.retry_after_s is None:
             floor = THROTTLED_FLOOR_S
         delay = self.backoff.next_delay(floor_s=floor)
-        self.set_state("backoff", f"retry in {delay:.1f} s after: {exc}")
+        why = f"; {self.fallback.unservable}" if self.fallback.unservable else ""
+        self.set_state("backoff", f"retry in {delay:.1f} s after: {exc}{why}")
         return delay
 
     async def _session(self, key: str | None) -> None:
@@ -314,6 +324,8 @@ class SessionService(ConnectionLifetime):
 
     async def _restart_session(self, why: str) -> None:
         self.backoff.reset()
+        if why == RESTART_REQUESTED:
+            self.fallback.reset()  # a person asked: the cloud first, as at start
         ws = self._ws
         if ws is not None and self._live:
             await self._end_session(ws, why)  # the connection loop reconnects at once
@@ -348,7 +360,7 @@ class SessionService(ConnectionLifetime):
             assert isinstance(msg, Command)
             if msg.name == "restart-session":
                 self.log.info("restart-session requested")
-                await self._restart_session("restart requested")
+                await self._restart_session(RESTART_REQUESTED)
             elif msg.name == "direction":
                 self.on_direction_command(msg.args.get("direction"))
 
