@@ -135,7 +135,8 @@ class Outgoing:
         self._unsettled.append(chunk)
         self._unsettled_loud += chunk.loud
         if not self._unsettled_loud:
-            self._settle(len(self._unsettled))  # nothing but quiet: nothing to hear again
+            # Nothing but quiet: nothing to hear again, but the lead into speech that may follow.
+            self._settle(len(self._unsettled) - -(-LEAD_MS // self.chunk_ms))
         while len(self._unsettled) > self.max_chunks:
             self._settle_oldest()
 
