@@ -119,7 +119,7 @@ def session_process(
                 yield p, tap
             except BaseException:
                 # What the session said is the first thing anyone debugging a failure here needs.
-                print("--- session log (tail) ---\n" + (rundir / "log").read_text(errors="replace")[-int(os.environ.get("TAIL", "6000")):])
+                print("--- session log (tail) ---\n" + (rundir / "log").read_text(errors="replace")[-6000:])
                 raise
     finally:
         tap.close()
