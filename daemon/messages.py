@@ -260,6 +260,47 @@ class Usage(Message):
     cost_per_hour: float | None = None  # at [service] price_per_million_*; None when no price is set
 
 
+# --- audio that survives a session crash (docs/session.md) ----------------------------------
+
+
+@dataclass(kw_only=True)
+class AudioSettled(Message):
+    """The session: capture's audio up to ``through_seq`` (``AudioIn.seq``) needs no replay.
+
+    Settled means the service answered it, or it was quiet, or it was given up as too old;
+    audio only sent is not settled (a lost connection takes the service's half of it along).
+    """
+
+    topic = "audio.settled"
+    through_seq: int = 0
+
+
+@dataclass(kw_only=True)
+class AudioResume(Message):
+    """A session that just started asks capture for what is not settled yet (repeated until answered)."""
+
+    topic = "audio.resume"
+
+
+@dataclass(kw_only=True)
+class AudioReplay(Message):
+    """Capture's answer to ``AudioResume``: one period it published as ``AudioIn`` seq ``of_seq``.
+
+    Sent on the bulk socket in order, before the next live ``AudioIn``; the last of a replay has
+    ``last`` set (and no audio when there was nothing to replay: ``of_seq`` is then the latest).
+    """
+
+    topic = "audio.replay"
+    channel = Channel.BULK
+    payload_field = "pcm"
+
+    pcm: bytes = b""
+    rate: int = 16000
+    muted: bool = False
+    of_seq: int = 0
+    last: bool = False
+
+
 # --- every process ---------------------------------------------------------------------------
 
 

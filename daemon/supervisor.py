@@ -4,7 +4,8 @@ Each child gets its own ``NOTIFY_SOCKET``, exactly as systemd would give a ``Typ
 so "started" means the child said ``READY=1`` after opening its device or socket. A child that
 exits before that fails the start: everything is stopped and ``tolk run`` exits non-zero.
 SIGINT/SIGTERM are forwarded; a child that dies later is restarted after a pause, like
-``Restart=always``, unless ``restart=False``.
+``Restart=always``, unless ``restart=False``. The API key in the environment reaches only the
+children whose units load it as a credential (``KEY_HOLDERS``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 12.0
 RESTART_SEC = 3.0
 START_LIMIT = (5, 60.0)  # at most 5 restarts of one process in 60 s, as StartLimitBurst/Interval
+#: The processes whose units load the key (LoadCredential=): the session, and the engine, which
+#: must know whether it stands by for the cloud. No other child gets it in its environment.
+KEY_HOLDERS = frozenset({"session", "engine"})
+SECRET_ENV = ("DASHSCOPE_API_KEY",)
 
 
 class StartError(RuntimeError):
@@ -130,6 +135,9 @@ class Supervisor:
         if self.config_path:
             cmd += ["--config", self.config_path]
         env = dict(self.env, NOTIFY_SOCKET=str(child.notify_path))
+        if child.name not in KEY_HOLDERS:
+            for name in SECRET_ENV:
+                env.pop(name, None)
         child.proc = await asyncio.create_subprocess_exec(*cmd, env=env, start_new_session=False)
         log.info("started %s (pid %d)", child.name, child.proc.pid)
 

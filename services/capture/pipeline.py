@@ -18,6 +18,7 @@ from daemon.vad import SpeechDetector
 from services.capture.aec import EchoCanceller
 from services.capture.mute import MuteGate
 from services.capture.policy import Period, StreamingPolicy
+from services.capture.ring import AudioRing
 
 BYTES_PER_SECOND = 16000 * 2
 
@@ -54,6 +55,8 @@ class CapturePipeline:
         self.rate = rate
         #: Set by the service for ``echo = "aec"`` (one assignment, read once per period).
         self.echo: EchoCanceller | None = None
+        #: What was published lately, replayed to a session that restarted (ring.py).
+        self.ring: AudioRing | None = None
 
     def period(self, data: bytes, t: int, period_ns: int) -> None:
         echo = self.echo
@@ -77,7 +80,13 @@ class CapturePipeline:
         counters["muted_chunks"] += muted
         counters["seconds_captured"] += len(data) / BYTES_PER_SECOND
         counters["vad_windows"] = self.detector.windows
+        ring = self.ring
+        if ring is not None:
+            ring.replay_due(self.publisher)
         for out in self.policy.admit(Period(pcm, t, muted), speaking):
-            self.publisher.publish(AudioIn(pcm=out.pcm, t=out.t, rate=self.rate, muted=out.muted))
+            msg = AudioIn(pcm=out.pcm, t=out.t, rate=self.rate, muted=out.muted)
+            self.publisher.publish(msg)
+            if ring is not None:
+                ring.keep(msg)
             counters["seconds_sent"] += len(out.pcm) / BYTES_PER_SECOND
         counters["keepalives"] = self.policy.keepalives

@@ -27,7 +27,15 @@ from typing import ClassVar
 
 from daemon.alsa_device import DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
 from daemon.config import Config
-from daemon.messages import Command, Heartbeat, PlaybackState, RenderedAudio, SpeechActivity
+from daemon.messages import (
+    AudioResume,
+    AudioSettled,
+    Command,
+    Heartbeat,
+    PlaybackState,
+    RenderedAudio,
+    SpeechActivity,
+)
 from daemon.service import Service, ServiceContext
 from daemon.vad import SpeechDetector, make_vad
 from services.capture import aec as aec_mod
@@ -38,6 +46,7 @@ from services.capture.pipeline import CapturePipeline
 from services.capture.policy import PolicySettings, StreamingPolicy
 from services.capture.reader import Reader
 from services.capture.reference import RenderReference
+from services.capture.ring import AudioRing
 
 RATE = 16000
 PERIODS = 4
@@ -81,6 +90,7 @@ class CaptureService(Service):
         self.detector = SpeechDetector(make_vad(self.config.audio.vad))
         self.policy = StreamingPolicy(self._policy_settings())
         self.reference = RenderReference()
+        self.ring = AudioRing(self.config.service.backlog_s, self.config.audio.period_ms)
         self.echo: aec_mod.EchoCanceller | None = None
         self._aec_failed = ""
         self._reader: Reader | None = None
@@ -106,6 +116,7 @@ class CaptureService(Service):
         self.spawn(self._follow_playback(), "follow-playback")
         self.spawn(self._follow_rendered(), "echo-reference")
         self.spawn(self._follow_commands(), "follow-commands")
+        self.spawn(self._follow_session(), "follow-session")
         while True:
             if self._pcm is None:
                 self.state = "degraded"
@@ -137,6 +148,7 @@ class CaptureService(Service):
         before = self.spec()
         vad_before = self.config.audio.vad
         self.config = new
+        self.ring.resize(new.service.backlog_s, new.audio.period_ms)
         self._configure_gate()
         self.policy.settings = self._policy_settings()
         if new.audio.vad != vad_before:
@@ -220,6 +232,7 @@ class CaptureService(Service):
 
         pipeline = CapturePipeline(self.bus.bulk, self.gate, self.detector, self.policy, self.counters, on_speech)
         pipeline.echo = self.echo
+        pipeline.ring = self.ring
         reader = Reader(pcm, spec, pipeline, self.counters, self._on_chunk, on_end)
         self._reading_since_ns = time.monotonic_ns()
         self._reader = reader
@@ -318,6 +331,15 @@ class CaptureService(Service):
             assert isinstance(msg, RenderedAudio)
             if self.echo is not None:
                 self.reference.add(msg.pcm, msg.t, msg.rate)
+
+    async def _follow_session(self) -> None:
+        """How far the session's audio is settled, and its requests for the rest (ring.py)."""
+        sub = self.bus.subscribe(["session"], AudioSettled, AudioResume)
+        async for msg in sub:
+            if isinstance(msg, AudioSettled):
+                self.ring.settled_through(msg.through_seq)
+            elif isinstance(msg, AudioResume):
+                self.ring.request_resume()
 
     async def _follow_commands(self) -> None:
         sub = self.bus.subscribe(["control"], Command)

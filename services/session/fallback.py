@@ -8,7 +8,10 @@ back (between 1 and ``PROBE_EVERY_S`` seconds; a TCP and, for ``wss``, TLS hands
 session is opened, nothing is billed) and goes back to it at the next pause once it answers.
 
 Only failures that say the cloud is out of reach count: a refused key (fatal) or throttling
-means the cloud answered, and falling back would hide a problem staff must fix.
+means the cloud answered, and falling back would hide a problem staff must fix. The engine is
+never used for a pair it cannot translate (``daemon.engine_languages``): the status says so
+instead, and the cloud is retried as before. Nothing outlives its reason: the engine failing
+or refusing sends the next attempt to the cloud, and so does ``restart-session``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import ssl
 from urllib.parse import urlsplit
 
-from daemon import backend
+from daemon import backend, engine_languages
 from daemon import config as config_mod
 from services.session.connection import ConnectFailure
 
@@ -33,6 +36,8 @@ class CloudFallback:
     def __init__(self) -> None:
         self.active = False
         self.down_since: float | None = None  # monotonic time of the first failure of this outage
+        #: Why the engine cannot stand in (the pair it refuses), for the status; "" when it can.
+        self.unservable = ""
 
     def url(self, cfg: config_mod.Config) -> str:
         """Where the next connection goes."""
@@ -43,12 +48,19 @@ class CloudFallback:
         return backend.FALLBACK if self.active else backend.resolve(cfg)
 
     def failed(self, cfg: config_mod.Config, exc: ConnectFailure, now: float) -> bool:
-        """A connection to the cloud failed; True when the engine takes over from now on."""
+        """A connection to the cloud failed; True when the engine takes over from now on.
+
+        ``cfg`` carries the languages the service is asked for (the direction in effect).
+        """
+        self.unservable = ""
         if self.active or exc.fatal or exc.throttled or not backend.standby(cfg) or backend.resolve(cfg) != "cloud":
             return False
         if self.down_since is None:
             self.down_since = now
         if now - self.down_since < cfg.service.fallback_after_s:
+            return False
+        if (refused := engine_refuses(cfg)) is not None:
+            self.unservable = refused
             return False
         self.active = True
         log.warning(
@@ -56,6 +68,14 @@ class CloudFallback:
             now - self.down_since,
             exc,
         )
+        return True
+
+    def engine_failed(self) -> bool:
+        """A connection to the engine failed or was refused: True when the next one goes to the cloud."""
+        if not self.active:
+            return False
+        log.warning("the box's own engine failed: trying the cloud again")
+        self.active = False
         return True
 
     def went_live(self) -> None:
@@ -67,6 +87,15 @@ class CloudFallback:
         """Back to the cloud (it answers again, or its settings changed)."""
         self.active = False
         self.down_since = None
+
+
+def engine_refuses(cfg: config_mod.Config) -> str | None:
+    """Why the engine cannot translate ``cfg``'s pair (the engine's own words), or None when it can."""
+    source, target = cfg.languages.source, cfg.languages.target
+    marian = engine_languages.marian_pairs(cfg.engine.marian_dir)
+    if engine_languages.pair(source, target, marian) is not None:
+        return None
+    return f"the box's own engine cannot translate {source} into {target}, so it cannot stand in"
 
 
 def probe_interval(cfg: config_mod.Config) -> float:

@@ -17,6 +17,12 @@ from services.session.profiles import profile_for
 
 #: Past the rotation age, wait at most this long for a pause (bounded by the service's limit).
 ROTATE_GRACE_S = 300.0
+#: While speech awaits an answer, the connection is asked to prove it is alive this often...
+PING_EVERY_S = 1.0
+#: ...and is dead when no pong comes back within this: a silent network loss shows in under
+#: 4 s (where TCP itself and the stall timeout took 20-40 s), while the utterance in flight is
+#: still within the backlog (``backlog_s``, 5 s by default) and goes whole on the next connection.
+PONG_TIMEOUT_S = 2.5
 
 
 class ConnectionLifetime(EventHandler):
@@ -77,6 +83,27 @@ class ConnectionLifetime(EventHandler):
         self.log.warning("%s; reconnecting", self.stalled)
         self._live = False
         await ws.close()
+
+    async def _watch_liveness(self, ws: ClientConnection) -> None:
+        """Speech is waiting for an answer: ping; no pong in time and the connection is given up."""
+        while True:
+            await self.activity.waiting.wait()
+            await asyncio.sleep(PING_EVERY_S)
+            if not self.activity.waiting.is_set():
+                continue  # the service answered meanwhile: it is alive
+            try:
+                pong = await ws.ping()
+                await asyncio.wait_for(pong, PONG_TIMEOUT_S)
+            except ConnectionClosed:
+                return  # the receiver reports the close
+            except TimeoutError:
+                break
+        self.count("dead_connections")
+        self.stalled = f"the connection is dead: no answer to a ping within {PONG_TIMEOUT_S:g} s"
+        self.log.warning("%s; reconnecting", self.stalled)
+        self._live = False
+        # A close handshake cannot cross a dead network: drop the socket at once.
+        ws.transport.abort()
 
     async def _end_session(self, ws: ClientConnection, why: str, limit_s: float | None = None) -> None:
         """``session.finish``, wait (bounded) for ``session.finished``, close. A receiver must run."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -22,7 +23,7 @@ from websockets.protocol import State
 from daemon import config as config_mod
 from daemon import logs
 from daemon.backend import session_url
-from daemon.messages import AudioIn, Command, SessionStatus, VideoFrame
+from daemon.messages import AudioIn, AudioReplay, AudioResume, AudioSettled, Command, SessionStatus, VideoFrame
 from daemon.service import STOP_TIMEOUT_S, ServiceContext
 from services.session import protocol
 from services.session.connection import Backoff, ConnectFailure, close_reason, connect_service, is_loopback, retrying
@@ -30,7 +31,9 @@ from services.session.events import ServiceRejected
 from services.session.fallback import CloudFallback
 from services.session.lifetime import ConnectionLifetime
 from services.session.outgoing import Outgoing
+from services.session.resume import RESUME_REPEAT_S, RESUME_WAIT_S, AudioIntake
 
+RESTART_REQUESTED = "restart requested"
 NO_KEY = "no API key: set DASHSCOPE_API_KEY or [service] api_key_file"
 #: A configuration the service refused is tried again this rarely (or at once on a config change).
 CONFIG_RETRY_S = 60.0
@@ -61,6 +64,8 @@ COUNTERS = (
     "rotations",
     "short_lived_connections",
     "chunks_resent",
+    "chunks_requeued",
+    "dead_connections",
     "wrong_direction_events",
 )
 
@@ -77,12 +82,15 @@ class SessionService(ConnectionLifetime):
         self.session_id = ""
         self.ids = protocol.EventIds()
         self.outgoing = Outgoing(self.config.service.chunk_ms, self.config.service.backlog_s)
+        self.intake = AudioIntake(self.outgoing)
+        self._settled_published = -1
         self.backoff = Backoff()
         self.fallback = CloudFallback()
         self.short_lived = 0
         self._ws: ClientConnection | None = None
         self._live = False
         self._audio_sent = False
+        self._answers = 0  # responses done on the current connection
         self._wake = asyncio.Event()
         self.setup_events()
         for counter in COUNTERS:
@@ -90,12 +98,13 @@ class SessionService(ConnectionLifetime):
 
     async def start(self) -> None:
         # Only the bus: READY must not wait for the network (a box starts offline too).
-        self._audio = self.bus.subscribe(["capture"], AudioIn)
+        self._audio = self.bus.subscribe(["capture"], AudioIn, AudioReplay)
         self._video = self.bus.subscribe(["camera"], VideoFrame)
         self._commands = self.bus.subscribe(["control"], Command)
 
     async def run(self) -> None:
         self.spawn(self._read_audio(), "audio-in")
+        self.spawn(self._resume(), "resume")
         self.spawn(self._read_video(), "video-in")
         self.spawn(self._read_commands(), "commands")
         self.spawn(self._repeat_status(), "status")
@@ -170,15 +179,23 @@ class SessionService(ConnectionLifetime):
                 delay = self._after_failure(exc)
             except ServiceRejected as exc:
                 self.last_error = str(exc)
-                delay = FATAL_RETRY_S if exc.error.fatal else CONFIG_RETRY_S
-                self.set_state("failed", f"{exc}; {retrying(delay)}", error_code=exc.error.code)
+                if self.fallback.engine_failed():
+                    # The engine refused what the cloud may well take: back to the cloud, not a long wait.
+                    delay = self.backoff.next_delay()
+                    self.set_state("backoff", f"the box's own engine refused ({exc}); trying the cloud again")
+                else:
+                    delay = FATAL_RETRY_S if exc.error.fatal else CONFIG_RETRY_S
+                    self.set_state("failed", f"{exc}; {retrying(delay)}", error_code=exc.error.code)
             if delay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
 
     def _after_failure(self, exc: ConnectFailure) -> float:
         """Set the state a lost or refused connection leaves, and return how long to wait."""
-        if self.fallback.failed(self.config, exc, time.monotonic()):
+        if self.fallback.engine_failed():
+            self.set_state("backoff", f"the box's own engine failed ({exc}): trying the cloud again")
+            return self.backoff.next_delay()
+        if self.fallback.failed(self.direction.effective(self.config), exc, time.monotonic()):
             self.set_state("connecting", f"the cloud is unreachable ({exc}): to the box's own engine")
             return 0.0
         if exc.fatal:
@@ -196,7 +213,8 @@ class SessionService(ConnectionLifetime):
         if exc.throttled and exc.retry_after_s is None:
             floor = THROTTLED_FLOOR_S
         delay = self.backoff.next_delay(floor_s=floor)
-        self.set_state("backoff", f"retry in {delay:.1f} s after: {exc}")
+        why = f"; {self.fallback.unservable}" if self.fallback.unservable else ""
+        self.set_state("backoff", f"retry in {delay:.1f} s after: {exc}{why}")
         return delay
 
     async def _session(self, key: str | None) -> None:
@@ -226,18 +244,24 @@ class SessionService(ConnectionLifetime):
                 # The config changed while the service was taking the previous one.
                 self.direction_changed()
             sender = self.spawn(self._send_loop(ws), "sender")
-            watchers = [self.spawn(self._rotate(ws), "rotate"), self.spawn(self._watch_stall(ws), "stall")]
+            watchers = [
+                self.spawn(self._rotate(ws), "rotate"),
+                self.spawn(self._watch_stall(ws), "stall"),
+                self.spawn(self._watch_liveness(ws), "liveness"),
+            ]
             if self.fallback.active:
                 watchers.append(self.spawn(self._watch_cloud(ws), "cloud-probe"))
             await self.receive(ws)
             clean = True
         except ConnectionClosed as exc:
-            raise ConnectFailure(f"connection closed: {close_reason(exc)}") from None
+            why, self.stalled = self.stalled or f"connection closed: {close_reason(exc)}", ""
+            raise ConnectFailure(why) from None
         finally:
             for task in (sender, *watchers):
                 if task is not None:
                     task.cancel()
-            if time.monotonic() - opened >= STABLE_S:
+            # A connection the service answered on did useful work, however short it was.
+            if time.monotonic() - opened >= STABLE_S or self._answers:
                 self.backoff.reset()
                 self.short_lived = 0
             elif not clean:
@@ -246,12 +270,30 @@ class SessionService(ConnectionLifetime):
             current = asyncio.current_task()
             # Shutting down: stop() still finishes the session on this connection.
             if current is None or not current.cancelling():
+                self._after_connection(clean)
                 self._live = False
                 self._ws = None
                 self.connection_lost()
                 await ws.close()
 
+    def _after_connection(self, clean: bool) -> None:
+        """What the service had not answered when the connection was lost goes first on the next."""
+        if clean:
+            self.outgoing.settle_all()  # finished (session.finish) or closed at a pause: all answered
+        elif requeued := self.outgoing.requeue_unsettled():
+            self.count("chunks_requeued", requeued)
+            self.log.info("%d unanswered chunks go again on the next connection", requeued)
+        self.publish_settled()
+
+    def dispatch(self, event: dict[str, Any], received_ns: int) -> None:
+        super().dispatch(event, received_ns)
+        if event.get("type") == "response.done":
+            self._answers += 1
+            self.outgoing.settle_answered()
+            self.publish_settled()
+
     def _go_live(self) -> None:
+        self._answers = 0
         self.fallback.went_live()
         self._live = True
         self.ending = False
@@ -296,7 +338,8 @@ class SessionService(ConnectionLifetime):
     async def _send_pending(self, ws: ClientConnection) -> None:
         if self._live:
             await self._send_switch(ws)
-        while self._live and (chunk := self.outgoing.peek_audio()) is not None:
+        # A session that just started holds its backlog until capture's replay is in (resume.py).
+        while self._live and not self.intake.resuming and (chunk := self.outgoing.peek_audio()) is not None:
             await self._send(ws, protocol.audio_append(chunk, self.ids.next()))
             self.outgoing.pop_audio()
             self.direction.sent(chunk)
@@ -305,6 +348,7 @@ class SessionService(ConnectionLifetime):
             self.count("chunks_sent")
             self.count("audio_seconds_sent", len(chunk) / (protocol.INPUT_RATE * protocol.BYTES_PER_SAMPLE))
             self.mark_fresh()
+        self.publish_settled()
         # The service requires an audio append before the first image.
         if self._live and self._audio_sent and (frame := self.outgoing.take_image()) is not None:
             await self._send(ws, protocol.image_append(frame.jpeg, self.ids.next()))
@@ -314,6 +358,8 @@ class SessionService(ConnectionLifetime):
 
     async def _restart_session(self, why: str) -> None:
         self.backoff.reset()
+        if why == RESTART_REQUESTED:
+            self.fallback.reset()  # a person asked: the cloud first, as at start
         ws = self._ws
         if ws is not None and self._live:
             await self._end_session(ws, why)  # the connection loop reconnects at once
@@ -326,12 +372,38 @@ class SessionService(ConnectionLifetime):
 
     async def _read_audio(self) -> None:
         async for msg in self._audio:
-            assert isinstance(msg, AudioIn)
+            assert isinstance(msg, AudioIn | AudioReplay)
             if msg.rate != protocol.INPUT_RATE:
                 self.count("audio_in_rejected")
                 continue
-            self.outgoing.add_audio(msg.pcm)
+            if isinstance(msg, AudioIn):
+                self.intake.live(msg)
+            elif self.intake.replay(msg):
+                self._resumed()
             self.counters["backlog_dropped"] = self.outgoing.dropped
+
+    async def _resume(self) -> None:
+        """Ask capture for what no session settled (a crash left it unanswered), until it answers."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + RESUME_WAIT_S
+        while self.intake.resuming and loop.time() < give_up:
+            self.bus.publish(AudioResume())
+            await asyncio.sleep(RESUME_REPEAT_S)
+        if self.intake.resuming:
+            self.log.info("no replay from capture within %.0f s: live audio only", RESUME_WAIT_S)
+            self.intake.done()
+
+    def _resumed(self) -> None:
+        self.counters["chunks_replayed"] = self.intake.replayed
+        if self.intake.replayed:
+            self.log.info("capture replayed %d periods no session had settled", self.intake.replayed)
+
+    def publish_settled(self) -> None:
+        """Tell capture how far its audio needs no replay (only when that changed)."""
+        seq = self.outgoing.settled_seq
+        if seq != self._settled_published:
+            self._settled_published = seq
+            self.bus.publish(AudioSettled(through_seq=seq))
 
     async def _read_video(self) -> None:
         async for msg in self._video:
@@ -348,7 +420,7 @@ class SessionService(ConnectionLifetime):
             assert isinstance(msg, Command)
             if msg.name == "restart-session":
                 self.log.info("restart-session requested")
-                await self._restart_session("restart requested")
+                await self._restart_session(RESTART_REQUESTED)
             elif msg.name == "direction":
                 self.on_direction_command(msg.args.get("direction"))
 
@@ -387,6 +459,8 @@ class SessionService(ConnectionLifetime):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, ConnectFailure):
                 await reader
+            self.outgoing.settle_all()  # finished: the service has it all
+            self.publish_settled()
         elif ws is not None:
             await ws.close()
         self._live = False

@@ -69,6 +69,7 @@ class Conversation:
             )
         )
         responder = asyncio.create_task(self._respond(), name=f"simulator:respond-{self.record.number}")
+        dropper = asyncio.create_task(self._drop_after(), name=f"simulator:drop-{self.record.number}")
         try:
             async for raw in self.ws:
                 await self._on_frame(raw)
@@ -76,7 +77,15 @@ class Conversation:
             pass
         finally:
             responder.cancel()
-            await asyncio.gather(responder, return_exceptions=True)
+            dropper.cancel()
+            await asyncio.gather(responder, dropper, return_exceptions=True)
+
+    async def _drop_after(self) -> None:
+        if self.faults.drop_after_s is None:
+            return
+        await asyncio.sleep(self.faults.drop_after_s)
+        log.info("connection %d: dropping after %.1f s (fault)", self.record.number, self.faults.drop_after_s)
+        await self.ws.close(1011, "simulated drop")
 
     async def send(self, event: dict[str, Any] | str | bytes) -> None:
         if self.silent:

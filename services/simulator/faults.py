@@ -8,6 +8,8 @@ Spec: comma-separated ``name`` or ``name=value`` items, e.g.
 - ``delay=S``: wait S seconds after an utterance ends before its response starts.
 - ``close_after_audio=S`` / ``close_after_audio=SxN``: close the connection (code 1011) once S seconds
   of audio arrived on it; every connection, or only the first N.
+- ``drop_after=S``: close every connection (code 1011) S seconds after it opened, whatever it is
+  doing: a link that keeps failing under a conversation.
 - ``close_mid_response`` / ``close_mid_response=N``: close the connection (code 1011) right after a
   response's first audio; on every connection, or the first N.
 - ``reject_update=MESSAGE``: answer every ``session.update`` with an ``error`` carrying MESSAGE
@@ -45,6 +47,7 @@ class Faults:
     close_after_audio_s: float | None = None
     close_after_audio_times: int | None = None  # None: every connection
     close_mid_response: bool = False
+    drop_after_s: float | None = None
     close_mid_response_times: int | None = None  # None: every connection
     reject_update: str | None = None
     reject_code: str = "invalid_value"
@@ -88,6 +91,10 @@ class Faults:
             self.refuse_times = int(times) if times else None
         elif name == "delay":
             self.delay_s = _seconds(value)
+        elif name == "drop_after":
+            self.drop_after_s = _seconds(value)
+            if not self.drop_after_s:
+                raise ValueError("seconds above 0")
         elif name == "close_after_audio":
             seconds, _, times = value.partition("x")
             self.close_after_audio_s = _seconds(seconds)
@@ -122,6 +129,7 @@ class Faults:
                 "refuse",
                 "delay",
                 "close_after_audio",
+                "drop_after",
                 "stall_after_audio",
                 "error_after_audio",
                 "error_code",

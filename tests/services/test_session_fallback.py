@@ -16,8 +16,8 @@ from daemon import backend
 from daemon import config as config_mod
 from daemon.bus import Bus
 from daemon.messages import SessionStatus
-from services.simulator import running_in_thread
-from tests.helpers import free_port
+from services.simulator import Faults, running_in_thread
+from tests.helpers import free_port, wait_until
 from tests.services.test_session_process import KEY, feed_until, session_process, write_config
 
 FALLBACK_AFTER_S = 2.0
@@ -98,3 +98,59 @@ def test_the_engine_stands_by_only_for_auto_with_a_key(monkeypatch: pytest.Monke
     monkeypatch.delenv("DASHSCOPE_API_KEY")
     keyless = config_mod.validate({"service": {"backend": "auto"}})
     assert backend.resolve(keyless) == "local" and backend.processes(keyless, base) == (*base, "engine")
+
+
+def test_never_falls_back_to_an_engine_that_cannot_serve_the_pair(rundir: Path) -> None:
+    """zh → ja: the engine refuses it (engine_languages), so the box keeps trying the cloud.
+
+    The engine stand-in is a simulator that refuses every session.update, as the real engine does
+    for a pair it cannot translate; the box must not even connect to it, must say why on its
+    status, and must be live on the cloud soon after the cloud comes back.
+    """
+    cloud_port = free_port()
+    with running_in_thread(faults=Faults.parse("reject_update=cannot translate zh into ja")) as engine:
+        config = write_config(
+            rundir / "tolk.toml",
+            f"ws://127.0.0.1:{cloud_port}/api-ws/v1/realtime",
+            target="ja",
+            service=f'backend = "auto"\nfallback_after_s = {FALLBACK_AFTER_S}',
+            extra=f'[engine]\nlisten = "127.0.0.1:{engine.port}"',
+        )
+        with session_process(rundir, config, DASHSCOPE_API_KEY=KEY) as (_proc, tap):
+            said = tap.wait_for(
+                lambda m: isinstance(m, SessionStatus) and "cannot translate zh into ja" in m.detail,
+                FALLBACK_AFTER_S + 20,
+                "the status saying the engine cannot stand in",
+            )
+            assert isinstance(said, SessionStatus) and said.backend == "cloud", said
+            tap.pump(2.0)
+            assert engine.attempts == 0, "fell back to an engine that refuses the pair"
+            with running_in_thread(port=cloud_port, api_key=KEY) as cloud:
+                back = tap.wait_for(
+                    lambda m: isinstance(m, SessionStatus) and m.state == "live", 40, "live on the cloud"
+                )
+                assert isinstance(back, SessionStatus) and back.backend == "cloud", back
+                assert cloud.connections
+            assert engine.attempts == 0
+
+
+def test_an_engine_that_refuses_sends_the_box_back_to_the_cloud(rundir: Path) -> None:
+    """On the engine, a refusal (a model missing, say) is no reason to wait a minute: the cloud is
+    tried again at once, and the box is live on it soon after it answers."""
+    cloud_port = free_port()
+    with running_in_thread(faults=Faults.parse("reject_update=model missing")) as engine:
+        config = _config(rundir, cloud_port, engine.port)
+        with session_process(rundir, config, DASHSCOPE_API_KEY=KEY) as (_proc, tap):
+            wait_until(lambda: engine.attempts > 0, FALLBACK_AFTER_S + 15, 0.1, "the fallback to the engine")
+            seen = len(tap.seen)
+            tap.wait_for(
+                lambda m: tap.seen.index(m) >= seen and isinstance(m, SessionStatus) and m.backend == "cloud",
+                10,
+                "the cloud tried again after the engine refused",
+            )
+            with running_in_thread(port=cloud_port, api_key=KEY) as cloud:
+                back = tap.wait_for(
+                    lambda m: isinstance(m, SessionStatus) and m.state == "live", 40, "live on the cloud"
+                )
+                assert isinstance(back, SessionStatus) and back.backend == "cloud", back
+                assert cloud.connections

@@ -212,7 +212,9 @@ def test_reconnect_during_speech_sends_the_latest_backlog_in_order(rundir: Path,
             ramp = np.arange(-32000, 32001, dtype="<i2")
             ramp = ramp[ramp != 0]  # zero is what silence looks like
             publish(capture, ramp.tobytes(), speedup=1)  # 4 s, at the microphone's own pace
-            # Nothing more is fed: the backlog now holds the ramp's latest second, to go first.
+            # A chunk's worth of silence completes the append the ramp's end is in (whatever the
+            # periods fed before it); nothing more is fed: the backlog holds the ramp's latest second.
+            publish(capture, bytes(PERIOD * 5), speedup=1)
             wait_until(lambda: ramp[-PERIOD // 2 :].tobytes() in bytes(sim.audio_in), timeout=20, what="the tail")
             status(tap, lambda m: m.state == "live" and m.reconnects >= 1, "live again")
             tap.pump(2.2)  # a fresh SessionStatus (re-sent every 2 s) carries the final count
