@@ -202,13 +202,18 @@ class SpeechActivity(Message):
 
 @dataclass(kw_only=True)
 class PlaybackState(Message):
-    """``started``: the first sample reached the device; ``drained``: the device played everything."""
+    """``started``: the first sample reached the device; ``drained``: the device played everything;
+    ``interrupted``: a barge-in stopped ``response_id``, and the rest of it will not play.
+
+    ``pid`` is the playback process's: a new one ends any mute its predecessor began.
+    """
 
     topic = "playback"
     state: str = "drained"
     response_id: str = ""
     frames: int = 0
     underruns: int = 0
+    pid: int = 0
 
 
 # --- session ---------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ Muted periods still go out, zero-filled and flagged ``muted``, so the stream kee
 echo to die away. With ``[audio] echo = "off"`` (headphones, or an echo-cancelling capture
 device) the speaker never mutes the microphone. An operator's ``mute`` command silences the
 microphone until ``unmute``, in every mode.
+
+A speaker mute belongs to the playback process that began it (``speaker_pid``): a word from a
+different playback process (it was restarted mid-sentence) ends it, as does its silence.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class MuteGate:
         self.operator = False
         self.speaker = False
         self.speaker_until_ns = 0
+        self.speaker_pid = 0
 
     def muted(self, period_start_ns: int) -> bool:
         """Whether a period that began at ``period_start_ns`` must go out as silence."""
@@ -33,8 +37,13 @@ class MuteGate:
             return True
         return self.half_duplex and (self.speaker or period_start_ns < self.speaker_until_ns)
 
-    def speaker_started(self) -> None:
+    def speaker_started(self, pid: int = 0) -> None:
+        self.speaker_pid = pid
         self.speaker = True
+
+    def orphaned_by(self, pid: int) -> bool:
+        """Whether a word from playback process ``pid`` shows the muting one is gone."""
+        return self.speaker and bool(pid) and bool(self.speaker_pid) and pid != self.speaker_pid
 
     def speaker_drained(self, at_ns: int) -> None:
         self.speaker_until_ns = at_ns + self.tail_ns

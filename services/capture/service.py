@@ -316,9 +316,13 @@ class CaptureService(Service):
                     self.log.warning("no word from playback for %.0f s: speaker mute released", PLAYBACK_SILENT_S)
                     self.gate.speaker_drained(time.monotonic_ns())
                 continue
+            if isinstance(msg, PlaybackState | Heartbeat) and self.gate.orphaned_by(msg.pid):
+                was = self.gate.speaker_pid
+                self.log.info("playback restarted (pid %d, was %d): speaker mute released", msg.pid, was)
+                self.gate.speaker_drained(time.monotonic_ns())
             if isinstance(msg, PlaybackState):
                 if msg.state == "started":
-                    self.gate.speaker_started()
+                    self.gate.speaker_started(msg.pid)
                 elif msg.state == "drained":
                     self.gate.speaker_drained(msg.t)
             elif isinstance(msg, Heartbeat) and self.gate.speaker and msg.state in PLAYBACK_GONE:

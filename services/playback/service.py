@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from typing import ClassVar
 
@@ -37,6 +38,7 @@ _LOG_FIRST = 5
 TEST_TONE_HZ = 660
 TEST_TONE_S = 0.6
 TEST_TONE_LEVEL = 0.3  # of full scale
+TEST_RESPONSE_ID = "speaker-test"
 
 
 class PlaybackService(Service):
@@ -54,6 +56,7 @@ class PlaybackService(Service):
             "reopens",
             "open_failures",
             "barge_ins",
+            "barge_in_dropped_chunks",
         ):
             self.counters[key] = 0
         self.queue = ChunkQueue(MAX_QUEUED_S * RATE * BYTES_PER_FRAME)
@@ -61,6 +64,9 @@ class PlaybackService(Service):
         self._pcm: Pcm | None = None
         self._writer: Writer | None = None
         self._speaking = False
+        self._playing_response = ""  # the response the speaker last started
+        #: The response a barge-in stopped: the rest of it, still arriving, is dropped.
+        self._interrupted = ""
 
     def spec(self) -> PcmSpec:
         return PcmSpec(
@@ -199,8 +205,14 @@ class PlaybackService(Service):
         if state == "drained" and not self._speaking:
             return  # said already (stop() and the writer may both say it)
         self._speaking = state == "started"
+        if self._speaking:
+            self._playing_response = response_id
         underruns = int(self.counters["underruns"])
-        self.bus.publish(PlaybackState(state=state, response_id=response_id, frames=frames, underruns=underruns, t=t))
+        self.bus.publish(
+            PlaybackState(
+                state=state, response_id=response_id, frames=frames, underruns=underruns, t=t, pid=os.getpid()
+            )
+        )
         self.log.debug("speaker %s (%s, %d frames)", state, response_id or "-", frames)
 
     # --- the bus -----------------------------------------------------------------------------
@@ -213,6 +225,11 @@ class PlaybackService(Service):
             chunk = self._chunk(msg)
             if chunk is None:
                 continue
+            if self._interrupted:
+                if chunk.response_id == self._interrupted:
+                    self.counters["barge_in_dropped_chunks"] += 1
+                    continue
+                self._interrupted = ""  # the next answer: the barge-in's reason is over
             if self._writer is None:
                 self.counters["dropped_chunks"] += 1  # no device: nothing could play it in time
                 continue
@@ -243,7 +260,15 @@ class PlaybackService(Service):
             dropped = self.queue.clear()
             writer.flush()
             self.counters["barge_ins"] += 1
+            self._interrupt(self._playing_response)
             self.log.info("barge-in: someone speaks; %d queued chunks of the translation dropped", dropped)
+
+    def _interrupt(self, response_id: str) -> None:
+        """Remember the stopped response (its later audio is dropped) and tell the session."""
+        if not response_id or response_id == TEST_RESPONSE_ID:
+            return
+        self._interrupted = response_id
+        self.bus.publish(PlaybackState(state="interrupted", response_id=response_id, pid=os.getpid()))
 
     def _speaker_test(self) -> None:
         """The tone goes through the normal player: same queue, same device, same states."""
@@ -255,8 +280,8 @@ class PlaybackService(Service):
         pcm, step = speaker_test_tone(), RATE * PERIOD_MS // 1000 * BYTES_PER_FRAME
         now = time.monotonic_ns()
         for i in range(0, len(pcm), step):
-            self.queue.put(Chunk(pcm=pcm[i : i + step], t=now, response_id="speaker-test"))
-        self.queue.put(Chunk(pcm=b"", t=now, response_id="speaker-test", end=True))
+            self.queue.put(Chunk(pcm=pcm[i : i + step], t=now, response_id=TEST_RESPONSE_ID))
+        self.queue.put(Chunk(pcm=b"", t=now, response_id=TEST_RESPONSE_ID, end=True))
 
     def _chunk(self, msg: AudioOut) -> Chunk | None:
         if msg.rate != RATE:

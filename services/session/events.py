@@ -49,6 +49,8 @@ class EventHandler(Service):
         self.stalled = ""  # why the connection was given up as stalled
         self._unknown: set[str] = set()
         self._audio_responses: dict[str, int] = {}  # response id -> audio deltas, while open
+        #: The response a barge-in stopped (playback says so): the rest of its audio stays here.
+        self.interrupted = ""
 
     async def expect(self, ws: ClientConnection, wanted: str, timeout_s: float) -> dict[str, Any]:
         """Read until ``wanted`` arrives; an ``error`` first raises ServiceRejected."""
@@ -117,11 +119,15 @@ class EventHandler(Service):
                 self.count("deltas_received")
                 if rid in self._audio_responses:
                     self._audio_responses[rid] += 1
-                self.bus.publish(AudioOut(pcm=pcm, response_id=rid, t=received_ns))
+                if rid and rid == self.interrupted:
+                    self.count("deltas_after_barge_in")
+                else:
+                    self.bus.publish(AudioOut(pcm=pcm, response_id=rid, t=received_ns))
             elif kind == "response.audio.done":
                 # An empty AudioOut ends the response: playback plays what it holds without
                 # waiting for its start threshold (a short reply must not wait).
-                self.bus.publish(AudioOut(pcm=b"", response_id=_response_id(event), t=received_ns))
+                if (rid := _response_id(event)) != self.interrupted or not rid:
+                    self.bus.publish(AudioOut(pcm=b"", response_id=rid, t=received_ns))
             elif (caption := self.captions.feed(event)) is not None:
                 self.bus.publish(caption)
             elif kind == "response.created":

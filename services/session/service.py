@@ -23,7 +23,16 @@ from websockets.protocol import State
 from daemon import config as config_mod
 from daemon import logs
 from daemon.backend import session_url
-from daemon.messages import AudioIn, AudioReplay, AudioResume, AudioSettled, Command, SessionStatus, VideoFrame
+from daemon.messages import (
+    AudioIn,
+    AudioReplay,
+    AudioResume,
+    AudioSettled,
+    Command,
+    PlaybackState,
+    SessionStatus,
+    VideoFrame,
+)
 from daemon.service import STOP_TIMEOUT_S, ServiceContext
 from services.session import protocol
 from services.session.connection import Backoff, ConnectFailure, close_reason, connect_service, is_loopback, retrying
@@ -67,6 +76,7 @@ COUNTERS = (
     "chunks_requeued",
     "dead_connections",
     "wrong_direction_events",
+    "deltas_after_barge_in",
 )
 
 
@@ -101,12 +111,14 @@ class SessionService(ConnectionLifetime):
         self._audio = self.bus.subscribe(["capture"], AudioIn, AudioReplay)
         self._video = self.bus.subscribe(["camera"], VideoFrame)
         self._commands = self.bus.subscribe(["control"], Command)
+        self._playback = self.bus.subscribe(["playback"], PlaybackState)
 
     async def run(self) -> None:
         self.spawn(self._read_audio(), "audio-in")
         self.spawn(self._resume(), "resume")
         self.spawn(self._read_video(), "video-in")
         self.spawn(self._read_commands(), "commands")
+        self.spawn(self._follow_playback(), "barge-in")
         self.spawn(self._repeat_status(), "status")
         await self._connect_loop()
 
@@ -423,6 +435,14 @@ class SessionService(ConnectionLifetime):
                 await self._restart_session(RESTART_REQUESTED)
             elif msg.name == "direction":
                 self.on_direction_command(msg.args.get("direction"))
+
+    async def _follow_playback(self) -> None:
+        """A barge-in stopped a response: the rest of its audio is not sent to the speaker."""
+        async for msg in self._playback:
+            assert isinstance(msg, PlaybackState)
+            if msg.state == "interrupted" and msg.response_id:
+                self.interrupted = msg.response_id
+                self.log.info("barge-in: the rest of response %s is not played", msg.response_id)
 
     # --- config and shutdown ---------------------------------------------------------------------
 

@@ -339,6 +339,51 @@ def test_half_duplex_and_operator_mute(rundir: Path, sd: NotifySocket, mic: Puls
         control.close()
 
 
+def test_a_restarted_playback_ends_the_mute_its_predecessor_began(
+    rundir: Path, sd: NotifySocket, mic: PulseMic
+) -> None:
+    """Playback killed mid-sentence: the new one says "running" every second, and never "drained"."""
+    home = alsa_home(rundir, mic.asoundrc("test_mic"))
+    feeder = Feeder(mic.fd, b"\xe8\x03" * (PERIOD_BYTES // 2))
+    feeder.start()
+    try:
+        with _capture(rundir, home, sd) as proc:
+            _ready(sd)
+            audio = Tap(rundir, Channel.BULK, AudioIn)
+            old = Bus("playback", rundir)  # the playback process that is killed
+            try:
+                audio.until(lambda m: not m.muted and any(m.pcm), 10, "live audio")
+                deadline = time.monotonic() + 10
+                while not (isinstance(msg := audio.recv(0.1), AudioIn) and msg.muted):
+                    assert time.monotonic() < deadline, "the speaker's start never muted the microphone"
+                    old.publish(PlaybackState(state="started", response_id="r1", pid=1111))
+                # Still its own heartbeats: the mute holds (the speaker talks).
+                for _ in range(3):
+                    old.publish(Heartbeat(service="playback", pid=1111, state="running"))
+                    time.sleep(0.3)
+                audio.until(lambda m: m.muted, 2, "muted while the first playback talks")
+                old.close()  # kill -9: no "drained", no "stopped"
+                new = Bus("playback", rundir)
+                try:
+                    restarted = time.monotonic()
+                    deadline = restarted + 4  # capture's own give-up is 5 s of silence from playback
+                    while True:
+                        new.publish(Heartbeat(service="playback", pid=2222, state="running"))
+                        msg = audio.recv(0.2)
+                        if isinstance(msg, AudioIn) and not msg.muted and any(msg.pcm):
+                            break
+                        assert time.monotonic() < deadline, "the microphone stayed muted after playback restarted"
+                    assert time.monotonic() - restarted < 2.5
+                finally:
+                    new.close()
+            finally:
+                audio.close()
+            _stop(proc, rundir)
+    finally:
+        feeder.stop()
+    assert "playback restarted (pid 2222, was 1111): speaker mute released" in (rundir / "capture.log").read_text()
+
+
 def test_a_device_without_a_clock_is_held_to_real_time(rundir: Path, sd: NotifySocket) -> None:
     """A plain-file PCM hands out its whole content at once; capture must still send 50 periods
     a second (the service bills every second of audio it is sent)."""

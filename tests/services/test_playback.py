@@ -20,7 +20,16 @@ import pytest
 import zmq
 
 from daemon.bus import endpoint
-from daemon.messages import AudioOut, Channel, Heartbeat, Message, PlaybackState, RenderedAudio, topic_of
+from daemon.messages import (
+    AudioOut,
+    Channel,
+    Heartbeat,
+    Message,
+    PlaybackState,
+    RenderedAudio,
+    SpeechActivity,
+    topic_of,
+)
 from tests.helpers import NotifySocket, alsa_home, running, service_env, tolk_cmd, wait_until
 
 
@@ -305,3 +314,55 @@ def test_the_echo_reference_is_what_played_stamped_by_count(rundir: Path, sd: No
         for before, after in itertools.pairwise(run):
             assert after.t - before.t == pytest.approx(len(before.pcm) / 2 / 24000 * 1e9, abs=1), (before, after)
     assert runs[1][0].t >= runs[0][-1].t  # the second answer starts a run of its own, after the first
+
+
+def test_a_barge_in_drops_the_rest_of_the_answer_not_only_what_was_queued(rundir: Path, sd: NotifySocket) -> None:
+    """The service keeps streaming the interrupted answer: none of it plays, the next answer does."""
+    session = FakeSession(rundir)
+    speaker = rundir / "speaker.raw"
+    ctx = zmq.Context()
+    capture = ctx.socket(zmq.XPUB)  # capture's state socket: its "someone speaks" stops playback
+    capture.bind(endpoint("capture", Channel.STATE, rundir))
+    try:
+        with _playback(rundir, sd, "test_spk") as proc:
+            _ready(sd)
+            tap = StateTap(rundir)
+            try:
+                tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
+                session.wait_for_subscriber()
+                wait_until(lambda: capture.poll(100) and capture.recv() == b"\x01" + topic_of(SpeechActivity), 15,
+                           what="playback listening for speech")  # fmt: skip
+                for seed in range(10):  # a 1 s answer, faster than it plays
+                    session.send(_speech(0.1, seed), "resp-1")
+                tap.until(lambda: [s.state for s in tap.states] == ["started"], what="the answer playing")
+                capture.send_multipart(SpeechActivity(speaking=True).to_frames())
+                tap.until(lambda: [s.state for s in tap.states] == ["started", "interrupted", "drained"],
+                          what="the barge-in")  # fmt: skip
+                assert tap.states[1].response_id == "resp-1"
+                before = len(speaker.read_bytes())
+                # The rest of the same answer, still arriving from the service.
+                late = [_speech(0.1, 100 + seed) for seed in range(10)]
+                for pcm in late:
+                    session.send(pcm, "resp-1")
+                    time.sleep(0.02)
+                session.send(b"", "resp-1")
+                tap.pump(1.0)
+                assert [s.state for s in tap.states] == ["started", "interrupted", "drained"], tap.states
+                assert len(speaker.read_bytes()) == before
+                # The next answer plays whole.
+                answer = _speech(0.3, 200)
+                session.send(answer, "resp-2")
+                session.send(b"", "resp-2")
+                tap.until(lambda: len(tap.states) >= 5, what="the next answer")
+                played = [(s.state, s.response_id) for s in tap.states[3:5]]
+                assert played == [("started", "resp-2"), ("drained", "resp-2")]
+                assert speaker.read_bytes()[before:] == answer
+                tap.until(lambda: tap.heartbeats[-1].counters["barge_in_dropped_chunks"] == 11, what="the count")
+                assert tap.heartbeats[-1].counters["barge_ins"] == 1
+            finally:
+                tap.close()
+            _stop(proc, rundir)
+    finally:
+        capture.close(0)
+        ctx.term()
+        session.close()

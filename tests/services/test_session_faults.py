@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.bus import Bus
-from daemon.messages import AudioOut, Caption, Heartbeat, SessionStatus
+from daemon.messages import AudioOut, Caption, Heartbeat, PlaybackState, SessionStatus
 from services.simulator import Faults, running_in_thread
 from tests.helpers import wait_until
 from tests.services.test_session_process import (
@@ -257,4 +257,42 @@ def test_rotation_waits_for_a_pause_and_cuts_no_utterance(rundir: Path, capture:
             status(tap, lambda m: m.state == "live" and m.reconnects == 1, "live after rotating")
             assert counter(tap, "rotations") >= 1
             stop(proc)
+    assert sim.violations == []
+
+
+def test_after_a_barge_in_the_rest_of_that_answer_is_not_sent_to_the_speaker(rundir: Path, capture: Bus) -> None:
+    """Playback says a barge-in stopped an answer; the deltas still streaming in for it stay here."""
+    playback = Bus("playback", rundir)  # a stand-in for the playback process
+    try:
+        with running_in_thread(pace_s=0.05) as sim:
+            config = write_config(rundir / "tolk.toml", sim.url)
+            with session_process(rundir, config) as (proc, tap):
+                feed_until(capture, sim, lambda: sim.appends > 0)
+                say(capture, 1.5)
+                first = tap.wait_for(lambda m: isinstance(m, AudioOut) and bool(m.pcm), what="the first audio")
+                assert isinstance(first, AudioOut)
+                rid = first.response_id
+                # Repeated until the session has joined playback's socket and heard it.
+                wait_until(
+                    lambda: playback.publish(PlaybackState(state="interrupted", response_id=rid, pid=1))
+                    or tap.pump(0.1)
+                    or any(h.counters.get("deltas_after_barge_in", 0) >= 1 for h in tap.of(Heartbeat)),
+                    10,
+                    what="the session dropping the interrupted answer",
+                )
+                wait_until(lambda: tap.pump(0.1) or final_translations(tap), what="the first answer's end")
+                tap.pump(0.5)
+                beat = tap.of(Heartbeat)[-1]
+                forwarded = [m for m in tap.of(AudioOut) if m.response_id == rid and m.pcm]
+                received, dropped = beat.counters["deltas_received"], beat.counters["deltas_after_barge_in"]
+                assert len(forwarded) + dropped == received and dropped >= 1, (len(forwarded), dropped, received)
+                assert not [m for m in tap.of(AudioOut) if m.response_id == rid and not m.pcm], "no end: it never began"
+
+                say(capture, 0.8)  # the next answer reaches the speaker whole
+                end = tap.wait_for(lambda m: isinstance(m, AudioOut) and m.response_id != rid and not m.pcm,
+                                   what="the next answer's end")  # fmt: skip
+                assert any(m.pcm for m in tap.of(AudioOut) if m.response_id == end.response_id)
+                stop(proc)
+    finally:
+        playback.close()
     assert sim.violations == []
