@@ -9,25 +9,14 @@ Light on purpose: the session and ``tolk run`` import it, and it must not pull i
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
-from urllib.parse import urlsplit
 
 from daemon import config as config_mod
+from daemon.config_sections import is_loopback
 
 ENGINE_PATH = "/api-ws/v1/realtime"
 #: The backend the session reports while the engine stands in for an unreachable cloud.
 FALLBACK = "local-fallback"
-
-
-def is_loopback(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").strip("[]").lower()
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def resolve(cfg: config_mod.Config) -> Literal["cloud", "local"]:

@@ -7,8 +7,10 @@ rules that join two sections (a voice and the target it must speak) live in ``Co
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,6 +22,17 @@ MAX_PHRASES = 500
 
 Modality = Literal["text", "audio"]
 
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a URL's host is this machine (a name other than localhost is never trusted to be)."""
+    host = (urlsplit(url).hostname or "").strip("[]").lower()
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -143,6 +156,12 @@ class ServiceConfig(_Section):
     def _url(cls, value: str) -> str:
         if not value.startswith(("ws://", "wss://")):
             raise ValueError(f"{value!r} is not a WebSocket URL: it must start with wss:// (or ws:// on loopback)")
+        if value.startswith("ws://") and not is_loopback(value):
+            # The API key travels in the handshake: in clear text only to this box itself.
+            raise ValueError(
+                f"{value!r} would send the API key in clear text: use wss://, or ws:// only to loopback "
+                "(127.0.0.1, ::1, localhost)"
+            )
         if "?" in value:
             raise ValueError(f"{value!r} must not carry a query: the model goes in [service] model")
         return value

@@ -81,6 +81,9 @@ def _retry_after(value: str | None) -> float | None:
 
 async def connect_service(url: str, model: str, api_key: str | None, timeout_s: float) -> ClientConnection:
     """Open the connection (handshake only); raises ConnectFailure."""
+    if api_key and url.startswith("ws://") and not is_loopback(url):
+        # Config refuses this too; the key itself must never depend on that having run.
+        raise ConnectFailure(f"{url!r} would send the API key in clear text: use wss://", fatal=True)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         return await connect(

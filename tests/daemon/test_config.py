@@ -181,3 +181,18 @@ def test_config_check_names_the_broken_key(tmp_path: Path) -> None:
     bad_toml.write_text("[languages\n")
     result = _check(bad_toml, tmp_path)
     assert result.returncode != 0 and "not valid TOML" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["ws://10.0.0.1/x", "ws://kiosk.example/realtime", "ws://127.0.0.1.example/x"])
+def test_config_check_refuses_plain_ws_off_loopback(url: str, tmp_path: Path) -> None:
+    path = tmp_path / "tolk.toml"
+    path.write_text(f'[service]\nurl = "{url}"\n')
+    result = _check(path, tmp_path)
+    assert result.returncode != 0
+    assert f"service.url = {url!r}" in result.stderr or repr(url) in result.stderr, result.stderr
+    assert "clear text" in result.stderr and "wss://" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:8765/x", "ws://[::1]:8765/x", "ws://localhost:8765/x", "wss://h/p"])
+def test_plain_ws_to_loopback_and_wss_anywhere_are_accepted(url: str) -> None:
+    assert cfgmod.validate({"service": {"url": url}}).service.url == url

@@ -236,6 +236,7 @@ def test_patch_refused_leaves_the_file_alone(control: Control, rundir: Path) -> 
         ({"languages": {"targt": "ja"}}, ["languages.targt", "unknown key", "did you mean 'target'"]),
         ({"languages": {"target": "jp"}}, ["languages.target = 'jp'", "use one of", "ja"]),
         ({"service": {"api_key": "sk-stolen"}}, ["service.api_key", "secrets cannot be set over HTTP"]),
+        ({"service": {"url": "ws://10.0.0.1/x"}}, ["service.url", "'ws://10.0.0.1/x'", "clear text", "wss://"]),
     ]
     for body, needles in cases:
         r = httpx.patch(f"{control.url}/api/config", json=body, timeout=5)
