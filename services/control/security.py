@@ -4,12 +4,15 @@
   the socket, so no token is asked. A browser on the box can still be steered by a web page
   elsewhere, so the ``Host`` header must name this machine's loopback (defeats DNS rebinding)
   and writes with a foreign ``Origin`` are refused (defeats cross-site form posts).
-- **Any other bind** (a LAN address, ``0.0.0.0``, and for tests ``127.0.0.2``): every write
-  and ``/admin`` need the token, from ``[control] token_file`` or the systemd credential
+- **Any other bind** (a LAN address, ``0.0.0.0``, and for tests ``127.0.0.2``): every write,
+  ``/admin``, and every read of ``/api/`` (what people said is private: status, the captions
+  stream) and ``/metrics`` need the token, from ``[control] token_file`` or the systemd credential
   ``control-token``; control refuses to start on such an address without one. Programs send
-  ``Authorization: Bearer TOKEN``; a browser opens ``/admin?token=TOKEN`` once and gets an
-  HttpOnly, SameSite=Strict cookie derived from the token (an HMAC of it, so the token itself
-  never travels back), and the address bar drops the token.
+  ``Authorization: Bearer TOKEN``; a browser opens ``/?token=TOKEN`` (the captions screen) or
+  ``/admin?token=TOKEN`` once and gets an HttpOnly, SameSite=Strict cookie derived from the token
+  (an HMAC of it, so the token itself never travels back), and the address bar drops the token.
+  The box's own screen reads without one: a client on loopback that names a loopback ``Host``.
+  ``/health`` and the pages' files stay open (they hold nothing private).
 
 Tokens are compared with ``hmac.compare_digest`` and never logged or returned.
 """
@@ -35,6 +38,10 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Paths that need the token on a LAN bind even to read (the admin page itself).
 ADMIN_PREFIX = "/admin"
+#: Reads that are private on a LAN bind: the API (captions, status, config) and the metrics.
+PRIVATE_PREFIXES = ("/api/", "/metrics")
+#: Pages a browser may log in at with ``?token=``.
+LOGIN_PATHS = frozenset({"/", ADMIN_PREFIX})
 
 
 class TokenMissing(RuntimeError):
@@ -115,6 +122,13 @@ def _cookie(headers: Headers) -> str | None:
     return morsel.value if morsel is not None else None
 
 
+def _on_the_box(scope: Scope, host: str) -> bool:
+    """A reader on this machine that addressed it as loopback (a rebound name is not)."""
+    client = scope.get("client")
+    address = client[0] if client else ""
+    return _host_name(host).lower() in LOOPBACK_HOSTS and address.strip("[]").lower() in LOOPBACK_HOSTS
+
+
 def _problem(status: int, error: str, problem: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": error, "problems": [problem]}, status_code=status, headers=headers)
 
@@ -163,11 +177,16 @@ class AccessGuard:
         if writes and (why := self._cross_site(headers, host)):
             return _problem(403, "cross-site request refused", why)
         path: str = scope["path"]
-        if not policy.lan or not (method not in SAFE_METHODS or path.startswith(ADMIN_PREFIX)):
+        if not policy.lan:
             return None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if path.startswith(ADMIN_PREFIX) and method == "GET" and "token" in query:
-            return self._login(query["token"][0])
+        if path in LOGIN_PATHS and method == "GET" and "token" in query:
+            return self._login(query["token"][0], path)
+        private = path.startswith(PRIVATE_PREFIXES) or path.startswith(ADMIN_PREFIX)
+        if method in SAFE_METHODS and not private:
+            return None
+        if method in SAFE_METHODS and not path.startswith(ADMIN_PREFIX) and _on_the_box(scope, host):
+            return None
         if policy.token_ok(_bearer(headers)) or policy.cookie_ok(_cookie(headers)):
             return None
         if path.startswith(ADMIN_PREFIX) and method == "GET":
@@ -191,10 +210,10 @@ class AccessGuard:
             return "a page from another site may not change this box"
         return None
 
-    def _login(self, token: str) -> Response:
+    def _login(self, token: str, path: str) -> Response:
         if not self.policy.token_ok(token):
             return HTMLResponse(_ADMIN_LOGIN.replace("needs the control token", "needs the right token"), 401)
         # Redirect so the token leaves the address bar and the history.
-        response = RedirectResponse("/admin", status_code=303)
+        response = RedirectResponse(path, status_code=303)
         response.set_cookie(COOKIE, self.policy.cookie_value(), httponly=True, samesite="strict", path="/")
         return response

@@ -94,8 +94,13 @@ def test_staff_fix_the_direction_on_the_admin_page(browser: Any, control: Contro
         assert page.locator("#conversation").input_value() == "auto"
         for choice, mode, direction in (("b-to-a", "conversation", "b-to-a"), ("one-way", "one-way", "b-to-a")):
             page.select_option("#conversation", choice)
-            page.click("#save")
+            with page.expect_response(lambda r: r.url.endswith("/api/config") and r.request.method == "PATCH"):
+                page.click("#save")
+            # The page shows what it saved (and refills its form) before the next choice is made.
+            page.wait_for_function("document.querySelector('#message strong')?.textContent === 'Saved'")
+            page.wait_for_selector("#save:not([disabled])")
             # Saved through PATCH /api/config, as the file's keys [languages] mode and direction.
             wait_until(lambda mode=mode, direction=direction: _sides(control) == (mode, direction), 5, what=choice)
+            page.evaluate("document.querySelector('#message').replaceChildren()")
     finally:
         page.close()

@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from daemon import config as config_mod
 from daemon.messages import Command, Message
@@ -52,10 +54,6 @@ def test_what_counts_as_a_lan_bind() -> None:
 async def test_writes_on_a_lan_bind_need_the_token(box: tuple[Any, ConfigStore, list[Message]]) -> None:
     app, store, published = box
     async with client(app) as http:
-        # Reading stays open: the captions screen may sit on another device.
-        assert (await http.get("/api/status")).status_code == 200
-        assert (await http.get("/api/config")).status_code == 200
-
         refused = await http.patch("/api/config", json={"languages": {"target": "ja"}})
         assert refused.status_code == 401
         assert refused.headers["www-authenticate"].startswith("Bearer")
@@ -74,6 +72,33 @@ async def test_writes_on_a_lan_bind_need_the_token(box: tuple[Any, ConfigStore, 
         assert (await http.post("/api/mute", headers=bearer)).status_code == 202
         assert [m.name for m in published if isinstance(m, Command)] == ["mute"]
         assert TOKEN not in ok.text
+
+
+async def test_what_people_said_is_private_on_a_lan_bind(box: tuple[Any, ConfigStore, list[Message]]) -> None:
+    app, _, _ = box
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    async with client(app) as http:
+        for path in ("/api/status", "/api/config", "/api/languages", "/metrics"):
+            refused = await http.get(path)
+            assert refused.status_code == 401, path
+            assert "token" in refused.json()["problems"][0]
+            assert (await http.get(path, headers={"Authorization": "Bearer nope"})).status_code == 401, path
+            assert (await http.get(path, headers=bearer)).status_code == 200, path
+        # Nothing private: the pages' files and the health answer.
+        assert (await http.get("/")).status_code == 200
+        assert (await http.get("/static/captions.js")).status_code == 200
+        assert (await http.get("/health")).status_code in (200, 503)
+        # A screen elsewhere opens /?token= once; its cookie reads the captions from then on.
+        login = await http.get(f"/?token={TOKEN}")
+        assert login.status_code == 303 and login.headers["location"] == "/"
+        assert (await http.get("/api/status")).status_code == 200
+    # The box's own screen: a browser on loopback that names the box as loopback.
+    async with client(app, "127.0.0.1:8080") as local:
+        assert (await local.get("/api/status")).status_code == 200
+        assert (await local.get("/admin")).status_code == 401  # the admin page always asks
+        assert (await local.patch("/api/config", json={"languages": {"target": "ja"}})).status_code == 401
+    async with client(app, "evil.example:8080") as rebound:
+        assert (await rebound.get("/api/status")).status_code == 401
 
 
 async def test_the_admin_page_takes_the_token_once_and_keeps_a_cookie(box: tuple[Any, ...]) -> None:
@@ -180,7 +205,17 @@ def test_a_real_lan_bind(rundir: Path, notify: NotifySocket) -> None:
     url = f"http://127.0.0.2:{port}"
     with running(tolk_cmd("service", "control", "--config", str(cfg)), env, log):
         notify.wait_for("READY=1", timeout=15)
-        bodies = [httpx.get(f"{url}{p}", timeout=5).text for p in ("/api/config", "/api/status", "/openapi.json")]
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        for p in ("/api/config", "/api/status"):
+            assert httpx.get(f"{url}{p}", timeout=5).status_code == 401, p
+        bodies = [httpx.get(f"{url}{p}", headers=bearer, timeout=5).text for p in ("/api/config", "/api/status")]
+        bodies.append(httpx.get(f"{url}/openapi.json", timeout=5).text)
+        # The captions stream is a read of what people say: the token there too.
+        with pytest.raises(InvalidStatus) as caught:
+            ws_connect(f"ws://127.0.0.2:{port}/api/captions", open_timeout=5).close()
+        assert caught.value.response.status_code == 403
+        with ws_connect(f"ws://127.0.0.2:{port}/api/captions", additional_headers=bearer, open_timeout=5) as ws:
+            assert ws.protocol.state.name == "OPEN"
         refused = httpx.patch(f"{url}/api/config", json={"languages": {"target": "ja"}}, timeout=5)
         assert refused.status_code == 401
         assert httpx.post(f"{url}/api/speaker-test", timeout=5).status_code == 401
