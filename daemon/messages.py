@@ -289,10 +289,14 @@ class AudioResume(Message):
 
 @dataclass(kw_only=True)
 class AudioReplay(Message):
-    """Capture's answer to ``AudioResume``: one period it published as ``AudioIn`` seq ``of_seq``.
+    """Capture's answer to ``AudioResume``: ``periods`` periods it published as ``AudioIn``, of
+    equal length and consecutive from seq ``of_seq``, joined (a replay of 15 s is 15 messages, not
+    750: a burst past the bulk socket's high-water mark would be dropped).
 
-    Sent on the bulk socket in order, before the next live ``AudioIn``; the last of a replay has
-    ``last`` set (and no audio when there was nothing to replay: ``of_seq`` is then the latest).
+    Sent on the bulk socket in order, before the next live ``AudioIn``. ``replay`` numbers each
+    replay; its first message has ``first`` set, its last ``last`` (and no audio when there was
+    nothing to replay: ``of_seq`` is then the latest). A session that missed a replay's first
+    message waits for the next one, whole.
     """
 
     topic = "audio.replay"
@@ -301,8 +305,10 @@ class AudioReplay(Message):
 
     pcm: bytes = b""
     rate: int = 16000
-    muted: bool = False
     of_seq: int = 0
+    periods: int = 0
+    replay: int = 0
+    first: bool = False
     last: bool = False
 
 

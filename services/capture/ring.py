@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from daemon.bus import Publisher
 from daemon.messages import AudioIn, AudioReplay
 
+#: Periods joined into one replay message (50 x 20 ms: a second of audio).
+BATCH_PERIODS = 50
+
 
 @dataclass(frozen=True)
 class _Kept:
@@ -48,8 +51,9 @@ class AudioRing:
 
     def settled_through(self, seq: int) -> None:
         # A mark past anything published here speaks of an earlier capture process: not ours.
+        # Monotonic: a session that just started knows less than the one before it did.
         if seq <= self.latest:
-            self.settled = seq
+            self.settled = max(self.settled, seq)
 
     def request_resume(self) -> None:
         self._resume = True
@@ -66,12 +70,40 @@ class AudioRing:
         if not self._resume:
             return
         self._resume = False
+        self.replays += 1
         due = [k for k in self._kept if k.seq > self.settled]
-        for n, k in enumerate(due, 1):
+        batches = _batches(due)
+        for n, batch in enumerate(batches):
             publisher.publish(
-                AudioReplay(pcm=k.pcm, t=k.t, rate=k.rate, muted=k.muted, of_seq=k.seq, last=n == len(due))
+                AudioReplay(
+                    pcm=b"".join(k.pcm for k in batch),
+                    t=batch[0].t,
+                    rate=batch[0].rate,
+                    of_seq=batch[0].seq,
+                    periods=len(batch),
+                    replay=self.replays,
+                    first=n == 0,
+                    last=n == len(batches) - 1,
+                )
             )
         if not due:
-            publisher.publish(AudioReplay(of_seq=self.latest, last=True))
-        self.replays += 1
+            publisher.publish(AudioReplay(of_seq=self.latest, replay=self.replays, first=True, last=True))
         self.replayed += len(due)
+
+
+def _batches(kept: list[_Kept]) -> list[list[_Kept]]:
+    """Runs of consecutive periods of one length and rate, at most ``BATCH_PERIODS`` each."""
+    batches: list[list[_Kept]] = []
+    for k in kept:
+        run = batches[-1] if batches else None
+        if (
+            run is None
+            or len(run) >= BATCH_PERIODS
+            or k.seq != run[-1].seq + 1
+            or len(k.pcm) != len(run[0].pcm)
+            or k.rate != run[0].rate
+        ):
+            batches.append([k])
+        else:
+            run.append(k)
+    return batches

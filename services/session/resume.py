@@ -13,8 +13,10 @@ from __future__ import annotations
 from daemon.messages import AudioIn, AudioReplay
 from services.session.outgoing import Outgoing
 
-#: How long a starting session waits for capture's replay before it takes live audio alone.
-RESUME_WAIT_S = 1.0
+#: How long a starting session waits for capture's replay before it takes live audio alone
+#: (capture's socket reconnects to a restarted session within a few hundred ms; seen over 1 s
+#: on a busy machine). Nothing is lost meanwhile: live audio waits in the backlog.
+RESUME_WAIT_S = 3.0
 #: How often the request is repeated meanwhile.
 RESUME_REPEAT_S = 0.2
 
@@ -26,6 +28,7 @@ class AudioIntake:
         self.resuming = True  # the sender holds the backlog until the replay is in
         self.replayed = 0
         self._replay: list[tuple[bytes, int]] = []
+        self._replay_id = -1  # the replay being received (capture numbers them from 1)
         self._first_live = 0  # the seq of the first live period taken while resuming
 
     def live(self, msg: AudioIn) -> None:
@@ -36,11 +39,19 @@ class AudioIntake:
         self._take(msg.pcm, msg.seq)
 
     def replay(self, msg: AudioReplay) -> bool:
-        """A replayed period; True when the replay is complete (the sender may go)."""
+        """A part of capture's replay; True when a whole replay is in (the sender may go)."""
         if not self.resuming:
             return False  # late (after the wait ran out), or meant for another session
-        if msg.pcm and (not self._first_live or msg.of_seq < self._first_live):
-            self._replay.append((msg.pcm, msg.of_seq))
+        if msg.first:
+            self._replay.clear()  # a replay begins (another, already half heard, is given up)
+            self._replay_id = msg.replay
+        elif msg.replay != self._replay_id:
+            return False  # the rest of a replay whose start this session missed: wait for the next
+        size = len(msg.pcm) // msg.periods if msg.periods > 0 else 0
+        for n in range(msg.periods if size else 0):
+            seq = msg.of_seq + n
+            if not self._first_live or seq < self._first_live:
+                self._replay.append((msg.pcm[n * size : (n + 1) * size], seq))
         if msg.last:
             self.done()
         return msg.last

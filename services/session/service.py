@@ -412,6 +412,8 @@ class SessionService(ConnectionLifetime):
 
     def publish_settled(self) -> None:
         """Tell capture how far its audio needs no replay (only when that changed)."""
+        if self.intake.resuming:
+            return  # what a crashed session left is not known here yet: say nothing of it
         seq = self.outgoing.settled_seq
         if seq != self._settled_published:
             self._settled_published = seq

@@ -26,7 +26,18 @@ import numpy as np
 import zmq
 
 from daemon.bus import Bus, endpoint
-from daemon.messages import AudioIn, Channel, Command, Heartbeat, Message, PlaybackState, topic_of
+from daemon.messages import (
+    AudioIn,
+    AudioReplay,
+    AudioResume,
+    AudioSettled,
+    Channel,
+    Command,
+    Heartbeat,
+    Message,
+    PlaybackState,
+    topic_of,
+)
 from tests.helpers import NotifySocket, PulseMic, alsa_home, rmtree, running, service_env, tolk_cmd, wait_until
 
 PERIOD_BYTES = 640  # 20 ms at 16 kHz mono S16_LE
@@ -382,6 +393,51 @@ def test_a_restarted_playback_ends_the_mute_its_predecessor_began(
     finally:
         feeder.stop()
     assert "playback restarted (pid 2222, was 1111): speaker mute released" in (rundir / "capture.log").read_text()
+
+
+def test_a_session_that_restarts_gets_back_what_no_session_settled(
+    rundir: Path, sd: NotifySocket, mic: PulseMic
+) -> None:
+    """The session is killed: a new one asks, and capture replays its unsettled periods, in order."""
+    home = alsa_home(rundir, mic.asoundrc("test_mic"))
+    feeder = Feeder(mic.fd, b"\xe8\x03" * (PERIOD_BYTES // 2))
+    feeder.start()
+    try:
+        with _capture(rundir, home, sd) as proc:
+            _ready(sd)
+            audio = Tap(rundir, Channel.BULK, AudioIn, AudioReplay)
+            try:
+                live = [audio.until(lambda m: isinstance(m, AudioIn), 10, "live audio") for _ in range(60)]
+                session = Bus("session", rundir)  # the session that starts after a crash
+                try:
+                    settled = live[29].seq  # the crashed session had settled the first 30 periods
+                    deadline = time.monotonic() + 5
+                    replay: list[AudioReplay] = []
+                    while not (replay and replay[0].first and replay[-1].last):
+                        assert time.monotonic() < deadline, f"no whole replay from capture: {replay[:1]}"
+                        session.publish(AudioSettled(through_seq=settled))
+                        session.publish(AudioResume())
+                        while isinstance(msg := audio.recv(0.1), AudioReplay):
+                            replay = [msg] if msg.first else [*replay, msg]
+                            if msg.last:
+                                break
+                finally:
+                    session.close()
+            finally:
+                audio.close()
+            _stop(proc, rundir)
+    finally:
+        feeder.stop()
+    # Few messages (a second of audio each, under the bulk socket's high-water mark), one replay.
+    assert len({m.replay for m in replay}) == 1 and all(m.periods <= 50 for m in replay)
+    periods = [
+        (m.of_seq + n, m.pcm[n * PERIOD_BYTES : (n + 1) * PERIOD_BYTES]) for m in replay for n in range(m.periods)
+    ]
+    seqs = [seq for seq, _ in periods]
+    assert seqs[0] == settled + 1 and seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs[:5]
+    by_seq = {m.seq: m for m in live}
+    assert all(pcm == by_seq[seq].pcm for seq, pcm in periods if seq in by_seq)
+    assert len(periods) >= 30 and len(replay) < len(periods)
 
 
 def test_a_device_without_a_clock_is_held_to_real_time(rundir: Path, sd: NotifySocket) -> None:
