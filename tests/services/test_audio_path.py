@@ -162,9 +162,11 @@ def test_the_box_never_translates_its_own_voice(rundir: Path, mic: PulseMic, ech
     back into the microphone. With the half-duplex contract the service hears the question
     only; with ``echo = "off"`` the same rig lets the box's voice through (the test can fail)."""
     question = wav_pcm(espeak_wav("Where is the exhibition?", rundir / "q.wav"))
+    # Without half duplex the echo would barge in on the box's own answer and stop all of it.
+    audio = f'streaming = "always"\necho = "{echo}"\nbarge_in = {"false" if echo == "off" else "true"}'
     with (
         running_in_thread() as sim,
-        _box(rundir, mic, sim, f'streaming = "always"\necho = "{echo}"', "capture", "session", "playback") as speaker,
+        _box(rundir, mic, sim, audio, "capture", "session", "playback") as speaker,
     ):
         talker = Talker(mic, speaker)
         talker.start()
