@@ -57,6 +57,27 @@ class FakeSession:
         self.ctx.term()
 
 
+class FakeCapture:
+    """Capture's state socket, as an XPUB: its "someone speaks" is what makes playback barge in."""
+
+    def __init__(self, rundir: Path) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.XPUB)
+        self.sock.bind(endpoint("capture", Channel.STATE, rundir))
+
+    def wait_for_subscriber(self, timeout: float = 15.0) -> None:
+        wanted = b"\x01" + topic_of(SpeechActivity)
+        wait_until(lambda: self.sock.poll(100) and self.sock.recv() == wanted, timeout,
+                   what="playback listening for speech")  # fmt: skip
+
+    def someone_speaks(self) -> None:
+        self.sock.send_multipart(SpeechActivity(speaking=True).to_frames())
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
 class StateTap:
     """Playback's state socket: PlaybackState and Heartbeat, collected by a thread."""
 
@@ -320,9 +341,7 @@ def test_a_barge_in_drops_the_rest_of_the_answer_not_only_what_was_queued(rundir
     """The service keeps streaming the interrupted answer: none of it plays, the next answer does."""
     session = FakeSession(rundir)
     speaker = rundir / "speaker.raw"
-    ctx = zmq.Context()
-    capture = ctx.socket(zmq.XPUB)  # capture's state socket: its "someone speaks" stops playback
-    capture.bind(endpoint("capture", Channel.STATE, rundir))
+    capture = FakeCapture(rundir)
     try:
         with _playback(rundir, sd, "test_spk") as proc:
             _ready(sd)
@@ -330,12 +349,11 @@ def test_a_barge_in_drops_the_rest_of_the_answer_not_only_what_was_queued(rundir
             try:
                 tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
                 session.wait_for_subscriber()
-                wait_until(lambda: capture.poll(100) and capture.recv() == b"\x01" + topic_of(SpeechActivity), 15,
-                           what="playback listening for speech")  # fmt: skip
+                capture.wait_for_subscriber()
                 for seed in range(10):  # a 1 s answer, faster than it plays
                     session.send(_speech(0.1, seed), "resp-1")
                 tap.until(lambda: [s.state for s in tap.states] == ["started"], what="the answer playing")
-                capture.send_multipart(SpeechActivity(speaking=True).to_frames())
+                capture.someone_speaks()
                 tap.until(lambda: [s.state for s in tap.states] == ["started", "interrupted", "drained"],
                           what="the barge-in")  # fmt: skip
                 assert tap.states[1].response_id == "resp-1"
@@ -363,6 +381,5 @@ def test_a_barge_in_drops_the_rest_of_the_answer_not_only_what_was_queued(rundir
                 tap.close()
             _stop(proc, rundir)
     finally:
-        capture.close(0)
-        ctx.term()
+        capture.close()
         session.close()

@@ -21,11 +21,11 @@ import zmq
 
 from daemon.alsa_device import PcmSpec, open_alsa_pcm
 from daemon.bus import endpoint
-from daemon.messages import Channel, Message, RenderedAudio, SpeechActivity, topic_of
+from daemon.messages import Channel, Message, RenderedAudio, topic_of
 from services.playback.clock import DeviceClock
 from tests.helpers import NotifySocket, PulseMic, alsa_home, running, service_env, tolk_cmd, wait_until
 from tests.services.test_full_duplex_box import Recording
-from tests.services.test_playback import FakeSession, StateTap, _ready, _speech, _stop
+from tests.services.test_playback import FakeCapture, FakeSession, StateTap, _ready, _speech, _stop
 
 RATE = 24000
 #: How far from the recorded sound a reference may be found (the search), and how far the
@@ -62,8 +62,7 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
     env = service_env(rundir, HOME=str(home), NOTIFY_SOCKET=sd.path)
     session = FakeSession(rundir)
     ctx = zmq.Context()
-    capture = ctx.socket(zmq.XPUB)  # capture's state socket: its "someone speaks" stops playback
-    capture.bind(endpoint("capture", Channel.STATE, rundir))
+    capture = FakeCapture(rundir)
     reference = ctx.socket(zmq.SUB)
     reference.setsockopt(zmq.SUBSCRIBE, topic_of(RenderedAudio))
     reference.connect(endpoint("playback", Channel.BULK, rundir))
@@ -77,8 +76,7 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
             try:
                 tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
                 session.wait_for_subscriber()
-                wait_until(lambda: capture.poll(100) and capture.recv() == b"\x01" + topic_of(SpeechActivity), 15,
-                           what="playback listening for speech")  # fmt: skip
+                capture.wait_for_subscriber()
                 time.sleep(0.5)  # the reference's subscriber joins playback's bulk socket
                 for n in range(8):
                     barge_in = n % 3 == 1
@@ -87,7 +85,7 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
                         session.send(_speech(0.1, 100 * n + k), f"resp-{n}")
                         time.sleep(0.08)
                     if barge_in:  # someone speaks: the rest of the answer is dropped
-                        capture.send_multipart(SpeechActivity(speaking=True).to_frames())
+                        capture.someone_speaks()
                     session.send(b"", f"resp-{n}")
                     tap.until(lambda n=n: len(tap.states) >= 2 * (n + 1), what=f"answer {n} played")
                     time.sleep(0.3 + 0.1 * (n % 4))  # pauses of several lengths between answers
@@ -102,7 +100,7 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
     finally:
         recording.stop()
         reference.close(0)
-        capture.close(0)
+        capture.close()
         ctx.term()
         session.close()
     runs: list[list[RenderedAudio]] = [[]]
