@@ -144,8 +144,9 @@ def rmtree(path: Path) -> None:
 
 
 class PulseMic:
-    """A microphone with a real clock: a private PulseAudio whose source ``mic`` plays what is
-    written into a FIFO at exactly real time (16 kHz mono s16le); see TESTING.md."""
+    """A private PulseAudio: its source ``mic`` hands on what is written into a FIFO (16 kHz mono
+    s16le) as soon as it is there, paced only by the writer (no clock of its own; see TESTING.md);
+    ``add_room`` gives a microphone with a clock."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -176,6 +177,20 @@ class PulseMic:
     def load_module(self, *args: str) -> None:
         """Load a PulseAudio module into this server (e.g. a loopback for a room's echo)."""
         subprocess.run(["pactl", f"--server={self.server}", "load-module", *args], check=True, capture_output=True)
+
+    def add_room(self) -> str:
+        """A room the box can listen to with a real clock: a null sink whose monitor paces what is
+        played into it (``speak``) as a sound card would. Returns the device to record."""
+        self.load_module("module-null-sink", "sink_name=room", "format=s16le", "rate=16000", "channels=1")
+        return "room.monitor"
+
+    def speak(self, pcm: bytes) -> None:
+        """Play 16 kHz mono s16le into the room in real time; returns when it has been played."""
+        subprocess.run(
+            ["pacat", f"--server={self.server}", "--playback", "--raw", "--format=s16le", "--rate=16000",
+             "--channels=1", "--device=room", "--latency-msec=200"],
+            input=pcm, check=True, capture_output=True, timeout=len(pcm) / 32000 + 30,
+        )  # fmt: skip
 
     def write(self, pcm: bytes) -> None:
         view = memoryview(pcm)

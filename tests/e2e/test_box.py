@@ -77,7 +77,7 @@ def test_speech_in_translation_out(rundir: Path, mic: PulseMic) -> None:
     speaker = rundir / "speaker.raw"
     home = alsa_home(
         rundir,
-        mic.asoundrc("test_mic")
+        mic.asoundrc("test_mic", mic.add_room())  # a microphone with a clock, as a kiosk has
         + f'pcm.test_spk {{\n type file\n slave.pcm null\n file "{speaker}"\n format raw\n}}\n',
     )
     sim_port, http_port = free_port(), free_port()
@@ -109,7 +109,7 @@ listen = "127.0.0.1:{http_port}"
 
         # Speak: 0.3 s of silence, the sentence, then 1.5 s of silence for end-of-speech.
         feeder = threading.Thread(
-            target=mic.write, args=(bytes(9600) + speech + bytes(48000),), name="mic-feeder", daemon=True
+            target=mic.speak, args=(bytes(9600) + speech + bytes(48000),), name="mic-feeder", daemon=True
         )
         feeder.start()
         try:

@@ -230,7 +230,9 @@ def test_reconnect_during_speech_sends_the_latest_backlog_in_order(rundir: Path,
     lost = int(gaps.sum())
     # What the backlog dropped is what is missing, give or take what was in flight when the link died.
     assert abs(lost - dropped * 1600) <= 2 * 1600, (lost, dropped)
-    assert 0.8 <= dropped / 10 <= 2.6
+    # At least the outage less the kept second; at most all of the ramp but that second (a loaded
+    # box reconnects late, and drops more, but never what came last).
+    assert 0.8 <= dropped / 10 <= 3.0
     assert heard[-1] == ramp[-1]
     assert sim.violations == []
 
