@@ -337,11 +337,24 @@ class ConfigChanged(Message):
 
 @dataclass(kw_only=True)
 class Command(Message):
-    """An operator's command: mute, unmute, restart-session, speaker-test."""
+    """An operator's command: mute, unmute, restart-session, speaker-test, direction."""
 
     topic = "command"
     name: str = ""
     args: dict[str, Any] = field(default_factory=dict)
+    #: Names the command in the ``CommandAck`` of the process that carries it out ("": nobody waits).
+    id: str = ""
+
+
+@dataclass(kw_only=True)
+class CommandAck(Message):
+    """The process that carries a command out says it did (``ok``), or why it could not."""
+
+    topic = "ack"
+    id: str = ""
+    name: str = ""
+    ok: bool = True
+    detail: str = ""
 
 
 ALL_MESSAGES: tuple[type[Message], ...] = tuple(_REGISTRY.values())

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from daemon import config as config_mod
 from daemon import logs
 from daemon.bus import Bus
-from daemon.messages import ConfigChanged, Heartbeat
+from daemon.messages import Command, CommandAck, ConfigChanged, Heartbeat
 from daemon.notify import Notifier
 
 HEARTBEAT_S = 1.0
@@ -90,6 +90,11 @@ class Service(ABC):
 
     def count(self, name: str, by: float = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
+
+    def acknowledge(self, command: Command, detail: str, ok: bool = True) -> None:
+        """Tell whoever sent ``command`` that it was carried out (or why not)."""
+        if command.id:
+            self.bus.publish(CommandAck(id=command.id, name=command.name, ok=ok, detail=detail))
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Start an owned background task; if it fails, the service stops and exits non-zero."""

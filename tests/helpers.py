@@ -210,3 +210,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class AnsweringBus:
+    """The bus of an in-process control API: keeps what it publishes and answers each command as
+    the process that carries it out does (a ``CommandAck`` into the status aggregator, the way
+    those answers reach control). ``silent``: commands nobody answers (the process is down)."""
+
+    def __init__(self, status: Any, silent: tuple[str, ...] = ()) -> None:
+        from daemon.messages import Message
+
+        self.status = status
+        self.silent = silent
+        self.published: list[Message] = []
+
+    def __call__(self, msg: Any) -> None:
+        from daemon.messages import Command, CommandAck
+
+        self.published.append(msg)
+        if isinstance(msg, Command) and msg.id and msg.name not in self.silent:
+            self.status.handle(CommandAck(id=msg.id, name=msg.name, detail=f"{msg.name} carried out"))

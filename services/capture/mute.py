@@ -5,7 +5,8 @@ Muted periods still go out, zero-filled and flagged ``muted``, so the stream kee
 ``started`` until its ``drained`` plus a short tail (``[audio] echo_tail_ms``) for the room's
 echo to die away. With ``[audio] echo = "off"`` (headphones, or an echo-cancelling capture
 device) the speaker never mutes the microphone. An operator's ``mute`` command silences the
-microphone until ``unmute``, in every mode.
+microphone until ``unmute``, in every mode; it is state, not an event (``OperatorMute``): a
+capture process that restarts comes back muted.
 
 A speaker mute belongs to the playback process that began it (``speaker_pid``): a word from a
 different playback process (it was restarted mid-sentence) ends it, as does its silence.
@@ -13,6 +14,10 @@ different playback process (it was restarted mid-sentence) ends it, as does its 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+#: In the runtime directory: present while the operator keeps the microphone muted.
+OPERATOR_MUTE_FILE = "capture.muted"
 TAIL_NS = 400_000_000
 
 
@@ -55,3 +60,20 @@ class MuteGate:
         if self.half_duplex and (self.speaker or now_ns < self.speaker_until_ns):
             return "speaker"
         return None
+
+
+class OperatorMute:
+    """The operator's mute, kept in the runtime directory (a restart keeps it, a reboot ends it)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / OPERATOR_MUTE_FILE
+
+    def load(self) -> bool:
+        return self.path.exists()
+
+    def save(self, muted: bool) -> None:
+        """Raises OSError when the runtime directory cannot take it."""
+        if muted:
+            self.path.touch()
+        else:
+            self.path.unlink(missing_ok=True)

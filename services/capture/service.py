@@ -41,7 +41,7 @@ from daemon.vad import SpeechDetector, make_vad
 from services.capture import aec as aec_mod
 from services.capture import pipeline as pipeline_mod
 from services.capture import reader as reader_mod
-from services.capture.mute import MuteGate
+from services.capture.mute import MuteGate, OperatorMute
 from services.capture.pipeline import CapturePipeline
 from services.capture.policy import PolicySettings, StreamingPolicy
 from services.capture.reader import Reader
@@ -86,6 +86,7 @@ class CaptureService(Service):
         ):
             self.counters[key] = 0
         self.gate = MuteGate()
+        self.operator_mute = OperatorMute(self.bus.directory)
         self.keeper = DeviceKeeper(type(self).pcm_factory, self.log)
         self.detector = SpeechDetector(make_vad(self.config.audio.vad))
         self.policy = StreamingPolicy(self._policy_settings())
@@ -108,6 +109,9 @@ class CaptureService(Service):
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.operator_mute.load():
+            self.gate.operator = True
+            self.log.info("microphone muted by the operator (kept from before this start)")
         self._pcm = self._try_open()
         if self._pcm is None:
             self.log.warning("starting without a microphone; it is retried in the background")
@@ -350,8 +354,15 @@ class CaptureService(Service):
         async for msg in sub:
             assert isinstance(msg, Command)
             if msg.name in ("mute", "unmute"):
-                self.gate.operator = msg.name == "mute"
-                self.log.info("microphone %s by the operator", "muted" if self.gate.operator else "unmuted")
+                muted = self.gate.operator = msg.name == "mute"
+                what = "muted" if muted else "unmuted"
+                try:
+                    self.operator_mute.save(muted)
+                except OSError as exc:
+                    what += f" (a restart would forget it: {exc})"
+                    self.log.warning("the operator's mute is not kept: %s", exc)
+                self.log.info("microphone %s by the operator", what)
+                self.acknowledge(msg, f"microphone {what}")
 
 
 def _settle(fut: asyncio.Future[str | None], error: str | None) -> None:

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from daemon.config import Config
 from daemon.messages import ConfigChanged
 from daemon.messages import Message as BusMessage
+from services.control.commands import ACK_TIMEOUT_S, CommandDesk
 from services.control.devices import DevicesReport, list_devices
 from services.control.live import CaptionHub
 from services.control.metrics import BoxMetrics
@@ -90,6 +91,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     access: AccessPolicy | None = None,
     devices: Callable[[Config], DevicesReport] = list_devices,
+    command_timeout_s: float = ACK_TIMEOUT_S,
 ) -> FastAPI:
     """The control API over ``status`` (bus view), ``store`` (config) and ``publish`` (to the bus).
 
@@ -170,7 +172,9 @@ def create_app(
             publish(ConfigChanged(sections=sorted(changed)))
         return store.public()
 
-    app.include_router(box_router(lambda: store.current, publish, devices, BoxMetrics(status)))
+    desk = CommandDesk(publish, command_timeout_s)
+    status.observers.append(desk.observe)  # the processes' answers come in with their states
+    app.include_router(box_router(lambda: store.current, desk, devices, BoxMetrics(status)))
     mount_pages(app, CaptionHub(status, lambda: store.current))
     _describe_patch_body(app)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, Field
@@ -12,11 +12,10 @@ from pydantic import BaseModel, Field
 from daemon import engine_languages as eng_lang
 from daemon import languages as lang
 from daemon.config import Config
-from daemon.messages import Command
-from daemon.messages import Message as BusMessage
+from services.control.commands import CommandDesk, Refused, Undelivered
 from services.control.devices import DevicesReport
 from services.control.metrics import CONTENT_TYPE, BoxMetrics
-from services.control.models import WRITE_REFUSED
+from services.control.models import WRITE_REFUSED, ConfigRejected
 
 
 class LanguageInfo(BaseModel):
@@ -58,8 +57,16 @@ class LanguagesReport(BaseModel):
 
 class CommandSent(BaseModel):
     command: str
-    sent: bool = Field(description="Put on the bus; the process it concerns applies it if it runs.")
-    detail: str
+    sent: bool = Field(description="The process it concerns answered that it carries it out.")
+    detail: str = Field(description="What that process said it does.")
+
+
+#: The answers of every command besides success.
+COMMAND_REFUSED: dict[int | str, dict[str, Any]] = {
+    **WRITE_REFUSED,
+    409: {"model": ConfigRejected, "description": "The process it concerns could not carry it out (why, in error)."},
+    503: {"model": ConfigRejected, "description": "The process it concerns did not answer (not running, restarting)."},
+}
 
 
 class DirectionRequest(BaseModel):
@@ -100,22 +107,17 @@ def languages_report(marian: frozenset[tuple[str, str]] = frozenset()) -> Langua
 
 CommandName = Literal["mute", "unmute", "speaker-test", "restart-session"]
 
-_COMMANDS: tuple[tuple[str, CommandName, str, str], ...] = (
-    ("/api/mute", "mute", "Mute the microphone (capture sends silence, timing kept).", "capture mutes the mic"),
-    ("/api/unmute", "unmute", "Unmute the microphone.", "capture unmutes the mic"),
-    ("/api/speaker-test", "speaker-test", "Play a short test tone through the speaker.", "playback plays a tone"),
-    (
-        "/api/session/restart",
-        "restart-session",
-        "Close the realtime session and open a new one.",
-        "the session reconnects",
-    ),
+_COMMANDS: tuple[tuple[str, CommandName, str], ...] = (
+    ("/api/mute", "mute", "Mute the microphone (capture sends silence, timing kept; kept across its restarts)."),
+    ("/api/unmute", "unmute", "Unmute the microphone."),
+    ("/api/speaker-test", "speaker-test", "Play a short test tone through the speaker."),
+    ("/api/session/restart", "restart-session", "Close the realtime session and open a new one."),
 )
 
 
 def box_router(
     config: Callable[[], Config],
-    publish: Callable[[BusMessage], None],
+    desk: CommandDesk,
     devices: Callable[[Config], DevicesReport],
     metrics: BoxMetrics,
 ) -> APIRouter:
@@ -131,14 +133,14 @@ def box_router(
     async def get_devices() -> DevicesReport:
         return await asyncio.to_thread(devices, config())
 
-    for path, name, summary, detail in _COMMANDS:
+    for path, name, summary in _COMMANDS:
         router.add_api_route(
             path,
-            _command_endpoint(publish, name, detail),
+            _command_endpoint(desk, name),
             methods=["POST"],
             status_code=202,
             response_model=CommandSent,
-            responses=WRITE_REFUSED,
+            responses=COMMAND_REFUSED,
             summary=summary,
             name=name,
         )
@@ -147,14 +149,17 @@ def box_router(
         "/api/direction",
         status_code=202,
         response_model=CommandSent,
-        responses={**WRITE_REFUSED, 409: {"description": "The box is not in conversation mode."}},
+        responses={
+            **COMMAND_REFUSED,
+            409: {"model": ConfigRejected, "description": "Not in conversation mode, or the session refused it."},
+        },
         summary="Choose the direction of the conversation (the big buttons; hold-to-talk: auto on release).",
     )
     async def post_direction(body: DirectionRequest) -> CommandSent:
         languages = config().languages
         if languages.mode != "conversation":
             raise HTTPException(409, '[languages] mode is "one-way": directions exist in "conversation" mode only')
-        publish(Command(name="direction", args={"direction": body.direction}))
+        await _carried_out(desk, "direction", {"direction": body.direction})
         a, b = languages.source, languages.target
         sides = {"a-to-b": f"{a} → {b}", "b-to-a": f"{b} → {a}"}
         detail = f"the session translates {sides[body.direction]}" if body.direction in sides else "automatic"
@@ -172,9 +177,18 @@ def box_router(
     return router
 
 
-def _command_endpoint(publish: Callable[[BusMessage], None], name: CommandName, detail: str) -> Callable[..., object]:
+def _command_endpoint(desk: CommandDesk, name: CommandName) -> Callable[..., object]:
     async def send_command() -> CommandSent:
-        publish(Command(name=name))
-        return CommandSent(command=name, sent=True, detail=detail)
+        return CommandSent(command=name, sent=True, detail=await _carried_out(desk, name))
 
     return send_command
+
+
+async def _carried_out(desk: CommandDesk, name: str, args: dict[str, Any] | None = None) -> str:
+    """What the carrying process said; 503 when it did not answer, 409 when it refused."""
+    try:
+        return (await desk.send(name, args)).detail
+    except Undelivered as exc:
+        raise HTTPException(503, str(exc)) from None
+    except Refused as exc:
+        raise HTTPException(409, str(exc)) from None

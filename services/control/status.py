@@ -17,6 +17,7 @@ from daemon.bus import SERVICES, Subscriber
 from daemon.config import Config
 from daemon.messages import (
     Caption,
+    CommandAck,
     Heartbeat,
     Message,
     PlaybackState,
@@ -57,6 +58,7 @@ STATE_TOPICS: tuple[type[Message], ...] = (
     Caption,
     SpeechActivity,
     PlaybackState,
+    CommandAck,
 )
 
 

@@ -242,7 +242,8 @@ class PlaybackService(Service):
         async for msg in sub:
             assert isinstance(msg, Command)
             if msg.name == "speaker-test":
-                self._speaker_test()
+                problem = self._speaker_test()
+                self.acknowledge(msg, problem or f"playback plays a {TEST_TONE_S:.1f} s tone", ok=not problem)
 
     async def _follow_speech(self) -> None:
         """Barge-in: the visitor speaks again while the translation plays: stop it.
@@ -270,18 +271,20 @@ class PlaybackService(Service):
         self._interrupted = response_id
         self.bus.publish(PlaybackState(state="interrupted", response_id=response_id, pid=os.getpid()))
 
-    def _speaker_test(self) -> None:
-        """The tone goes through the normal player: same queue, same device, same states."""
+    def _speaker_test(self) -> str:
+        """The tone goes through the normal player: same queue, same device, same states.
+        Returns why it cannot play ("" when it does)."""
         self.count("speaker_tests")
         if self._writer is None:
             self.log.warning("speaker test: no speaker is open (%s)", self.status())
-            return
+            return f"no speaker is open: {self.status()}"
         self.log.info("speaker test: %.1f s tone at %d Hz", TEST_TONE_S, TEST_TONE_HZ)
         pcm, step = speaker_test_tone(), RATE * PERIOD_MS // 1000 * BYTES_PER_FRAME
         now = time.monotonic_ns()
         for i in range(0, len(pcm), step):
             self.queue.put(Chunk(pcm=pcm[i : i + step], t=now, response_id=TEST_RESPONSE_ID))
         self.queue.put(Chunk(pcm=b"", t=now, response_id=TEST_RESPONSE_ID, end=True))
+        return ""
 
     def _chunk(self, msg: AudioOut) -> Chunk | None:
         if msg.rate != RATE:

@@ -146,16 +146,17 @@ class EventHandler(Service):
             self.malformed(exc)
         self._follow_direction()
 
-    def on_direction_command(self, direction: object) -> None:
-        """A button (screen, GPIO) or POST /api/direction, through the bus."""
+    def on_direction_command(self, direction: object) -> str:
+        """A button (screen, GPIO) or POST /api/direction, through the bus; why it was refused, or ""."""
         try:
             what = self.direction.command(direction)
         except ValueError as exc:
             self.log.warning("direction command refused: %s", exc)
-            return
+            return f"refused: {exc}"
         self.log.info("direction command: %s", what)
         self._follow_direction()
         self.direction_changed()  # the sender sends the update, if one is due
+        return ""
 
     def _follow_direction(self) -> None:
         """When the direction changed (heard the other side, or a turn ended): captions and sender follow."""

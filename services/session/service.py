@@ -434,9 +434,11 @@ class SessionService(ConnectionLifetime):
             assert isinstance(msg, Command)
             if msg.name == "restart-session":
                 self.log.info("restart-session requested")
+                self.acknowledge(msg, "the session reconnects")
                 await self._restart_session(RESTART_REQUESTED)
             elif msg.name == "direction":
-                self.on_direction_command(msg.args.get("direction"))
+                refused = self.on_direction_command(msg.args.get("direction"))
+                self.acknowledge(msg, refused or "the session follows", ok=not refused)
 
     async def _follow_playback(self) -> None:
         """A barge-in stopped a response: the rest of its audio is not sent to the speaker."""

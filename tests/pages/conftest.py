@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import zmq
 
-from daemon.bus import Bus
-from daemon.messages import Caption, Heartbeat, Message, SessionStatus
+from daemon.bus import Bus, endpoint
+from daemon.messages import Caption, Channel, Command, CommandAck, Heartbeat, Message, SessionStatus, topic_of
+from services.control.commands import CARRIERS
 from tests.helpers import REPO, NotifySocket, free_port, running, service_env, tolk_cmd
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -73,7 +75,8 @@ class FakeBox:
     """Test publishers named like the box's processes, on the real bus, from one thread.
 
     Every message is republished each tick (PUB/SUB drops what is sent before a subscriber
-    connects: the slow joiner), which also keeps the heartbeats fresh.
+    connects: the slow joiner), which also keeps the heartbeats fresh. Commands from control
+    are answered as the process that carries each out answers it.
     """
 
     rundir: Path
@@ -95,15 +98,26 @@ class FakeBox:
 
     def _run(self) -> None:
         buses = {name: Bus(name, self.rundir) for name in self.names}
+        ctx = zmq.Context()
+        commands = ctx.socket(zmq.SUB)
+        commands.setsockopt(zmq.SUBSCRIBE, topic_of(Command))
+        commands.connect(endpoint("control", Channel.STATE, self.rundir))
         try:
             while not self._stop.is_set():
+                while commands.poll(0):
+                    cmd = Message.from_frames(commands.recv_multipart())
+                    carrier = buses.get(CARRIERS.get(getattr(cmd, "name", ""), ""))
+                    if isinstance(cmd, Command) and cmd.id and carrier is not None:
+                        carrier.publish(CommandAck(id=cmd.id, name=cmd.name, detail=f"{cmd.name} carried out"))
                 for name, bus in buses.items():
                     bus.publish(Heartbeat(service=name, pid=1000, state="running", status=f"{name} ok"))
                 messages: list[Message] = [self.session, *list(self.captions)]
                 for msg in messages:
                     msg.seq = 0
                     buses["session"].publish(msg)
-                self._stop.wait(0.2)
+                commands.poll(200)  # a command wakes the loop at once; else a tick
         finally:
+            commands.close(0)
+            ctx.term()
             for bus in buses.values():
                 bus.close()

@@ -33,6 +33,7 @@ from daemon.messages import (
     AudioSettled,
     Channel,
     Command,
+    CommandAck,
     Heartbeat,
     Message,
     PlaybackState,
@@ -289,6 +290,54 @@ def test_missing_microphone_is_waited_for_and_reopened(rundir: Path, sd: NotifyS
     # Retried every few seconds, but each distinct failure is logged once (ours and alsa-lib's).
     assert log.count("cannot open capture device") <= 2, log
     assert log.count("Unable to connect") <= 2, log
+
+
+def test_the_operators_mute_is_answered_and_outlives_a_restart(rundir: Path, sd: NotifySocket, mic: PulseMic) -> None:
+    """A mute is answered by capture (its id in a CommandAck), and a capture killed while muted
+    comes back muted: nothing the room says is sent until the operator unmutes."""
+    home = alsa_home(rundir, mic.asoundrc("test_mic"))
+    control = Bus("control", rundir)  # the control process's stand-in
+    feeder = Feeder(mic.fd, b"\xe8\x03" * (PERIOD_BYTES // 2))  # a steady non-zero signal
+    feeder.start()
+
+    def answered(name: str, ident: str, acks: Tap) -> CommandAck:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # repeated: a SUB that just connected misses the first
+            control.publish(Command(name=name, id=ident))
+            msg = acks.recv(0.2)
+            if isinstance(msg, CommandAck) and msg.id == ident:
+                return msg
+        raise AssertionError(f"capture never answered {name!r}")
+
+    try:
+        with _capture(rundir, home, sd) as proc:
+            _ready(sd)
+            acks = Tap(rundir, Channel.STATE, CommandAck)
+            try:
+                ack = answered("mute", "m1", acks)
+            finally:
+                acks.close()
+            assert ack.ok and ack.name == "mute" and ack.detail == "microphone muted", ack
+            proc.send_signal(signal.SIGKILL)  # nothing it held in memory survives
+            proc.wait(5)
+        sd.messages.clear()
+        with _capture(rundir, home, sd) as proc:
+            _ready(sd)
+            audio = Tap(rundir, Channel.BULK, AudioIn)
+            acks = Tap(rundir, Channel.STATE, CommandAck)
+            try:
+                first = [audio.until(lambda m: isinstance(m, AudioIn), 10, "audio") for _ in range(50)]
+                assert all(m.muted and not any(m.pcm) for m in first), "a restarted capture forgot the mute"
+                assert "microphone muted by the operator" in (rundir / "capture.log").read_text()
+                assert answered("unmute", "u1", acks).detail == "microphone unmuted"
+                audio.until(lambda m: isinstance(m, AudioIn) and not m.muted and any(m.pcm), 5, "live audio")
+            finally:
+                audio.close()
+                acks.close()
+            _stop(proc, rundir)
+    finally:
+        feeder.stop()
+        control.close()
 
 
 def test_half_duplex_and_operator_mute(rundir: Path, sd: NotifySocket, mic: PulseMic) -> None:

@@ -18,12 +18,22 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from daemon import config as config_mod
-from daemon.messages import Caption, Command, Heartbeat, Message, PlaybackState, SessionStatus, SpeechActivity, Usage
+from daemon.messages import (
+    Caption,
+    Command,
+    CommandAck,
+    Heartbeat,
+    Message,
+    PlaybackState,
+    SessionStatus,
+    SpeechActivity,
+    Usage,
+)
 from services.control.api import create_app
 from services.control.http_server import HttpListener
 from services.control.status import StatusAggregator
 from services.control.store import ConfigStore
-from tests.helpers import free_port
+from tests.helpers import AnsweringBus, free_port
 
 PROCESSES = ("capture", "camera", "session", "playback", "control")
 
@@ -33,9 +43,9 @@ def parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, StatusA
     monkeypatch.setenv("TOLK_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("TOLK_CONFIG", raising=False)
     agg = StatusAggregator(PROCESSES)
-    published: list[Message] = []
-    app = create_app(agg, ConfigStore(config_mod.Config(), None), published.append)
-    return app, agg, published
+    bus = AnsweringBus(agg)
+    app = create_app(agg, ConfigStore(config_mod.Config(), None), bus)
+    return app, agg, bus.published
 
 
 def client(app: Any) -> httpx.AsyncClient:
@@ -74,6 +84,36 @@ async def test_commands_go_on_the_bus(parts: tuple[Any, ...]) -> None:
     assert [m.name for m in published if isinstance(m, Command)] == [
         "mute", "unmute", "speaker-test", "restart-session"
     ]  # fmt: skip
+    assert len({m.id for m in published if isinstance(m, Command)}) == 4  # each answered by its own id
+
+
+async def test_a_command_nobody_carries_out_is_a_503_not_a_202(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capture is down (restarting): the mute reaches no one, and the operator is told so."""
+    monkeypatch.setenv("TOLK_STATE_DIR", str(tmp_path / "state"))
+    agg = StatusAggregator(PROCESSES)
+    bus = AnsweringBus(agg, silent=("mute",))
+    app = create_app(agg, ConfigStore(config_mod.Config(), None), bus, command_timeout_s=0.3)
+    async with client(app) as http:
+        r = await http.post("/api/mute")
+        assert r.status_code == 503, r.text
+        assert "capture did not answer 'mute'" in r.json()["error"]
+        assert (await http.post("/api/speaker-test")).status_code == 202  # playback answers
+
+
+async def test_a_command_the_process_refuses_is_a_409_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOLK_STATE_DIR", str(tmp_path / "state"))
+    agg = StatusAggregator(PROCESSES)
+
+    def refusing(msg: Message) -> None:
+        if isinstance(msg, Command):
+            agg.handle(CommandAck(id=msg.id, name=msg.name, ok=False, detail="no speaker is open: degraded"))
+
+    app = create_app(agg, ConfigStore(config_mod.Config(), None), refusing)
+    async with client(app) as http:
+        r = await http.post("/api/speaker-test")
+    assert r.status_code == 409 and "no speaker is open: degraded" in r.json()["error"], r.text
 
 
 async def test_metrics_in_prometheus_text(parts: tuple[Any, ...]) -> None:

@@ -17,6 +17,7 @@ from services.control.api import create_app
 from services.control.devices import ConfiguredDevices, DevicesReport
 from services.control.status import StatusAggregator
 from services.control.store import ConfigStore
+from tests.helpers import AnsweringBus
 
 
 def _devices(cfg: config_mod.Config) -> DevicesReport:
@@ -43,7 +44,7 @@ def _control_app() -> Any:
     agg.handle(Caption(utterance="u1", kind="translation", text="Hi", stash=" there"))
     # Generated PATCHes are stored: in a directory of this module's own, never the box's.
     store = ConfigStore(config_mod.Config(), None, overlay=Path(_STATE.name) / "config.toml")
-    return create_app(agg, store, lambda _msg: None, devices=_devices)
+    return create_app(agg, store, AnsweringBus(agg), devices=_devices)
 
 
 # schemathesis collects the operations when this module is imported, so the app exists by then.

@@ -20,7 +20,7 @@ from services.control.api import create_app
 from services.control.security import COOKIE, AccessPolicy, is_loopback_bind, load_token
 from services.control.status import StatusAggregator
 from services.control.store import ConfigStore
-from tests.helpers import NotifySocket, free_port, running, service_env, tolk_cmd
+from tests.helpers import AnsweringBus, NotifySocket, free_port, running, service_env, tolk_cmd
 
 TOKEN = "tolk-ctl-4b1d9e27a0"
 API_KEY = "sk-tolk-never-shown-55aa"
@@ -34,9 +34,10 @@ def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ConfigSto
     cfg_file = tmp_path / "tolk.toml"
     cfg_file.write_text('[control]\nlisten = "127.0.0.2:8080"\n')
     store = ConfigStore(config_mod.load(cfg_file), str(cfg_file))
-    published: list[Message] = []
-    app = create_app(StatusAggregator(), store, published.append, access=AccessPolicy("127.0.0.2:8080", TOKEN))
-    return app, store, published
+    status = StatusAggregator()
+    bus = AnsweringBus(status)
+    app = create_app(status, store, bus, access=AccessPolicy("127.0.0.2:8080", TOKEN))
+    return app, store, bus.published
 
 
 def client(app: Any, host: str = "127.0.0.2:8080") -> httpx.AsyncClient:
@@ -133,8 +134,10 @@ async def test_cross_site_writes_and_foreign_hosts_are_refused(tmp_path: Path, m
     monkeypatch.setenv("TOLK_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("TOLK_CONFIG", raising=False)
     store = ConfigStore(config_mod.Config(), None)
-    published: list[Message] = []
-    app = create_app(StatusAggregator(), store, published.append)  # loopback: no token
+    status = StatusAggregator()
+    bus = AnsweringBus(status)
+    published: list[Message] = bus.published
+    app = create_app(status, store, bus)  # loopback: no token
     body = {"languages": {"target": "ja"}}
     async with client(app, "127.0.0.1:8080") as http:
         for headers in (

@@ -19,7 +19,7 @@ from services.control.status import StatusAggregator
 from services.control.store import ConfigStore
 from services.simulator import running_in_thread
 from tests.dialogue import alternating, make_turns, publish_paced, run_dialogue
-from tests.helpers import wait_until
+from tests.helpers import AnsweringBus, wait_until
 from tests.services.test_session_process import KEY, feed_until, session_process, write_config
 
 TURNS = 22
@@ -126,9 +126,11 @@ def test_conversation_config_is_checked_with_clear_messages() -> None:
 @pytest.mark.parametrize("mode", ["conversation", "one-way"])
 async def test_the_direction_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     monkeypatch.setenv("TOLK_STATE_DIR", str(tmp_path / "state"))
-    published: list[Message] = []
     cfg = config_mod.validate({"languages": {"source": "zh", "target": "en", "mode": mode}})
-    app = create_app(StatusAggregator(("session", "control")), ConfigStore(cfg, None), published.append)
+    status = StatusAggregator(("session", "control"))
+    bus = AnsweringBus(status)
+    published: list[Message] = bus.published
+    app = create_app(status, ConfigStore(cfg, None), bus)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
         pressed = await http.post("/api/direction", json={"direction": "b-to-a"})
