@@ -241,10 +241,12 @@ def _not_captured(obs: Observations, fed: Fed, heard: int, lag: int) -> tuple[st
         return _kill_cause(kill, fs)
     muted = _muted_share(obs.capture_beats, fs, fe + LAG_NS)
     if obs.half_duplex and muted >= MUTED_SHARE:
+        # The box's voice anywhere in the utterance counts: an answer to the one before often
+        # begins a second into the next, and mutes the rest of it.
         speaking = any(
-            r.start_ns <= fs + LAG_NS and (r.end_ns is None or r.end_ns + obs.tail_ns >= fs) for r in obs.runs
+            r.start_ns <= fe + LAG_NS and (r.end_ns is None or r.end_ns + obs.tail_ns >= fs) for r in obs.runs
         )
-        detail = "began while the box was speaking" if speaking else "the box was silent: a mute outlived its playback"
+        detail = "the box spoke during it" if speaking else "the box was silent: a mute outlived its playback"
         return (
             "half-duplex mute",
             f"{detail} ({muted:.0%} of it muted; {heard} of {fed.loud_periods} loud periods published)",

@@ -70,7 +70,10 @@ def test_speech_muted_while_the_box_spoke_is_a_half_duplex_loss() -> None:
     obs.runs = [*obs.runs, Run(100, 4 * S + 800 * MS, 6 * S, 24000)]
     fates = ledger.account(obs)
     assert (fates[1].reached, fates[1].cause) == ("fed", "half-duplex mute")
-    assert "speaking" in fates[1].detail
+    assert "spoke during it" in fates[1].detail
+    # An answer to the utterance before that begins inside this one mutes its rest: the box spoke.
+    obs.runs = [*obs.runs[:2], Run(100, 5 * S + 500 * MS, 7 * S, 36000)]
+    assert "spoke during it" in ledger.account(obs)[1].detail
     # The same loss with the box silent is a mute that outlived its reason, said so.
     obs.runs = obs.runs[:2]
     assert "outlived" in ledger.account(obs)[1].detail
