@@ -35,7 +35,7 @@ from daemon.messages import Command  # noqa: E402
 from services.simulator import running_in_thread  # noqa: E402
 from tests.dialogue import Dialogue, Turn, alternating, make_turns, run_dialogue  # noqa: E402
 from tests.helpers import rmtree, short_tmpdir  # noqa: E402
-from tests.services.test_session_process import KEY, session_process, write_config  # noqa: E402
+from tests.services.session_rig import KEY, session_process, write_config  # noqa: E402
 
 OTHER = {"zh": "en", "en": "zh"}
 METHODS = {

@@ -19,7 +19,7 @@ from daemon.messages import AudioIn, AudioOut, Caption, Usage
 from services.simulator import Simulator
 from services.simulator.language import with_marker
 from tests.helpers import espeak_wav, wav_pcm
-from tests.services.test_session_process import PERIOD, SessionTap, feed_until
+from tests.services.session_rig import PERIOD, SessionTap, feed_until
 
 PHRASES = {
     "zh": ["你好", "谢谢", "请问车站在哪里", "多少钱", "我要一张票", "好的", "没问题", "再见"],

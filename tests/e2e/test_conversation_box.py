@@ -10,7 +10,7 @@ from pathlib import Path
 from daemon.messages import Caption, SessionStatus
 from tests.dialogue import alternating, make_turns
 from tests.helpers import PulseMic, alsa_home, free_port, running, service_env, tolk_cmd, wait_until
-from tests.services.test_session_process import SessionTap
+from tests.services.session_rig import SessionTap
 
 OTHER = {"zh": "en", "en": "zh"}
 PERIOD = 640

@@ -8,24 +8,16 @@ so the tests that need a real-time talker pace the FIFO themselves (``Feeder``).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import itertools
 import os
 import signal
-import subprocess
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import zmq
 
-from daemon.bus import Bus, endpoint
+from daemon.bus import Bus
 from daemon.messages import (
     AudioIn,
     AudioReplay,
@@ -35,106 +27,10 @@ from daemon.messages import (
     Command,
     CommandAck,
     Heartbeat,
-    Message,
     PlaybackState,
-    topic_of,
 )
-from tests.helpers import NotifySocket, PulseMic, alsa_home, rmtree, running, service_env, tolk_cmd, wait_until
-
-PERIOD_BYTES = 640  # 20 ms at 16 kHz mono S16_LE
-
-
-class Tap:
-    """A plain SUB socket on one of capture's sockets."""
-
-    def __init__(self, rundir: Path, channel: Channel, *topics: type[Message]) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        for cls in topics:
-            self.sock.setsockopt(zmq.SUBSCRIBE, topic_of(cls))
-        self.sock.connect(endpoint("capture", channel, rundir))
-
-    def recv(self, timeout: float) -> Message | None:
-        if not self.sock.poll(int(timeout * 1000)):
-            return None
-        return Message.from_frames(self.sock.recv_multipart())
-
-    def until(self, pred: Callable[[Any], object], timeout: float = 10.0, what: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            msg = self.recv(left)
-            if msg is not None and pred(msg):
-                return msg
-        raise AssertionError(f"no {what or 'matching message'} within {timeout} s")
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
-
-
-class Feeder(threading.Thread):
-    """A talker with a real clock: writes one period every 20 ms into the microphone's FIFO,
-    what was said through ``say()`` or else ``idle`` (the pulse pipe-source itself has no
-    clock: it hands on whatever the FIFO holds at once)."""
-
-    def __init__(self, fd: int, idle: bytes = bytes(PERIOD_BYTES)) -> None:
-        super().__init__(daemon=True)
-        self.fd = fd
-        self.idle = idle
-        self.pending: deque[bytes] = deque()
-        self.done = threading.Event()
-        # Non-blocking: while the microphone's server is down nobody drains the FIFO.
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-
-    def say(self, pcm: bytes) -> None:
-        self.pending.extend(pcm[i : i + PERIOD_BYTES] for i in range(0, len(pcm), PERIOD_BYTES))
-
-    def run(self) -> None:
-        start = time.monotonic()
-        n = 0
-        while not self.done.is_set():
-            period = self.pending.popleft() if self.pending else self.idle
-            with contextlib.suppress(OSError):
-                os.write(self.fd, period)
-            n += 1
-            self.done.wait(max(0.0, start + n * 0.02 - time.monotonic()))
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(2)
-
-
-
-
-def _ready(notify: NotifySocket, timeout: float = 15.0) -> str:
-    """The READY=1 datagram (with its STATUS=)."""
-    return str(wait_until(lambda: next((m for m in notify.messages if "READY=1" in m), None), timeout, what="READY=1"))
-
-
-
-
-def _config(rundir: Path, device: str, extra: str = 'streaming = "always"\n') -> Path:
-    """These tests watch the device side: every period is published (the policy has its own tests)."""
-    path = rundir / "tolk.toml"
-    path.write_text(f'[audio]\ncapture_device = "{device}"\nperiod_ms = 20\n{extra}')
-    return path
-
-
-def _capture(
-    rundir: Path, home: Path, notify: NotifySocket, device: str = "test_mic", **env_extra: str
-) -> AbstractContextManager[subprocess.Popen[bytes]]:
-    env = service_env(rundir, HOME=str(home), NOTIFY_SOCKET=notify.path, **env_extra)
-    cmd = tolk_cmd("service", "capture", "--config", str(_config(rundir, device)))
-    return running(cmd, env, rundir / "capture.log")
-
-
-def _stop(proc: subprocess.Popen[bytes], rundir: Path) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(10)
-    except subprocess.TimeoutExpired:
-        code = None
-    assert code == 0, (rundir / "capture.log").read_text()
+from tests.helpers import NotifySocket, PulseMic, alsa_home, rmtree, wait_until
+from tests.services.capture_rig import PERIOD_BYTES, Feeder, Tap, capture_ready, start_capture, stop_capture
 
 
 def _speech_like(seconds: float) -> bytes:
@@ -146,8 +42,8 @@ def _speech_like(seconds: float) -> bytes:
 
 def test_capture_publishes_exactly_what_the_microphone_hears(rundir: Path, sd: NotifySocket, mic: PulseMic) -> None:
     home = alsa_home(rundir, mic.asoundrc("test_mic"))
-    with _capture(rundir, home, sd) as proc:
-        ready = _ready(sd)
+    with start_capture(rundir, home, sd) as proc:
+        ready = capture_ready(sd)
         assert "capturing test_mic 16 kHz, 20 ms periods" in ready
         audio = Tap(rundir, Channel.BULK, AudioIn)
         beats = Tap(rundir, Channel.STATE, Heartbeat)
@@ -173,7 +69,7 @@ def test_capture_publishes_exactly_what_the_microphone_hears(rundir: Path, sd: N
             feeder.stop()
             audio.close()
             beats.close()
-        _stop(proc, rundir)
+        stop_capture(proc, rundir)
 
     joined = b"".join(c.pcm for c in chunks)
     assert speech in joined, "the captured stream does not hold the fed audio contiguously"
@@ -202,12 +98,12 @@ def test_ready_only_once_the_device_is_open(rundir: Path, sd: NotifySocket) -> N
     )
     fd = -1
     try:
-        with _capture(rundir, home, sd) as proc:
+        with start_capture(rundir, home, sd) as proc:
             time.sleep(1.5)
             assert not any("READY=1" in m for m in sd.messages), sd.messages
             assert proc.poll() is None
             fd = os.open(fifo, os.O_RDWR)
-            _ready(sd, 10)
+            capture_ready(sd, 10)
             audio = Tap(rundir, Channel.BULK, AudioIn)
             try:
                 # One period per write, as the file plugin reads it; repeat until the tap is live.
@@ -221,7 +117,7 @@ def test_ready_only_once_the_device_is_open(rundir: Path, sd: NotifySocket) -> N
                         break
             finally:
                 audio.close()
-            _stop(proc, rundir)  # the reader is blocked on an empty FIFO: stop is still bounded
+            stop_capture(proc, rundir)  # the reader is blocked on an empty FIFO: stop is still bounded
     finally:
         if fd >= 0:
             os.close(fd)
@@ -247,10 +143,10 @@ def test_missing_microphone_is_waited_for_and_reopened(rundir: Path, sd: NotifyS
         rmtree(pulse_dir / "rt")
 
     try:
-        with _capture(rundir, home, sd, WATCHDOG_USEC="2000000") as proc:
+        with start_capture(rundir, home, sd, WATCHDOG_USEC="2000000") as proc:
             beats = Tap(rundir, Channel.STATE, Heartbeat)
             try:
-                ready = _ready(sd)
+                ready = capture_ready(sd)
                 assert "waiting for device 'test_mic': Connection refused" in ready
                 beat = beats.until(lambda m: isinstance(m, Heartbeat) and m.counters["open_failures"] >= 2, 10)
                 assert beat.state == "degraded" and proc.poll() is None
@@ -280,7 +176,7 @@ def test_missing_microphone_is_waited_for_and_reopened(rundir: Path, sd: NotifyS
                 assert "gap of" in beat.status, beat.status
             finally:
                 beats.close()
-            _stop(proc, rundir)
+            stop_capture(proc, rundir)
     finally:
         while live:
             unplug()
@@ -310,8 +206,8 @@ def test_the_operators_mute_is_answered_and_outlives_a_restart(rundir: Path, sd:
         raise AssertionError(f"capture never answered {name!r}")
 
     try:
-        with _capture(rundir, home, sd) as proc:
-            _ready(sd)
+        with start_capture(rundir, home, sd) as proc:
+            capture_ready(sd)
             acks = Tap(rundir, Channel.STATE, CommandAck)
             try:
                 ack = answered("mute", "m1", acks)
@@ -321,8 +217,8 @@ def test_the_operators_mute_is_answered_and_outlives_a_restart(rundir: Path, sd:
             proc.send_signal(signal.SIGKILL)  # nothing it held in memory survives
             proc.wait(5)
         sd.messages.clear()
-        with _capture(rundir, home, sd) as proc:
-            _ready(sd)
+        with start_capture(rundir, home, sd) as proc:
+            capture_ready(sd)
             audio = Tap(rundir, Channel.BULK, AudioIn)
             acks = Tap(rundir, Channel.STATE, CommandAck)
             try:
@@ -334,7 +230,7 @@ def test_the_operators_mute_is_answered_and_outlives_a_restart(rundir: Path, sd:
             finally:
                 audio.close()
                 acks.close()
-            _stop(proc, rundir)
+            stop_capture(proc, rundir)
     finally:
         feeder.stop()
         control.close()
@@ -347,8 +243,8 @@ def test_half_duplex_and_operator_mute(rundir: Path, sd: NotifySocket, mic: Puls
     feeder = Feeder(mic.fd, b"\xe8\x03" * (PERIOD_BYTES // 2))  # a steady non-zero signal
     feeder.start()
     try:
-        with _capture(rundir, home, sd) as proc:
-            _ready(sd)
+        with start_capture(rundir, home, sd) as proc:
+            capture_ready(sd)
             audio = Tap(rundir, Channel.BULK, AudioIn)
             beats = Tap(rundir, Channel.STATE, Heartbeat)
             try:
@@ -392,7 +288,7 @@ def test_half_duplex_and_operator_mute(rundir: Path, sd: NotifySocket, mic: Puls
             finally:
                 audio.close()
                 beats.close()
-            _stop(proc, rundir)
+            stop_capture(proc, rundir)
     finally:
         feeder.stop()
         playback.close()
@@ -407,8 +303,8 @@ def test_a_restarted_playback_ends_the_mute_its_predecessor_began(
     feeder = Feeder(mic.fd, b"\xe8\x03" * (PERIOD_BYTES // 2))
     feeder.start()
     try:
-        with _capture(rundir, home, sd) as proc:
-            _ready(sd)
+        with start_capture(rundir, home, sd) as proc:
+            capture_ready(sd)
             audio = Tap(rundir, Channel.BULK, AudioIn)
             old = Bus("playback", rundir)  # the playback process that is killed
             try:
@@ -438,7 +334,7 @@ def test_a_restarted_playback_ends_the_mute_its_predecessor_began(
                     new.close()
             finally:
                 audio.close()
-            _stop(proc, rundir)
+            stop_capture(proc, rundir)
     finally:
         feeder.stop()
     assert "playback restarted (pid 2222, was 1111): speaker mute released" in (rundir / "capture.log").read_text()
@@ -452,8 +348,8 @@ def test_a_session_that_restarts_gets_back_what_no_session_settled(
     feeder = Feeder(mic.fd, b"\xe8\x03" * (PERIOD_BYTES // 2))
     feeder.start()
     try:
-        with _capture(rundir, home, sd) as proc:
-            _ready(sd)
+        with start_capture(rundir, home, sd) as proc:
+            capture_ready(sd)
             audio = Tap(rundir, Channel.BULK, AudioIn, AudioReplay)
             try:
                 live = [audio.until(lambda m: isinstance(m, AudioIn), 10, "live audio") for _ in range(60)]
@@ -474,7 +370,7 @@ def test_a_session_that_restarts_gets_back_what_no_session_settled(
                     session.close()
             finally:
                 audio.close()
-            _stop(proc, rundir)
+            stop_capture(proc, rundir)
     finally:
         feeder.stop()
     # Few messages (a second of audio each, under the bulk socket's high-water mark), one replay.
@@ -499,8 +395,8 @@ def test_a_device_without_a_clock_is_held_to_real_time(rundir: Path, sd: NotifyS
         rundir,
         f'pcm.test_mic {{\n type file\n slave.pcm null\n file "/dev/null"\n infile "{infile}"\n format raw\n}}\n',
     )
-    with _capture(rundir, home, sd) as proc:
-        _ready(sd)
+    with start_capture(rundir, home, sd) as proc:
+        capture_ready(sd)
         audio = Tap(rundir, Channel.BULK, AudioIn)
         try:
             first = audio.until(lambda m: isinstance(m, AudioIn), 10, "audio")
@@ -512,8 +408,7 @@ def test_a_device_without_a_clock_is_held_to_real_time(rundir: Path, sd: NotifyS
                     chunks.append(msg)
         finally:
             audio.close()
-        _stop(proc, rundir)
+        stop_capture(proc, rundir)
     assert 35 <= len(chunks) <= 75, f"{len(chunks)} periods of 20 ms in one second"
     offset = recording.index(first.pcm)
     assert b"".join(c.pcm for c in chunks) == recording[offset : offset + PERIOD_BYTES * len(chunks)]
-

@@ -12,7 +12,7 @@ import numpy as np
 
 from daemon.messages import AudioIn, Channel, Heartbeat
 from tests.helpers import NotifySocket, PulseMic, alsa_home
-from tests.services.test_capture import PERIOD_BYTES, Feeder, Tap, _capture, _ready, _stop
+from tests.services.capture_rig import PERIOD_BYTES, Feeder, Tap, capture_ready, start_capture, stop_capture
 
 
 class CountingFeeder(Feeder):
@@ -45,8 +45,8 @@ def test_an_overrun_is_recovered_and_the_stream_catches_up(rundir: Path, sd: Not
     tap = Tap(rundir, Channel.BULK, AudioIn)
     beats = Tap(rundir, Channel.STATE, Heartbeat)
     try:
-        with _capture(rundir, home, sd) as proc:
-            _ready(sd)
+        with start_capture(rundir, home, sd) as proc:
+            capture_ready(sd)
 
             def lag(msg: AudioIn) -> float:
                 spoken = feeder.spoken.get(int(np.frombuffer(msg.pcm[:2], dtype="<i2")[0]))
@@ -68,7 +68,7 @@ def test_an_overrun_is_recovered_and_the_stream_catches_up(rundir: Path, sd: Not
             assert late and max(late) < max(calm) + 0.3, f"still behind after the overrun: {late} vs {calm}"
             beat = beats.until(lambda m: m.counters.get("overruns", 0) >= 1, 5, "the overrun counted")
             assert beat.counters["overrun_ms_dropped"] >= 500, beat.counters
-            _stop(proc, rundir)
+            stop_capture(proc, rundir)
     finally:
         feeder.stop()
         tap.close()

@@ -20,7 +20,7 @@ from services.control.store import ConfigStore
 from services.simulator import running_in_thread
 from tests.dialogue import alternating, make_turns, publish_paced, run_dialogue
 from tests.helpers import AnsweringBus, wait_until
-from tests.services.test_session_process import KEY, feed_until, session_process, write_config
+from tests.services.session_rig import KEY, feed_until, session_process, write_config
 
 TURNS = 22
 OTHER = {"zh": "en", "en": "zh"}

@@ -6,11 +6,9 @@ are the official DashScope SDK (a client no one here wrote) and raw WebSockets f
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,28 +20,11 @@ from websockets.sync.client import connect
 from daemon.config import EngineConfig
 from services.engine.core import Engine
 from services.engine.model import ModelError, install_whisper, part_dirs
-from services.engine.server import EngineServer
 from tests.helpers import espeak_wav, wav_pcm
+from tests.services.engine_rig import serving
 
 MODEL = "qwen3-livetranslate-flash-realtime"
 GERMAN = "Guten Morgen und willkommen im Museum. Die Ausstellung beginnt um neun."
-
-
-def serving(engine: Engine) -> Iterator[str]:
-    """``engine`` behind its WebSocket server on a thread of its own; yields the URL, then stops it."""
-    loop = asyncio.new_event_loop()
-    server = EngineServer(engine, "127.0.0.1", 0)
-    loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, name="engine", daemon=True)
-    thread.start()
-    try:
-        yield server.url
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(15)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-        engine.close()
 
 
 @pytest.fixture(scope="module")

@@ -285,7 +285,7 @@ def test_a_corrupt_model_or_spm_is_refused_naming_the_folder(marian_dir: Path, t
 @pytest.fixture(scope="module")
 def engine_url(marian_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from services.engine.core import Engine
-    from tests.services.test_engine import serving
+    from tests.services.engine_rig import serving
 
     folder = tmp_path_factory.mktemp("engine-marian")
     copy_pair(marian_dir, folder, "de-fr")

@@ -21,8 +21,6 @@ the talker; with ``half-duplex`` the overlapping words are lost, on record next 
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +36,8 @@ from services.simulator.server import running_in_thread
 from services.simulator.speech import Endpointer
 from tests.helpers import PulseMic, espeak_wav, free_port, wait_until, wav_pcm
 from tests.services.aec_room import box_voice
-from tests.services.test_audio_path import LOUD_RMS, PERIOD, Talker, _box, _logs, _loud_periods, _rms
+from tests.services.box_rig import LOUD_RMS, PERIOD, Talker, box, box_logs, loud_periods, rms
+from tests.services.recording import Recording
 
 #: The room: the speaker's sound reaches the microphone this long after the sink played it.
 ECHO_DELAY_MS = 60
@@ -69,59 +68,6 @@ def _build_room(mic: PulseMic) -> None:
     mic.load_module("module-loopback", "source=mic", "sink=room", "latency_msec=20", "adjust_time=0")
 
 
-class Recording(threading.Thread):
-    """A PulseAudio source as it sounds, from now on (``parec``, mono at ``rate``), period by
-    period, with when each period arrived (to lay the recording on monotonic time)."""
-
-    def __init__(self, mic: PulseMic, source: str, rate: int = 16000) -> None:
-        super().__init__(daemon=True, name=f"record-{source}")
-        self.rate = rate
-        self.pcm = bytearray()
-        self.arrivals: list[tuple[int, int]] = []  # (monotonic ns, samples recorded by then)
-        self.loud = 0  # loud periods so far
-        self._last_loud = 0.0
-        self._loud_from = 0.0  # when the current loud stretch began
-        self._proc = subprocess.Popen(
-            ["parec", f"--server={mic.server}", f"--device={source}", f"--rate={rate}", "--channels=1",
-             "--format=s16le", "--raw", "--latency-msec=20"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.start()
-
-    def run(self) -> None:
-        assert self._proc.stdout is not None
-        while chunk := self._proc.stdout.read(self.rate // 50 * 2):
-            self.pcm += chunk
-            self.arrivals.append((time.monotonic_ns(), len(self.pcm) // 2))
-            if _rms(np.frombuffer(chunk, dtype="<i2")) > LOUD_RMS:
-                now = time.monotonic()
-                if now - self._last_loud > 0.5:
-                    self._loud_from = now
-                self._last_loud, self.loud = now, self.loud + 1
-
-    def position(self, t_ns: int) -> int:
-        """The sample recorded at monotonic ``t_ns``: the recording is sample-continuous, so the
-        period that arrived soonest after it was recorded places all of it (up to a constant)."""
-        t0 = min(at - n * 1_000_000_000 // self.rate for at, n in self.arrivals)
-        return (t_ns - t0) * self.rate // 1_000_000_000
-
-    def sounding(self) -> bool:
-        return time.monotonic() - self._last_loud < 0.1
-
-    def sounded_s(self) -> float:
-        """How long the current loud stretch has lasted (0: quiet)."""
-        return time.monotonic() - self._loud_from if self.sounding() else 0.0
-
-    def quiet(self) -> bool:
-        """Quiet for a while (a sink's monitor never stops: silence is recorded too)."""
-        return time.monotonic() - self._last_loud > 0.5
-
-    def stop(self) -> None:
-        self._proc.terminate()
-        self._proc.wait(5)
-        self.join(2)
-
-
 class RoomTalker(Talker):
     """The talker at the microphone; the box's voice reaches the microphone inside PulseAudio.
     ``trace`` holds, per period written, the RMS of what was said and 1.0 if the box sounded."""
@@ -134,7 +80,7 @@ class RoomTalker(Talker):
         start, n = time.monotonic(), 0
         while not self.done.is_set():
             period = self.said.popleft() if self.said else bytes(PERIOD)
-            said = _rms(np.frombuffer(period, dtype="<i2"))
+            said = rms(np.frombuffer(period, dtype="<i2"))
             box = self.speaker.sounding()
             self.trace.append((said, float(box)))
             self.overlapped += said > LOUD_RMS and box
@@ -179,7 +125,7 @@ def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) 
     _build_room(mic)
     with (
         running_in_thread(voice=voice) as sim,
-        _box(rundir, mic, sim, settings, "capture", "session", "playback", "control", pulse_speaker=True,
+        box(rundir, mic, sim, settings, "capture", "session", "playback", "control", pulse_speaker=True,
              mic_source="room.monitor"),
     ):  # fmt: skip
         speaker, room = Recording(mic, "spk.monitor"), Recording(mic, "room.monitor")
@@ -210,7 +156,7 @@ def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) 
             time.sleep(4.0)  # an answer to the box's own voice would come in this while
             reported, metrics = _reported(listen)
         except AssertionError as exc:  # a wait ran out: what the processes said is the clue
-            raise AssertionError(f"{exc}\n{_logs(rundir)}") from None
+            raise AssertionError(f"{exc}\n{box_logs(rundir)}") from None
         finally:
             talker.stop()
             speaker.stop()
@@ -218,7 +164,7 @@ def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) 
         heard = bytes(sim.audio_in)
         responses = sim.responses
     barge_ins = reported["processes"]["playback"]["counters"]["barge_ins"]
-    said_loud = 3 * _loud_periods(question) + _loud_periods(thanks)
+    said_loud = 3 * loud_periods(question) + loud_periods(thanks)
     utterances = [round(u.speech_s, 2) for u in Endpointer().feed(heard)]
     erle = whole = last = float("inf")
     if echo == "aec":
@@ -230,7 +176,7 @@ def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) 
     print(
         f"\necho={echo}: the talker spoke over the box for {talker.overlapped * 20} ms; "
         f"{speaker.loud} loud periods of the box's voice played; the service "
-        f"heard {_loud_periods(heard)} loud periods (the talker said {said_loud}) and answered "
+        f"heard {loud_periods(heard)} loud periods (the talker said {said_loud}) and answered "
         f"{responses} time(s) (utterances of {utterances} s); ERLE over the last answer {last:.1f} dB; "
         f"after the first answer {erle:.1f} dB "
         f"past each onset, {whole:.1f} dB over whole answers; "
@@ -241,18 +187,19 @@ def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) 
     assert talker.overlapped * PERIOD_S >= 0.06, "the thanks did not overlap the box's voice: the test shows nothing"
     if echo == "aec":
         # The three questions and the thanks answered, the box's voice never: four answers.
-        assert responses == 4 and len(utterances) == 4, _logs(rundir)
-        assert last >= MIN_ERLE_DB, f"the box's voice reached the service only {last:.1f} dB quieter\n{_logs(rundir)}"
+        assert responses == 4 and len(utterances) == 4, box_logs(rundir)
+        heard = f"the box's voice reached the service only {last:.1f} dB quieter"
+        assert last >= MIN_ERLE_DB, f"{heard}\n{box_logs(rundir)}"
         # It stopped for the thanks, and never for its own voice.
-        assert barge_ins == 1, _logs(rundir)
+        assert barge_ins == 1, box_logs(rundir)
         # Capture's own figures, as /api/status and /metrics report them.
         reported = reported["echo"]
         assert reported["cancelling"] and reported["erle_db"] > 0 and reported["double_talk_s"] > 0, reported
         assert metrics["tolk_echo_erle_db"] == reported["erle_db"], metrics
         assert metrics["tolk_echo_double_talk_seconds_total"] == reported["double_talk_s"], metrics
     else:
-        assert responses == 3 and len(utterances) == 3, _logs(rundir)
-        assert barge_ins == 0, _logs(rundir)  # the microphone is muted while the box speaks
+        assert responses == 3 and len(utterances) == 3, box_logs(rundir)
+        assert barge_ins == 0, box_logs(rundir)  # the microphone is muted while the box speaks
         reported = reported["echo"]
         assert not reported["cancelling"] and reported["erle_db"] is None, reported
         assert metrics == {"tolk_echo_cancelling": 0.0, "tolk_echo_far_seconds_total": 0.0,
@@ -288,7 +235,7 @@ def _erle_after(
         mic, out = r(n), x(n)
         if mic is None or out is None:
             continue
-        loud = _rms(mic) > LOUD_RMS
+        loud = rms(mic) > LOUD_RMS
         talker_silent = all(said == 0 for said, _ in trace[n - 2 : n + 3])
         if loud and talker_silent:
             run = 1 if quiet >= QUIET_BETWEEN else run + 1

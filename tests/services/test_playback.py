@@ -11,7 +11,6 @@ import itertools
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -21,100 +20,13 @@ import zmq
 
 from daemon.bus import endpoint
 from daemon.messages import (
-    AudioOut,
     Channel,
-    Heartbeat,
     Message,
-    PlaybackState,
     RenderedAudio,
-    SpeechActivity,
     topic_of,
 )
-from tests.helpers import NotifySocket, alsa_home, running, service_env, tolk_cmd, wait_until
-
-
-class FakeSession:
-    """The session's bulk socket, as an XPUB that reports playback's subscription."""
-
-    def __init__(self, rundir: Path) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.XPUB)
-        self.sock.bind(endpoint("session", Channel.BULK, rundir))
-        self.seq = 0
-
-    def wait_for_subscriber(self, timeout: float = 15.0) -> None:
-        assert self.sock.poll(int(timeout * 1000)), "playback never subscribed to the session's audio"
-        assert self.sock.recv() == b"\x01" + topic_of(AudioOut)
-
-    def send(self, pcm: bytes, response_id: str, rate: int = 24000) -> int:
-        self.seq += 1
-        t = time.monotonic_ns()
-        self.sock.send_multipart(AudioOut(pcm=pcm, response_id=response_id, rate=rate, seq=self.seq, t=t).to_frames())
-        return t
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
-
-
-class FakeCapture:
-    """Capture's state socket, as an XPUB: its "someone speaks" is what makes playback barge in."""
-
-    def __init__(self, rundir: Path) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.XPUB)
-        self.sock.bind(endpoint("capture", Channel.STATE, rundir))
-
-    def wait_for_subscriber(self, timeout: float = 15.0) -> None:
-        wanted = b"\x01" + topic_of(SpeechActivity)
-        wait_until(lambda: self.sock.poll(100) and self.sock.recv() == wanted, timeout,
-                   what="playback listening for speech")  # fmt: skip
-
-    def someone_speaks(self) -> None:
-        self.sock.send_multipart(SpeechActivity(speaking=True).to_frames())
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
-
-
-class StateTap:
-    """Playback's state socket: PlaybackState and Heartbeat, collected by a thread."""
-
-    def __init__(self, rundir: Path) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        for cls in (PlaybackState, Heartbeat):
-            self.sock.setsockopt(zmq.SUBSCRIBE, topic_of(cls))
-        self.sock.connect(endpoint("playback", Channel.STATE, rundir))
-        self.states: list[PlaybackState] = []
-        self.heartbeats: list[Heartbeat] = []
-
-    def pump(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self.sock.poll(int(left * 1000)):
-                msg = Message.from_frames(self.sock.recv_multipart())
-                if isinstance(msg, PlaybackState):
-                    self.states.append(msg)
-                elif isinstance(msg, Heartbeat):
-                    self.heartbeats.append(msg)
-
-    def until(self, pred: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}; states={self.states}"
-            self.pump(0.05)
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
-
-
-
-
-def _ready(notify: NotifySocket) -> str:
-    return str(wait_until(lambda: next((m for m in notify.messages if "READY=1" in m), None), 15, what="READY=1"))
+from tests.helpers import NotifySocket, alsa_home, running, service_env, tolk_cmd
+from tests.services.playback_rig import FakeCapture, FakeSession, StateTap, playback_ready, speech_like, stop_playback
 
 
 def _playback(
@@ -128,26 +40,12 @@ def _playback(
     return running(tolk_cmd("service", "playback", "--config", str(config)), env, rundir / "playback.log")
 
 
-def _stop(proc: subprocess.Popen[bytes], rundir: Path) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(10)
-    except subprocess.TimeoutExpired:
-        code = None
-    assert code == 0, (rundir / "playback.log").read_text()
-
-
-def _speech(seconds: float, seed: int) -> bytes:
-    samples = np.random.default_rng(seed).integers(-20000, 20000, int(24000 * seconds))
-    return samples.astype("<i2").tobytes()
-
-
 def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> None:
     session = FakeSession(rundir)
     speaker = rundir / "speaker.raw"
     try:
         with _playback(rundir, sd, "test_spk", start_ms=400) as proc:
-            assert "idle, test_spk open" in _ready(sd)
+            assert "idle, test_spk open" in playback_ready(sd)
             tap = StateTap(rundir)
             try:
                 # A heartbeat first: the tap has joined, so "started" cannot be missed (slow joiner).
@@ -156,7 +54,7 @@ def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> 
 
                 # A response of five 100 ms deltas, sent in a burst as the service does, then
                 # the session's end-of-response marker.
-                first = [_speech(0.1, seed) for seed in range(5)]
+                first = [speech_like(0.1, seed) for seed in range(5)]
                 sent_at = [session.send(pcm, "resp-1") for pcm in first]
                 session.send(b"", "resp-1")
                 tap.until(lambda: len(tap.states) >= 2, what="started and drained")
@@ -172,7 +70,7 @@ def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> 
 
                 # A short reply (40 ms, under the 400 ms start buffer) still plays once the wait
                 # is up. Its end marker never comes: silence bridges the wait for more, then it ends.
-                short = _speech(0.04, 10)
+                short = speech_like(0.04, 10)
                 sent = session.send(short, "resp-2")
                 tap.until(lambda: len(tap.states) >= 4, what="the short reply")
                 assert [s.state for s in tap.states[2:4]] == ["started", "drained"]
@@ -185,7 +83,7 @@ def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> 
                 first.append(short + fill)
 
                 # An empty AudioOut ends the response: what is buffered plays at once.
-                tail = _speech(0.04, 11)
+                tail = speech_like(0.04, 11)
                 sent = session.send(tail, "resp-3")
                 session.send(b"", "resp-3")
                 tap.until(lambda: len(tap.states) >= 6, what="the ended reply")
@@ -200,7 +98,7 @@ def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> 
                 assert beat.state == "running"
             finally:
                 tap.close()
-            _stop(proc, rundir)
+            stop_playback(proc, rundir)
     finally:
         session.close()
 
@@ -209,13 +107,13 @@ def test_missing_speaker_is_waited_for_and_a_config_change_applies(rundir: Path,
     session = FakeSession(rundir)
     try:
         with _playback(rundir, sd, "nosuch") as proc:
-            assert "waiting for device 'nosuch': No such file or directory" in _ready(sd)
+            assert "waiting for device 'nosuch': No such file or directory" in playback_ready(sd)
             tap = StateTap(rundir)
             try:
                 # A heartbeat first: the tap has joined, so "started" cannot be missed (slow joiner).
                 tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
                 session.wait_for_subscriber()
-                session.send(_speech(0.1, 1), "resp-1")
+                session.send(speech_like(0.1, 1), "resp-1")
                 tap.until(lambda: any(h.counters.get("dropped_chunks") == 1 for h in tap.heartbeats), what="a drop")
                 beat = tap.heartbeats[-1]
                 assert beat.state == "degraded" and "waiting for device 'nosuch'" in beat.status
@@ -226,15 +124,15 @@ def test_missing_speaker_is_waited_for_and_a_config_change_applies(rundir: Path,
                 (rundir / "tolk.toml").write_text('[audio]\nplayback_device = "test_spk"\n')
                 proc.send_signal(signal.SIGHUP)
                 tap.until(lambda: any(h.status.startswith("idle, test_spk open") for h in tap.heartbeats), 10)
-                session.send(_speech(0.2, 2), "resp-2")
+                session.send(speech_like(0.2, 2), "resp-2")
                 session.send(b"", "resp-2")
                 tap.until(lambda: [s.state for s in tap.states] == ["started", "drained"], what="playback")
             finally:
                 tap.close()
-            _stop(proc, rundir)
+            stop_playback(proc, rundir)
     finally:
         session.close()
-    assert (rundir / "speaker.raw").read_bytes() == _speech(0.2, 2)
+    assert (rundir / "speaker.raw").read_bytes() == speech_like(0.2, 2)
     log = (rundir / "playback.log").read_text()
     assert log.count("cannot open playback device 'nosuch'") == 1
 
@@ -257,12 +155,12 @@ def test_bursty_arrival_plays_without_gaps_once_started(
     playback starts within the threshold. Without it (0 ms) the same arrivals leave the speaker
     short about 46 ms at the worst point — the check that the measure can fail."""
     arrivals = _bursty_arrivals()
-    pieces = [_speech(0.1, 100 + i) for i in range(len(arrivals))]
+    pieces = [speech_like(0.1, 100 + i) for i in range(len(arrivals))]
     session = FakeSession(rundir)
     speaker = rundir / "speaker.raw"
     try:
         with _playback(rundir, sd, "test_spk", start_ms=start_ms) as proc:
-            _ready(sd)
+            playback_ready(sd)
             tap = StateTap(rundir)
             try:
                 # A heartbeat first: the tap has joined, so "started" cannot be missed (slow joiner).
@@ -278,7 +176,7 @@ def test_bursty_arrival_plays_without_gaps_once_started(
                 beat = tap.heartbeats[-1]
             finally:
                 tap.close()
-            _stop(proc, rundir)
+            stop_playback(proc, rundir)
     finally:
         session.close()
     played = speaker.read_bytes()
@@ -300,11 +198,11 @@ def test_the_echo_reference_is_what_played_stamped_by_count(rundir: Path, sd: No
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, topic_of(RenderedAudio))
     sub.connect(endpoint("playback", Channel.BULK, rundir))
-    answers = [[_speech(0.1, 200 + 10 * n + i) for i in range(4)] for n in range(2)]
+    answers = [[speech_like(0.1, 200 + 10 * n + i) for i in range(4)] for n in range(2)]
     got: list[RenderedAudio] = []
     try:
         with _playback(rundir, sd, "test_spk") as proc:
-            _ready(sd)
+            playback_ready(sd)
             tap = StateTap(rundir)
             try:
                 # A heartbeat first: the tap has joined, so "started" cannot be missed (slow joiner).
@@ -322,7 +220,7 @@ def test_the_echo_reference_is_what_played_stamped_by_count(rundir: Path, sd: No
                     got.append(msg)
             finally:
                 tap.close()
-            _stop(proc, rundir)
+            stop_playback(proc, rundir)
     finally:
         sub.close(0)
         ctx.term()
@@ -344,14 +242,14 @@ def test_a_barge_in_drops_the_rest_of_the_answer_not_only_what_was_queued(rundir
     capture = FakeCapture(rundir)
     try:
         with _playback(rundir, sd, "test_spk") as proc:
-            _ready(sd)
+            playback_ready(sd)
             tap = StateTap(rundir)
             try:
                 tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
                 session.wait_for_subscriber()
                 capture.wait_for_subscriber()
                 for seed in range(10):  # a 1 s answer, faster than it plays
-                    session.send(_speech(0.1, seed), "resp-1")
+                    session.send(speech_like(0.1, seed), "resp-1")
                 tap.until(lambda: [s.state for s in tap.states] == ["started"], what="the answer playing")
                 capture.someone_speaks()
                 tap.until(lambda: [s.state for s in tap.states] == ["started", "interrupted", "drained"],
@@ -359,7 +257,7 @@ def test_a_barge_in_drops_the_rest_of_the_answer_not_only_what_was_queued(rundir
                 assert tap.states[1].response_id == "resp-1"
                 before = len(speaker.read_bytes())
                 # The rest of the same answer, still arriving from the service.
-                late = [_speech(0.1, 100 + seed) for seed in range(10)]
+                late = [speech_like(0.1, 100 + seed) for seed in range(10)]
                 for pcm in late:
                     session.send(pcm, "resp-1")
                     time.sleep(0.02)
@@ -368,7 +266,7 @@ def test_a_barge_in_drops_the_rest_of_the_answer_not_only_what_was_queued(rundir
                 assert [s.state for s in tap.states] == ["started", "interrupted", "drained"], tap.states
                 assert len(speaker.read_bytes()) == before
                 # The next answer plays whole.
-                answer = _speech(0.3, 200)
+                answer = speech_like(0.3, 200)
                 session.send(answer, "resp-2")
                 session.send(b"", "resp-2")
                 tap.until(lambda: len(tap.states) >= 5, what="the next answer")
@@ -379,7 +277,7 @@ def test_a_barge_in_drops_the_rest_of_the_answer_not_only_what_was_queued(rundir
                 assert tap.heartbeats[-1].counters["barge_ins"] == 1
             finally:
                 tap.close()
-            _stop(proc, rundir)
+            stop_playback(proc, rundir)
     finally:
         capture.close()
         session.close()

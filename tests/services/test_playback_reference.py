@@ -24,8 +24,8 @@ from daemon.bus import endpoint
 from daemon.messages import Channel, Message, RenderedAudio, topic_of
 from services.playback.clock import DeviceClock
 from tests.helpers import NotifySocket, PulseMic, alsa_home, running, service_env, tolk_cmd, wait_until
-from tests.services.test_full_duplex_box import Recording
-from tests.services.test_playback import FakeCapture, FakeSession, StateTap, _ready, _speech, _stop
+from tests.services.playback_rig import FakeCapture, FakeSession, StateTap, playback_ready, speech_like, stop_playback
+from tests.services.recording import Recording
 
 RATE = 24000
 #: How far from the recorded sound a reference may be found (the search), and how far the
@@ -71,7 +71,7 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
     wait_until(lambda: recording.arrivals, 10, what="the recording to start")
     try:
         with running(tolk_cmd("service", "playback", "--config", str(config)), env, rundir / "playback.log") as proc:
-            _ready(sd)
+            playback_ready(sd)
             tap = StateTap(rundir)
             try:
                 tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
@@ -82,7 +82,7 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
                     barge_in = n % 3 == 1
                     # As a service streams it: a piece every 80 ms, a little faster than it plays.
                     for k in range(8):
-                        session.send(_speech(0.1, 100 * n + k), f"resp-{n}")
+                        session.send(speech_like(0.1, 100 * n + k), f"resp-{n}")
                         time.sleep(0.08)
                     if barge_in:  # someone speaks: the rest of the answer is dropped
                         capture.someone_speaks()
@@ -96,7 +96,7 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
                 tap.until(lambda: tap.heartbeats[-1].counters["barge_ins"] >= 3, 10, "three barge-ins counted")
             finally:
                 tap.close()
-            _stop(proc, rundir)
+            stop_playback(proc, rundir)
     finally:
         recording.stop()
         reference.close(0)
@@ -131,7 +131,7 @@ def test_a_stopped_device_holds_nothing_whatever_its_avail_says(
     try:
         buffer = int(pcm.info()["buffer_size"])
         clock = DeviceClock(pcm, RATE, buffer, threading.Event())
-        period = _speech(0.02, 7)
+        period = speech_like(0.02, 7)
         stale = []
         for periods, stop in ((9, pcm.drain), (20, pcm.drop), (7, pcm.drop)):
             clock.begin()

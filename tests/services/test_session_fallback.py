@@ -18,7 +18,7 @@ from daemon.bus import Bus
 from daemon.messages import SessionStatus
 from services.simulator import Faults, running_in_thread
 from tests.helpers import free_port, wait_until
-from tests.services.test_session_process import KEY, feed_until, session_process, write_config
+from tests.services.session_rig import KEY, feed_until, session_process, write_config
 
 FALLBACK_AFTER_S = 2.0
 

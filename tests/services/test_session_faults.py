@@ -19,14 +19,14 @@ from daemon.bus import Bus
 from daemon.messages import AudioOut, Caption, Heartbeat, PlaybackState, SessionStatus
 from services.simulator import Faults, running_in_thread
 from tests.helpers import wait_until
-from tests.services.test_session_process import (
+from tests.services.session_rig import (
     SessionTap,
     feed_until,
     publish,
     session_process,
     write_config,
 )
-from tests.services.test_session_process import capture as capture  # the fixture, shared
+from tests.services.session_rig import capture as capture  # the fixture, shared
 
 PERIOD = 640
 

@@ -23,7 +23,7 @@ from daemon.messages import Caption, SessionStatus
 from services.session.pause import is_loud
 from services.simulator import Faults, running_in_thread
 from tests.helpers import espeak_wav, wait_until, wav_pcm
-from tests.services.test_session_process import PERIOD, feed_until, publish, session_process, write_config
+from tests.services.session_rig import PERIOD, feed_until, publish, session_process, write_config
 
 SENTENCE = "The exhibition opens at nine tomorrow morning and closes at six in the evening."
 

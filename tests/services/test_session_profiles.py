@@ -22,8 +22,8 @@ from daemon.messages import AudioIn, AudioOut, Caption, Heartbeat, Usage, VideoF
 from services.session import protocol
 from services.simulator import running_in_thread
 from tests.helpers import wait_until
-from tests.services.test_session_process import capture as capture  # the fixture, shared
-from tests.services.test_session_process import feed_until, publish, session_process, write_config
+from tests.services.session_rig import capture as capture  # the fixture, shared
+from tests.services.session_rig import feed_until, publish, session_process, write_config
 
 
 def speech(seconds: float) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 
 from services.simulator import Simulator
 from tests.helpers import REPO, free_port, tolk_cmd
-from tests.services.test_simulator import open_client, silence, speech
+from tests.services.simulator_client import open_client, silence, speech
 
 
 async def test_answers_speak_a_given_voice() -> None:

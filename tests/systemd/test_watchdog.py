@@ -10,7 +10,7 @@ from pathlib import Path
 from daemon.messages import Channel, Heartbeat
 from services.capture.service import CaptureService
 from tests.helpers import NotifySocket, PulseMic, alsa_home, wait_until
-from tests.services.test_capture import Feeder, Tap, _capture
+from tests.services.capture_rig import Feeder, Tap, start_capture
 
 WATCHDOG_USEC = 2_000_000  # pinged every second (half of it) while fresh
 
@@ -27,7 +27,7 @@ def test_watchdog_stops_while_the_microphone_stalls_and_resumes_after(
     home = alsa_home(rundir, mic.asoundrc("test_mic"))
     feeder = Feeder(mic.fd)
     feeder.start()
-    with _capture(rundir, home, sd, WATCHDOG_USEC=str(WATCHDOG_USEC)) as proc:
+    with start_capture(rundir, home, sd, WATCHDOG_USEC=str(WATCHDOG_USEC)) as proc:
         beats = Tap(rundir, Channel.STATE, Heartbeat)
         try:
             wait_until(lambda: pings(sd, 0) >= 2, 15, what="two WATCHDOG=1 while audio flows")
