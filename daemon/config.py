@@ -33,6 +33,7 @@ from daemon.config_sections import (  # the sections are part of this module's A
     TranslationConfig,
     _Section,
 )
+from daemon.realtime import profiles
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -73,50 +74,99 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _combination(self) -> Config:
+        profile = self.profile
+        _check_languages(self, profile)
         target = self.languages.target
         mods = self.output.modalities
-        if mods is not None and "audio" in mods and not lang.has_audio(target):
+        if mods is not None and "audio" in mods and target not in profile.languages.speech:
             raise ValueError(
                 f"output.modalities = {mods!r} with languages.target = {target!r}: "
-                f"{lang.describe(target)} is text-only; set modalities to [\"text\"] "
-                f"or pick an audio target ({', '.join(sorted(lang.AUDIO_TARGETS))})"
+                f"{lang.describe(target)} is text-only on {profile.name}{_speech_elsewhere(target)}; "
+                f"set modalities to [\"text\"] or pick a spoken target ({', '.join(sorted(profile.languages.speech))})"
             )
         if self.languages.mode == "conversation":
-            _check_both_directions(self)
+            _check_both_directions(self, profile)
         voice = self.output.voice
-        if voice is not None and "audio" in self.modalities and target not in lang.VOICES[voice]:
+        if voice is not None and voice not in profile.voices:
+            raise ValueError(
+                f"output.voice = {voice!r} is not a voice of {profile.name}: use one of {', '.join(profile.voices)}, "
+                "or leave it unset"
+            )
+        if voice is not None and "audio" in self.modalities and target not in profile.voices[voice]:
             raise ValueError(
                 f"output.voice = {voice!r} cannot speak {lang.describe(target)}: "
-                f"voices for {target} are {', '.join(lang.voices_for(target))}"
+                f"voices for {target} on {profile.label} are {', '.join(profile.voices_for(target))}"
             )
         return self
+
+    @property
+    def profile(self) -> profiles.ModelProfile:
+        """The chosen model's profile (its tables, its session shape)."""
+        return profiles.profile_for(self.service.model)
 
     @property
     def modalities(self) -> list[str]:
         """The modalities sent to the service: text-only targets always get ``["text"]``."""
         if self.output.modalities is not None:
             return list(self.output.modalities)
-        return ["text", "audio"] if lang.has_audio(self.languages.target) else ["text"]
+        return ["text", "audio"] if self.languages.target in self.profile.languages.speech else ["text"]
 
     @property
     def voice(self) -> str | None:
-        """The voice sent to the service, or None when no audio is produced."""
+        """The voice sent to the service, or None when no audio is produced (or the service picks it)."""
         if "audio" not in self.modalities:
             return None
-        return self.output.voice or lang.default_voice_for(self.languages.target)
+        return self.output.voice or self.profile.default_voice_for(self.languages.target)
 
 
-def _check_both_directions(cfg: Config) -> None:
+def _speech_elsewhere(code: str) -> str:
+    models = profiles.speech_models(code)
+    return f" (speech on {', '.join(models)})" if models else ""
+
+
+def _check_languages(cfg: Config, profile: profiles.ModelProfile) -> None:
+    """Both languages in the chosen model's tables; "auto" only where the model detects."""
+    source, target, table = cfg.languages.source, cfg.languages.target, profile.languages
+    if source == profiles.AUTO and not profile.detects_source:
+        detecting = [p.label for p in profiles.PROFILES.values() if p.detects_source]
+        raise ValueError(
+            f"languages.source = {source!r}: {profile.name} must be told the source language: name one of "
+            f"{', '.join(sorted(table.sources))}, or use a model that detects it ({', '.join(detecting)})"
+        )
+    if source != profiles.AUTO and source not in table.sources:
+        elsewhere = [p.label for p in profiles.PROFILES.values() if source in p.languages.sources]
+        raise ValueError(
+            f"languages.source = {source!r}: {profile.name} does not hear {lang.describe(source)}"
+            f" (heard by {', '.join(elsewhere)})"
+        )
+    if target not in table.targets:
+        where = profiles.target_models(target)
+        speech = _speech_elsewhere(target)
+        raise ValueError(
+            f"languages.target = {target!r}: {profile.name} cannot translate into {lang.describe(target)}; "
+            f"it can on {', '.join(where)}{speech}: set [service] model to one of those"
+        )
+
+
+def _check_both_directions(cfg: Config, profile: profiles.ModelProfile) -> None:
     """Conversation mode speaks both sides: explicit audio and an explicit voice must fit both."""
     sides = (cfg.languages.source, cfg.languages.target)
-    mods = cfg.output.modalities
-    if mods is not None and "audio" in mods and (silent := [s for s in sides if not lang.has_audio(s)]):
+    table = profile.languages
+    if not_targets := [s for s in sides if s not in table.targets]:
         raise ValueError(
-            f"output.modalities = {mods!r} in conversation mode: {lang.describe(silent[0])} is text-only; "
-            "leave modalities unset (audio toward the side that has it, text toward the other) or set [\"text\"]"
+            f"mode = \"conversation\" translates both ways: {profile.name} cannot translate into "
+            f"{lang.describe(not_targets[0])}"
+        )
+    mods = cfg.output.modalities
+    if mods is not None and "audio" in mods and (silent := [s for s in sides if s not in table.speech]):
+        raise ValueError(
+            f"output.modalities = {mods!r} in conversation mode: {lang.describe(silent[0])} is text-only on "
+            f"{profile.label}; leave modalities unset (audio toward the side that has it, text toward the other) "
+            "or set [\"text\"]"
         )
     voice = cfg.output.voice
-    if voice is not None and (mute := [s for s in sides if lang.has_audio(s) and s not in lang.VOICES[voice]]):
+    speaks = profile.voices.get(voice or "", frozenset())
+    if voice is not None and (mute := [s for s in sides if s in table.speech and s not in speaks]):
         raise ValueError(
             f"output.voice = {voice!r} cannot speak {lang.describe(mute[0])}, one side of the conversation; "
             "leave voice unset or pick one that speaks both"

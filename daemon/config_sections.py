@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from daemon import languages as lang
+from daemon.realtime import profiles
 
 INTL_URL = "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime"
-DEFAULT_MODEL = "qwen3-livetranslate-flash-realtime"
+#: The host a Model Studio workspace is reached at (the qwen3.8 access guide, protocol.md 8b).
+WORKSPACE_URL = "wss://{workspace}.{region}.maas.aliyuncs.com/api-ws/v1/realtime"
+DEFAULT_MODEL = profiles.SEED_MODEL
 MAX_PHRASES = 500
 
 Modality = Literal["text", "audio"]
-
+_HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 def is_loopback(url: str) -> bool:
@@ -33,6 +36,7 @@ def is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -47,7 +51,11 @@ def _check_code(value: str, allowed: tuple[str, ...] | frozenset[str], what: str
 
 
 class LanguagesConfig(_Section):
-    source: str = Field("zh", description="Language spoken near the box (one of the 18 source codes).")
+    source: str = Field(
+        "zh",
+        description='Language spoken near the box (a code the model knows); "auto": the model detects it '
+        "(qwen3.5 and qwen3.8).",
+    )
     target: str = Field("en", description="Language the box translates into.")
     mode: Literal["one-way", "conversation"] = Field(
         "one-way",
@@ -70,10 +78,16 @@ class LanguagesConfig(_Section):
         "target side], each wired to ground; empty: none (needs gpiozero on a Pi).",
     )
 
-    @field_validator("source", "target")
+    @field_validator("source")
     @classmethod
-    def _known(cls, value: str) -> str:
-        return _check_code(value, lang.SOURCE_LANGUAGES, "language code the service knows")
+    def _known_source(cls, value: str) -> str:
+        # Here any model's code; Config checks it against the chosen model's table.
+        return _check_code(value, profiles.known_codes() | {profiles.AUTO}, "language code a model knows")
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        return _check_code(value, profiles.known_codes(), "language code a model knows")
 
     @field_validator("direction_buttons")
     @classmethod
@@ -84,6 +98,8 @@ class LanguagesConfig(_Section):
 
     @model_validator(mode="after")
     def _two_sides(self) -> LanguagesConfig:
+        if self.mode == "conversation" and self.source == profiles.AUTO:
+            raise ValueError('mode = "conversation" needs both languages named: source = "auto" cannot be a side')
         if self.mode == "conversation" and self.source == self.target:
             raise ValueError(
                 f"mode = \"conversation\" needs two different languages; source and target are both "
@@ -113,7 +129,7 @@ class OutputConfig(_Section):
     def _voice(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        return _check_code(value, tuple(lang.VOICES), "voice")
+        return _check_code(value, profiles.known_voices(), "voice")
 
 
 class ServiceConfig(_Section):
@@ -129,8 +145,16 @@ class ServiceConfig(_Section):
         description='With "auto" and a key: translate with the box\'s own engine once the cloud has been '
         "unreachable this long, until it answers again; 0: never.",
     )
-    url: str = Field(INTL_URL, description="Realtime WebSocket endpoint, without ?model=.")
-    model: str = Field(DEFAULT_MODEL, description="Model name, sent as ?model=.")
+    url: str = Field(INTL_URL, description="Realtime WebSocket endpoint, without ?model=; wins over workspace.")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Model name, sent as ?model=: qwen3-livetranslate-flash-realtime, qwen3.5-… or qwen3.8-…"
+        "livetranslate-flash-realtime (or a dated snapshot), or qwen3-omni-flash-realtime.",
+    )
+    workspace: str | None = Field(
+        None, description="Model Studio workspace id: the endpoint becomes the workspace's host (unless url is set)."
+    )
+    region: str = Field("ap-southeast-1", description="The workspace's region id, e.g. ap-southeast-1, cn-beijing.")
     api_key_file: Path | None = Field(None, description="File holding the API key (else DASHSCOPE_API_KEY).")
     connect_timeout_s: float = Field(10.0, gt=0, le=120)
     finish_timeout_s: float = Field(5.0, gt=0, le=60, description="How long stop waits for session.finished.")
@@ -150,6 +174,29 @@ class ServiceConfig(_Section):
     price_per_million_output_tokens: float | None = Field(
         None, ge=0, description="Your price per million output tokens; unset: no cost estimate."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _workspace_url(cls, data: object) -> object:
+        """A workspace names the endpoint, unless ``url`` is given too (it wins)."""
+        if isinstance(data, dict) and data.get("workspace") and "url" not in data:
+            region = data.get("region", cls.model_fields["region"].default)
+            if isinstance(region, str) and isinstance(data["workspace"], str):
+                return {**data, "url": WORKSPACE_URL.format(workspace=data["workspace"], region=region)}
+        return data
+
+    @field_validator("workspace", "region")
+    @classmethod
+    def _host_label(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST_LABEL.match(value):
+            raise ValueError(f"{value!r} is not a workspace or region id (lower-case letters, digits and -)")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        profiles.profile_for(value)  # UnknownModel lists the known ones
+        return value
 
     @field_validator("url")
     @classmethod

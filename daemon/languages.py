@@ -1,7 +1,8 @@
-"""The service's language and voice tables, as the model's public page gives them.
+"""The seed model's language and voice tables, as its public page gives them, and every
+language's name.
 
-These tables are the single source of truth for validation (config file, HTTP) and for
-what the admin page offers.
+The newer models' tables are built in ``daemon/realtime/profiles.py``, which is what
+validation (config file, HTTP) and the admin page read.
 """
 
 from __future__ import annotations
@@ -27,10 +28,24 @@ LANGUAGE_NAMES: Final[dict[str, str]] = {
     "hi": "Hindi",
     "el": "Greek",
     "tr": "Turkish",
+    # The newer models' (daemon/realtime/profiles.py).
+    "ms": "Malay",
+    "nl": "Dutch",
+    "ur": "Urdu",
+    "nb": "Norwegian Bokmål",
+    "sv": "Swedish",
+    "da": "Danish",
+    "he": "Hebrew",
+    "fi": "Finnish",
+    "pl": "Polish",
+    "is": "Icelandic",
+    "cs": "Czech",
+    "fil": "Filipino",
+    "fa": "Persian",
 }
 
-#: Every code is a valid source language.
-SOURCE_LANGUAGES: Final[tuple[str, ...]] = tuple(LANGUAGE_NAMES)
+#: The seed's 18 languages; every one is a valid source language.
+SOURCE_LANGUAGES: Final[tuple[str, ...]] = tuple(LANGUAGE_NAMES)[:18]
 
 #: Targets the service can speak (audio and text).
 AUDIO_TARGETS: Final[frozenset[str]] = frozenset(

@@ -7,10 +7,12 @@ event types and fields only, a unique string ``event_id`` on every event, strict
 audio only after ``session.updated``, images only after the first audio append (JPEG, at most
 500 KB, at most 2 per second), and nothing after ``session.finish``.
 
-``ClientRules(omni=True)`` holds a client of ``qwen3-omni-flash-realtime`` to that model's list
-instead (protocol.md 9): ``instructions`` and ``turn_detection`` in the session, no
-``translation`` or ``input_audio_transcription``, the manual-turn events, and no
-``session.finish`` (the service answers it with "invalid event type").
+``ClientRules(profile)`` holds the client to that model's session shape and tables
+(``daemon/realtime/profiles.py``): qwen3's flat fields; qwen3.5's additions (protocol.md 2.4);
+qwen3.8's nested session, where a flat key is refused (8b); Omni's list (9): ``instructions`` and
+``turn_detection`` in the session, no ``translation`` or ``input_audio_transcription``, the
+manual-turn events, and no ``session.finish`` (the service answers it with "invalid event type").
+``view()`` reads any of these shapes as what the responder needs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon import languages as lang
+from daemon.realtime.profiles import OMNI_MODEL, PROFILES, SEED_MODEL, ModelProfile, profile_for
 
 ASR_MODEL = "qwen3-asr-flash-realtime"
 MAX_IMAGE_BYTES = 500_000
@@ -77,6 +80,14 @@ OMNI_SESSION_FIELDS = frozenset(
         "seed",
     }
 )
+QWEN35_SESSION_FIELDS = SESSION_FIELDS | {"sample_rate", "turn_detection", "enable_voice_clone", "voice_clone_options"}
+NESTED_SESSION_FIELDS = frozenset(
+    {"output_modalities", "audio", "translation", "voice", "enable_voice_clone", "voice_clone_options"}
+)
+_NESTED_HINT = (
+    "is qwen3's flat shape; qwen3.8 takes output_modalities, audio.input.format, "
+    "audio.input.turn_detection and translation"
+)
 _UNDOCUMENTED = {
     "turn_detection": "turn_detection is not documented for qwen3 (the service finds turns); leave it out",
     "instructions": "instructions are not part of the LiveTranslate session",
@@ -97,15 +108,46 @@ class Rejected(Exception):
         return self.message
 
 
-def default_session() -> dict[str, Any]:
-    """What ``session.created`` reports before any update (protocol.md 5.1, qwen3 defaults)."""
-    return {
+def default_session(profile: ModelProfile | None = None) -> dict[str, Any]:
+    """What ``session.created`` reports before any update (protocol.md 5.1, 8b, 9)."""
+    profile = profile or PROFILES[SEED_MODEL]
+    if profile.shape == "nested":
+        return {
+            "input_modalities": ["audio", "image"],
+            "output_modalities": ["text", "audio"],
+            "audio": {
+                "input": {
+                    "format": {"type": "pcm", "sample_rate": 16000},
+                    "turn_detection": {"type": "speaker_detection", "threshold": 0.5},
+                },
+                "output": {"format": {"type": "pcm", "sample_rate": 24000}, "voice": "Tina"},
+            },
+            "translation": {"language": "en"},
+        }
+    session: dict[str, Any] = {
         "modalities": ["text", "audio"],
-        "voice": lang.DEFAULT_VOICE,
-        "input_audio_format": "pcm16",
-        "output_audio_format": "pcm24",
-        "translation": {"language": "en"},
+        "voice": profile.default_voice or lang.DEFAULT_VOICE,
+        "input_audio_format": "pcm" if profile.shape == "flat35" else "pcm16",
+        "output_audio_format": "pcm" if profile.shape == "flat35" else "pcm24",
     }
+    if profile.family == "omni":
+        return session | {"instructions": "", "turn_detection": dict(profile.turn_detection or {})}
+    if profile.shape == "flat35":
+        session["input_audio_transcription"] = {"model": ASR_MODEL}
+    return session | {"translation": {"language": "en"}}
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """A session in any shape, as the responder needs it."""
+
+    modalities: list[str]
+    voice: str | None
+    #: The source language the client named (None: the service detects it).
+    source: str | None
+    target: str
+    #: Source text is sent (``conversation.item.input_audio_transcription.*``).
+    transcribe: bool
 
 
 def strict_base64(value: Any, param: str) -> bytes:
@@ -125,10 +167,27 @@ class Accepted:
     payload: bytes = b""
 
 
+def session_view(profile: ModelProfile, session: dict[str, Any]) -> SessionView:
+    translation = session.get("translation") or {}
+    target = translation.get("language", "en")
+    voice = session.get("voice")
+    if profile.shape == "nested":
+        output = (session.get("audio") or {}).get("output") or {}
+        return SessionView(list(session["output_modalities"]), voice or output.get("voice"), None, target, True)
+    asr = session.get("input_audio_transcription")
+    if profile.shape == "flat35":
+        transcribe = asr is None or asr.get("model") is not None
+        source = (asr or {}).get("language")
+    else:
+        transcribe = asr is not None and profile.family != "omni"
+        source = (asr or {}).get("language", "en") if transcribe else None
+    return SessionView(list(session["modalities"]), voice, source, target, transcribe)
+
+
 @dataclass
 class ClientRules:
-    omni: bool = False
-    session: dict[str, Any] = field(default_factory=default_session)
+    profile: ModelProfile = field(default_factory=lambda: PROFILES[SEED_MODEL])
+    session: dict[str, Any] = field(default_factory=dict)
     explicit_voice: bool = False
     updated: bool = False
     audio_appends: int = 0
@@ -136,6 +195,21 @@ class ClientRules:
     _ids: set[str] = field(default_factory=set)
     _id_order: deque[str] = field(default_factory=deque)
     _image_times: deque[float] = field(default_factory=lambda: deque(maxlen=IMAGES_PER_S))
+
+    def __post_init__(self) -> None:
+        if not self.session:
+            self.session = default_session(self.profile)
+
+    @classmethod
+    def for_model(cls, model: str) -> ClientRules:
+        return cls(profile_for(model))
+
+    @property
+    def omni(self) -> bool:
+        return self.profile.name == OMNI_MODEL
+
+    def view(self) -> SessionView:
+        return session_view(self.profile, self.session)
 
     def check(self, raw: str | bytes, now: float) -> Accepted:
         """The accepted event and its decoded payload; raises Rejected."""
@@ -230,10 +304,18 @@ class ClientRules:
     def _session_update(self, session: Any) -> None:
         if not isinstance(session, dict):
             raise Rejected("session must be an object", param="session")
+        shape = self.profile.shape
+        allowed = (
+            OMNI_SESSION_FIELDS
+            if self.omni
+            else {"flat": SESSION_FIELDS, "flat35": QWEN35_SESSION_FIELDS, "nested": NESTED_SESSION_FIELDS}[shape]
+        )
         for key in session:
-            if key in _UNDOCUMENTED and not self.omni:
+            if shape == "nested" and key in SESSION_FIELDS | OMNI_SESSION_FIELDS and key not in allowed:
+                raise Rejected(f"session.{key} {_NESTED_HINT}", code="unknown_parameter", param=f"session.{key}")
+            if key in _UNDOCUMENTED and key not in allowed:
                 raise Rejected(_UNDOCUMENTED[key], code="unknown_parameter", param=f"session.{key}")
-            if key not in (OMNI_SESSION_FIELDS if self.omni else SESSION_FIELDS):
+            if key not in allowed:
                 raise Rejected(
                     f"unknown session field {key!r}", code="unknown_parameter", param=f"session.{key}"
                 )
@@ -241,18 +323,25 @@ class ClientRules:
         for key, value in session.items():
             if self.omni:
                 _check_omni_field(key, value)
+            elif shape == "nested":
+                _check_nested_field(key, value, self.profile)
             else:
-                _check_session_field(key, value)
-            merged[key] = copy.deepcopy(value)
+                _check_session_field(key, value, self.profile)
+            if key == "audio" and isinstance(merged.get("audio"), dict):
+                merged["audio"] = {**merged["audio"], **copy.deepcopy(value)}  # output stays the service's
+            else:
+                merged[key] = copy.deepcopy(value)
         explicit_voice = self.explicit_voice or "voice" in session
         if not self.omni:
-            _check_combination(merged, explicit_voice)
+            _check_combination(self.profile, merged, explicit_voice)
         self.session, self.explicit_voice, self.updated = merged, explicit_voice, True
 
 
-def _check_session_field(key: str, value: Any) -> None:
+def _check_session_field(key: str, value: Any, profile: ModelProfile) -> None:
     param = f"session.{key}"
-    if key == "modalities":
+    qwen35 = profile.shape == "flat35"
+    table = profile.languages
+    if key in ("modalities", "output_modalities"):
         ok = isinstance(value, list) and all(isinstance(m, str) for m in value)
         if not ok or len(value) != len(set(value)) or sorted(value) not in (["text"], ["audio", "text"]):
             raise Rejected(
@@ -260,26 +349,90 @@ def _check_session_field(key: str, value: Any) -> None:
                 param=param,
             )
     elif key == "voice":
-        if value not in lang.VOICES:
-            raise Rejected(f"unknown voice {value!r}: voices are {', '.join(lang.VOICES)}", param=param)
+        if value not in profile.voices:
+            raise Rejected(f"unknown voice {value!r}: voices are {', '.join(profile.voices)}", param=param)
     elif key == "input_audio_format":
-        if value != "pcm16":
-            raise Rejected(f"input_audio_format {value!r}: currently only 'pcm16'", param=param)
+        allowed = ("pcm", "opus") if qwen35 else ("pcm16",)
+        if value not in allowed:
+            raise Rejected(f"input_audio_format {value!r}: {profile.label} takes {' or '.join(allowed)}", param=param)
     elif key == "output_audio_format":
-        if value != "pcm24":
-            raise Rejected(f"output_audio_format {value!r}: currently only 'pcm24'", param=param)
+        wanted = "pcm" if qwen35 else "pcm24"
+        if value != wanted:
+            raise Rejected(f"output_audio_format {value!r}: {profile.label} takes only {wanted!r}", param=param)
     elif key == "input_audio_transcription":
         _check_object(value, {"model", "language"}, param)
-        if value.get("model") != ASR_MODEL:
-            raise Rejected(f"{param}.model must be {ASR_MODEL!r}", param=f"{param}.model")
-        if "language" in value and value["language"] not in lang.SOURCE_LANGUAGES:
+        model = value.get("model", ASR_MODEL if qwen35 else None)
+        if model != ASR_MODEL and not (qwen35 and model is None):
+            off = " (or null: no source text)" if qwen35 else ""
+            raise Rejected(f"{param}.model must be {ASR_MODEL!r}{off}", param=f"{param}.model")
+        if "language" in value and value["language"] not in table.sources:
             raise Rejected(f"unsupported source language {value['language']!r}", param=f"{param}.language")
     elif key == "translation":
         _check_object(value, {"language", "corpus"}, param)
-        if "language" in value and value["language"] not in lang.SOURCE_LANGUAGES:
+        if "language" in value and value["language"] not in table.targets:
             raise Rejected(f"unsupported target language {value['language']!r}", param=f"{param}.language")
         if "corpus" in value:
             _check_corpus(value["corpus"], f"{param}.corpus")
+    elif key == "sample_rate":
+        if value not in (8000, 16000):
+            raise Rejected(f"{param} {value!r}: 8000 or 16000", param=param)
+    elif key == "turn_detection":
+        _check_server_vad(value, param, silence_range=(200, 6000))
+    elif key == "enable_voice_clone":
+        if not isinstance(value, bool):
+            raise Rejected(f"{param} must be true or false", param=param)
+    elif key == "voice_clone_options":
+        _check_object(value, {"frequency"}, param)
+        if value.get("frequency") not in ("never", "once", "always"):
+            raise Rejected(f"{param}.frequency must be never, once or always", param=f"{param}.frequency")
+
+
+def _check_nested_field(key: str, value: Any, profile: ModelProfile) -> None:
+    """qwen3.8's nested session (protocol.md 8b): each object holds only its documented keys."""
+    param = f"session.{key}"
+    if key != "audio":
+        _check_session_field(key, value, profile)
+        return
+    _check_object(value, {"input", "output"}, param)
+    audio_in = value.get("input", {})
+    _check_object(audio_in, {"format", "turn_detection"}, f"{param}.input")
+    fmt = audio_in.get("format", {"type": "pcm", "sample_rate": 16000})
+    _check_object(fmt, {"type", "sample_rate"}, f"{param}.input.format")
+    if fmt.get("type") != "pcm" or fmt.get("sample_rate", 16000) not in (8000, 16000):
+        raise Rejected(
+            f"{param}.input.format {fmt!r}: type 'pcm' at 16000 (or 8000) Hz", param=f"{param}.input.format"
+        )
+    turns = audio_in.get("turn_detection")
+    if turns is not None:
+        _check_object(turns, {"type", "threshold"}, f"{param}.input.turn_detection")
+        threshold = turns.get("threshold", 0.5)
+        if turns.get("type") != "speaker_detection" or not _number_in(threshold, 0.0, 1.0):
+            raise Rejected(
+                f"{param}.input.turn_detection {turns!r}: type 'speaker_detection', threshold in [0, 1]",
+                param=f"{param}.input.turn_detection",
+            )
+    if "output" in value:
+        _check_object(value["output"], {"voice"}, f"{param}.output")
+        if "voice" in value["output"]:
+            _check_session_field("voice", value["output"]["voice"], profile)
+
+
+def _number_in(value: Any, low: float, high: float) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and low <= value <= high
+
+
+def _check_server_vad(value: Any, param: str, silence_range: tuple[int, int] = (1, 6000)) -> None:
+    if value is None:
+        return  # manual turns
+    _check_object(value, {"type", "threshold", "silence_duration_ms", "prefix_padding_ms"}, param)
+    if value.get("type") != "server_vad":
+        raise Rejected(f"{param}.type must be 'server_vad'", param=f"{param}.type")
+    if not _number_in(value.get("threshold", 0.5), -1, 1):
+        raise Rejected(f"{param}.threshold must be a number in [-1, 1]", param=f"{param}.threshold")
+    silence = value.get("silence_duration_ms", 800)
+    low, high = silence_range
+    if isinstance(silence, bool) or not isinstance(silence, int) or not low <= silence <= high:
+        raise Rejected(f"{param}.silence_duration_ms must be whole ms in [{low}, {high}]", param=param)
 
 
 def _check_omni_field(key: str, value: Any) -> None:
@@ -288,19 +441,9 @@ def _check_omni_field(key: str, value: Any) -> None:
         if not isinstance(value, str) or not value.strip():
             raise Rejected(f"{param} must be a non-empty string", param=param)
     elif key == "turn_detection":
-        if value is None:
-            return  # manual turns
-        _check_object(value, {"type", "threshold", "silence_duration_ms", "prefix_padding_ms"}, param)
-        if value.get("type") != "server_vad":
-            raise Rejected(f"{param}.type must be 'server_vad'", param=f"{param}.type")
-        threshold = value.get("threshold", 0.5)
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not -1 <= threshold <= 1:
-            raise Rejected(f"{param}.threshold must be a number in [-1, 1]", param=f"{param}.threshold")
-        silence = value.get("silence_duration_ms", 800)
-        if isinstance(silence, bool) or not isinstance(silence, int) or not 0 < silence <= 6000:
-            raise Rejected(f"{param}.silence_duration_ms must be whole ms up to 6000", param=param)
+        _check_server_vad(value, param)
     elif key in ("modalities", "voice", "input_audio_format", "output_audio_format"):
-        _check_session_field(key, value)
+        _check_session_field(key, value, PROFILES[OMNI_MODEL])
 
 
 def _check_object(value: Any, allowed: set[str], param: str) -> None:
@@ -322,18 +465,20 @@ def _check_corpus(corpus: Any, param: str) -> None:
         raise Rejected(f"{param}.phrases must map source terms to target terms", param=f"{param}.phrases")
 
 
-def _check_combination(session: dict[str, Any], explicit_voice: bool) -> None:
-    target = session.get("translation", {}).get("language", "en")
-    if "audio" not in session["modalities"]:
+def _check_combination(profile: ModelProfile, session: dict[str, Any], explicit_voice: bool) -> None:
+    view = session_view(profile, session)
+    target = view.target
+    if "audio" not in view.modalities:
         return
-    if not lang.has_audio(target):
+    field = "output_modalities" if profile.shape == "nested" else "modalities"
+    if target not in profile.languages.speech:
         raise Rejected(
-            f"target language {target!r} supports text output only; use modalities ['text']",
-            param="session.modalities",
+            f"target language {target!r} supports text output only on {profile.label}; use {field} ['text']",
+            param=f"session.{field}",
         )
-    voice = session.get("voice", lang.DEFAULT_VOICE)
-    if explicit_voice and target not in lang.VOICES.get(voice, ()):
+    voice = view.voice or profile.default_voice or ""
+    if explicit_voice and target not in profile.voices.get(voice, ()):
         raise Rejected(
-            f"voice {voice!r} cannot speak {target!r}; voices for it: {', '.join(lang.voices_for(target))}",
+            f"voice {voice!r} cannot speak {target!r}; voices for it: {', '.join(profile.voices_for(target))}",
             param="session.voice",
         )

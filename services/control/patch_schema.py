@@ -17,14 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from daemon import config as config_mod
 from daemon import languages as lang
+from daemon.realtime import profiles
 from services.control.store import is_secret_key
 
 _LANGUAGE = Literal[tuple(lang.LANGUAGE_NAMES)]  # type: ignore[valid-type]
-_VOICE = Literal[tuple(lang.VOICES)]  # type: ignore[valid-type]
+_SOURCE = Literal[(*lang.LANGUAGE_NAMES, profiles.AUTO)]  # type: ignore[valid-type]
+_VOICE = Literal[tuple(sorted(profiles.known_voices()))]  # type: ignore[valid-type]
 
 #: Keys whose allowed values the model checks in code: the schema says them instead.
 _OVERRIDES: dict[str, tuple[Any, dict[str, Any]]] = {
-    "languages.source": (_LANGUAGE, {}),
+    "languages.source": (_SOURCE, {}),
     "languages.target": (_LANGUAGE, {}),
     "output.voice": (_VOICE, {}),
     "camera.source": (str, {"pattern": r"^(none|picamera2|v4l2:/dev/.+|file:/.*)$"}),

@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from daemon.alsa_device import BYTES_PER_FRAME, DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
+from daemon.audio_format import Converter, DeviceFormat
 from daemon.config import Config
 from daemon.messages import AudioOut, Command, PlaybackState, RenderedAudio, SpeechActivity
 from daemon.service import Service, ServiceContext
@@ -26,6 +27,8 @@ from services.playback.queue import Chunk, ChunkQueue
 from services.playback.writer import COUNTERS, Writer
 
 RATE = 24000
+#: What the service may name in ``session.updated``; anything else is refused, not guessed at.
+MIN_RATE, MAX_RATE = 8000, 48000
 PERIOD_MS = 20
 #: 6 x 20 ms in the device: small enough to stop promptly, enough to ride out a busy moment.
 PERIODS = 6
@@ -67,6 +70,7 @@ class PlaybackService(Service):
         self._playing_response = ""  # the response the speaker last started
         #: The response a barge-in stopped: the rest of it, still arriving, is dropped.
         self._interrupted = ""
+        self._inbound: Converter | None = None  # speech at another rate than the speaker's
 
     def spec(self) -> PcmSpec:
         return PcmSpec(
@@ -287,16 +291,32 @@ class PlaybackService(Service):
         return ""
 
     def _chunk(self, msg: AudioOut) -> Chunk | None:
-        if msg.rate != RATE:
+        if not MIN_RATE <= msg.rate <= MAX_RATE:
             self.counters["rejected_chunks"] += 1
-            self._warn("rejected_chunks", "audio at %d Hz refused: the speaker plays %d Hz", msg.rate, RATE)
+            self._warn("rejected_chunks", "audio at %d Hz refused: not a speech rate", msg.rate)
             return None
         pcm = msg.pcm
         if len(pcm) % BYTES_PER_FRAME:
             self._warn("rejected_chunks", "audio chunk of %d bytes is not whole samples: last byte cut", len(pcm))
             pcm = pcm[: len(pcm) - len(pcm) % BYTES_PER_FRAME]
+        if msg.rate != RATE:
+            pcm = self._at_speaker_rate(pcm, msg.rate)
         # An empty AudioOut marks the end of a response: play what is buffered now.
         return Chunk(pcm=pcm, t=msg.t, response_id=msg.response_id, end=not pcm)
+
+    def _at_speaker_rate(self, pcm: bytes, rate: int) -> bytes:
+        """Speech at another rate (the service's ``session.updated`` said so), resampled to ours.
+
+        One stream per response: at its end the resampler starts afresh (its few samples of
+        delay are the response's last, and silence).
+        """
+        if self._inbound is None or self._inbound.src.rate != rate:
+            self._inbound = Converter(DeviceFormat(rate, 1), DeviceFormat(RATE, 1))
+            self.log.info("speech arrives at %d Hz: resampled to %d Hz", rate, RATE)
+        if not pcm:
+            self._inbound = None
+            return b""
+        return self._inbound.convert(pcm)
 
     def _warn(self, counter: str, fmt: str, *args: object) -> None:
         seen = int(self.counters[counter])

@@ -1,8 +1,9 @@
 """Captions as one ordered stream per utterance, assembled from the service's transcript events.
 
-LiveTranslate sends ``text``/``stash`` snapshots that replace each other rather than append
-(protocol.md 5.3); Omni (and an early LiveTranslate build) sends ``*.delta`` pieces that do
-append. Either way each Caption carries the whole text so far, so the screen just replaces.
+qwen3 and qwen3.5 send ``text``/``stash`` snapshots that replace each other rather than append
+(protocol.md 5.3); qwen3.8 and Omni send ``*.delta`` pieces that do append (8b), and their
+``.done``/``.completed`` carry the whole text, which then replaces what was appended. Either
+way each Caption carries the whole text so far, so the screen just replaces.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ _SNAPSHOT = {
     "response.text.text": "translation",
     "conversation.item.input_audio_transcription.text": "source",
 }
-#: Appended pieces: Omni's ``delta`` field, or an early LiveTranslate build's ``transcript``.
-_DELTA = frozenset({"response.audio_transcript.delta", "response.text.delta"})
+#: Appended pieces (qwen3.8, Omni): the ``delta`` field, or an early LiveTranslate build's ``transcript``.
+_DELTA = {
+    "response.audio_transcript.delta": "translation",
+    "response.text.delta": "translation",
+    "conversation.item.input_audio_transcription.delta": "source",
+}
 _FINAL = {
     "response.audio_transcript.done": ("translation", "transcript"),
     "response.text.done": ("translation", "text"),
@@ -76,11 +81,12 @@ class CaptionAssembler:
             self._last[key] = (text, stash)
             return self._caption(event, kind, key, text, stash, final=False)
         if kind_type in _DELTA:
-            key = ("translation", self._key(event, "translation"))
+            kind = _DELTA[kind_type]
+            key = (kind, self._key(event, kind))
             piece = text_field(event, "delta") or text_field(event, "transcript")
             text = self._last.get(key, ("", ""))[0] + piece
             self._last[key] = (text, "")
-            return self._caption(event, "translation", key, text, "", final=False)
+            return self._caption(event, kind, key, text, "", final=False)
         if kind_type in _FINAL:
             kind, field = _FINAL[kind_type]
             key = (kind, self._key(event, kind))

@@ -38,7 +38,11 @@ LEAD_IN_S = 0.3
 _FRAME = INPUT_RATE // 50  # 20 ms
 DIRECTIONS = ("auto", "a-to-b", "b-to-a")
 _TRANSCRIPTION = frozenset(
-    {"conversation.item.input_audio_transcription.text", "conversation.item.input_audio_transcription.completed"}
+    {
+        "conversation.item.input_audio_transcription.text",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed",
+    }
 )
 _OUTPUT_EVENTS = frozenset(
     {

@@ -51,6 +51,8 @@ class EventHandler(Service):
         self._audio_responses: dict[str, int] = {}  # response id -> audio deltas, while open
         #: The response a barge-in stopped (playback says so): the rest of its audio stays here.
         self.interrupted = ""
+        #: The speech's sample rate, as the service's last ``session.updated`` said it.
+        self.output_rate = protocol.OUTPUT_RATE
 
     async def expect(self, ws: ClientConnection, wanted: str, timeout_s: float) -> dict[str, Any]:
         """Read until ``wanted`` arrives; an ``error`` first raises ServiceRejected."""
@@ -122,12 +124,12 @@ class EventHandler(Service):
                 if rid and rid == self.interrupted:
                     self.count("deltas_after_barge_in")
                 else:
-                    self.bus.publish(AudioOut(pcm=pcm, response_id=rid, t=received_ns))
+                    self.bus.publish(AudioOut(pcm=pcm, rate=self.output_rate, response_id=rid, t=received_ns))
             elif kind == "response.audio.done":
                 # An empty AudioOut ends the response: playback plays what it holds without
                 # waiting for its start threshold (a short reply must not wait).
                 if (rid := _response_id(event)) != self.interrupted or not rid:
-                    self.bus.publish(AudioOut(pcm=b"", response_id=rid, t=received_ns))
+                    self.bus.publish(AudioOut(pcm=b"", rate=self.output_rate, response_id=rid, t=received_ns))
             elif (caption := self.captions.feed(event)) is not None:
                 self.bus.publish(caption)
             elif kind == "response.created":
@@ -140,11 +142,23 @@ class EventHandler(Service):
                 self.finished.set()
             elif kind == "session.updated":
                 self.log.info("the service accepted the new configuration")
+                self.follow_output_rate(event)
             elif kind not in protocol.SERVER_EVENT_TYPES and kind not in self._unknown:
                 self._log_unknown(kind)
         except protocol.ProtocolError as exc:
             self.malformed(exc)
         self._follow_direction()
+
+    def follow_output_rate(self, updated: dict[str, Any]) -> None:
+        """Speech comes at the rate ``session.updated`` names (24 kHz unless it says otherwise)."""
+        try:
+            rate = protocol.output_rate(updated)
+        except protocol.ProtocolError as exc:
+            self.malformed(exc)
+            return
+        if rate is not None and rate != self.output_rate:
+            self.log.info("the service speaks at %d Hz", rate)
+            self.output_rate = rate
 
     def on_direction_command(self, direction: object) -> str:
         """A button (screen, GPIO) or POST /api/direction, through the bus; why it was refused, or ""."""
@@ -220,7 +234,7 @@ class EventHandler(Service):
         for caption in self.captions.close_open():
             self.bus.publish(caption)
         for rid in self._audio_responses:
-            self.bus.publish(AudioOut(pcm=b"", response_id=rid))
+            self.bus.publish(AudioOut(pcm=b"", rate=self.output_rate, response_id=rid))
         self._audio_responses.clear()
         self.activity.reset()
 

@@ -10,10 +10,10 @@ import time
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from daemon.realtime.profiles import profile_for
 from services.session import fallback as fallback_mod
 from services.session import protocol
 from services.session.events import EventHandler
-from services.session.profiles import profile_for
 
 #: Past the rotation age, wait at most this long for a pause (bounded by the service's limit).
 ROTATE_GRACE_S = 300.0

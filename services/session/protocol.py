@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.config import Config
-from services.session.profiles import profile_for
+from daemon.realtime.profiles import AUTO
 
 ASR_MODEL = "qwen3-asr-flash-realtime"
+#: qwen3.8's turn detection in the official example (protocol.md 8b).
+SPEAKER_DETECTION: dict[str, Any] = {"type": "speaker_detection", "threshold": 0.5}
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000
 BYTES_PER_SAMPLE = 2
@@ -67,6 +69,7 @@ SERVER_EVENT_TYPES = frozenset(
         "input_audio_buffer.committed",
         "conversation.item.created",
         "conversation.item.input_audio_transcription.failed",
+        "conversation.item.input_audio_transcription.delta",
     }
 )
 
@@ -91,29 +94,87 @@ class EventIds:
 
 
 def session_config(cfg: Config) -> dict[str, Any]:
-    """The ``session`` object of ``session.update`` for this config and model (protocol.md 2, 9, 11.2)."""
-    profile = profile_for(cfg.service.model)
+    """The ``session`` object of ``session.update`` for this config and model (protocol.md 2, 8b, 9, 11.2)."""
+    profile = cfg.profile
+    if profile.shape == "nested":
+        return _nested_session(cfg)
     source, target, phrases = cfg.languages.source, cfg.languages.target, cfg.translation.phrases
+    qwen35 = profile.shape == "flat35"
     session: dict[str, Any] = {
         "modalities": list(cfg.modalities),
-        "input_audio_format": "pcm16",
-        "output_audio_format": "pcm24",
+        # 3.5 documents "pcm" for both; qwen3 documents pcm16 in and pcm24 out.
+        "input_audio_format": "pcm" if qwen35 else "pcm16",
+        "output_audio_format": "pcm" if qwen35 else "pcm24",
     }
     voice = cfg.voice
     if voice is not None and "audio" in cfg.modalities:
         session["voice"] = voice
-    if profile.translation_field:
-        translation: dict[str, Any] = {"language": target}
-        if phrases:
-            translation["corpus"] = {"phrases": dict(phrases)}
-        session["translation"] = translation
-    if profile.source_transcription and cfg.output.source_captions:
-        session["input_audio_transcription"] = {"model": ASR_MODEL, "language": source}
+    if profile.translator:
+        session["translation"] = _translation(target, phrases)
+    if profile.translator and cfg.output.source_captions:
+        transcription: dict[str, Any] = {"model": ASR_MODEL}
+        if source != AUTO:  # 3.5 detects a source left out
+            transcription["language"] = source
+        session["input_audio_transcription"] = transcription
+    elif qwen35:
+        session["input_audio_transcription"] = {"model": None}  # 3.5 transcribes unless told not to
     if (instructions := profile.instructions_for(source, target, phrases)) is not None:
         session["instructions"] = instructions
     if profile.turn_detection is not None:
         session["turn_detection"] = dict(profile.turn_detection)
     return session
+
+
+def _nested_session(cfg: Config) -> dict[str, Any]:
+    """qwen3.8's shape (protocol.md 8b): no flat key; the source language is detected, never sent."""
+    session: dict[str, Any] = {
+        "output_modalities": list(cfg.modalities),
+        "audio": {
+            "input": {
+                "format": {"type": "pcm", "sample_rate": INPUT_RATE},
+                "turn_detection": dict(SPEAKER_DETECTION),
+            }
+        },
+        "translation": _translation(cfg.languages.target, cfg.translation.phrases),
+    }
+    if cfg.voice is not None:  # only when the config names one: else the service's default
+        session["voice"] = cfg.voice
+    return session
+
+
+def _translation(target: str, phrases: dict[str, str]) -> dict[str, Any]:
+    translation: dict[str, Any] = {"language": target}
+    if phrases:
+        translation["corpus"] = {"phrases": dict(phrases)}
+    return translation
+
+
+def output_rate(event: dict[str, Any]) -> int | None:
+    """The sample rate of the speech a ``session.updated`` promises (None: it does not say).
+
+    qwen3 names it in ``output_audio_format`` (``pcm24``: 24 kHz); qwen3.8 under
+    ``audio.output.format.sample_rate``; a bare ``pcm`` (3.5) is the documented 24 kHz.
+    """
+    session = event.get("session")
+    if not isinstance(session, dict):
+        return None
+    audio = session.get("audio")
+    out = audio.get("output") if isinstance(audio, dict) else None
+    fmt = out.get("format") if isinstance(out, dict) else None
+    if isinstance(fmt, dict):
+        rate = fmt.get("sample_rate", fmt.get("rate"))
+        if isinstance(rate, int) and not isinstance(rate, bool) and 8000 <= rate <= 48000:
+            return rate
+        if rate is not None:
+            raise ProtocolError(f"session.updated: output sample_rate {rate!r} is not a rate")
+    name = session.get("output_audio_format")
+    if isinstance(name, str):
+        if name == "pcm":
+            return OUTPUT_RATE
+        if (match := re.fullmatch(r"pcm(8|16|24|32|44|48)", name)) is not None:
+            return {"44": 44100}.get(match[1], int(match[1]) * 1000)
+        raise ProtocolError(f"session.updated: output_audio_format {name!r} is not one the box can play")
+    return None
 
 
 def session_update(cfg: Config, event_id: str) -> dict[str, Any]:
@@ -174,9 +235,9 @@ def jpeg_size(jpeg: bytes) -> tuple[int, int] | None:
     return None
 
 
-def image_tokens(width: int, height: int) -> float:
-    """The service bills 0.5 token per 28x28 pixels of image."""
-    return 0.5 * (-(-max(width, 0) // 28)) * (-(-max(height, 0) // 28))
+def image_tokens(width: int, height: int, tile: int = 28) -> float:
+    """The service bills 0.5 token per ``tile``x``tile`` pixels of image (28 on qwen3, 32 on 3.5/3.8)."""
+    return 0.5 * (-(-max(width, 0) // tile)) * (-(-max(height, 0) // tile))
 
 
 # --- server events ----------------------------------------------------------------------------

@@ -250,7 +250,7 @@ class SessionService(ConnectionLifetime):
             self.set_state("configuring", f"{sent.languages.source} → {sent.languages.target}")
             self.direction.new_connection()  # this session.update carries the direction already
             await self._send(ws, protocol.session_update(sent, self.ids.next()))
-            await self.expect(ws, "session.updated", service.connect_timeout_s)
+            self.follow_output_rate(await self.expect(ws, "session.updated", service.connect_timeout_s))
             self._go_live()
             if protocol.session_config(self.direction.effective(self.config)) != protocol.session_config(sent):
                 # The config changed while the service was taking the previous one.
@@ -366,7 +366,7 @@ class SessionService(ConnectionLifetime):
             await self._send(ws, protocol.image_append(frame.jpeg, self.ids.next()))
             self.count("images_sent")
             size = (frame.width, frame.height) if frame.width and frame.height else protocol.jpeg_size(frame.jpeg)
-            self.usage.add_image(protocol.image_tokens(*(size or (0, 0))))
+            self.usage.add_image(protocol.image_tokens(*(size or (0, 0)), tile=self.config.profile.image_tile_px))
 
     async def _restart_session(self, why: str) -> None:
         self.backoff.reset()

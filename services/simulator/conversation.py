@@ -14,13 +14,23 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import soxr
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from daemon.realtime.rules import ClientRules, Rejected
+from daemon.realtime.rules import ClientRules, Rejected, SessionView
 from services.simulator import responses
 from services.simulator.faults import Faults
-from services.simulator.speech import Endpointer, Utterance, reply_seconds, spoken, tone, voiced_seconds
+from services.simulator.speech import (
+    OUTPUT_RATE,
+    Endpointer,
+    Utterance,
+    reply_seconds,
+    spoken,
+    tone,
+    voiced_seconds,
+)
 
 if TYPE_CHECKING:
     from services.simulator.server import ConnectionLog, Simulator
@@ -42,10 +52,12 @@ class Conversation:
         self.ws = ws
         self.faults = faults
         self.record = record
-        self.omni = record.model.startswith("qwen3-omni")
-        self.rules = ClientRules(omni=self.omni)
-        if self.omni:
-            self.rules.session = responses.omni_default_session()
+        self.rules = ClientRules.for_model(record.model)  # the handshake let only known models in
+        self.profile = self.rules.profile
+        self.omni = self.rules.omni
+        if self.profile.shape == "nested":  # the speech's rate, as session.updated will say it
+            self.rules.session["audio"]["output"]["format"]["sample_rate"] = sim.output_rate
+        self._speakers: dict[str, int] = {}  # language heard -> speaker id (3.8 separates speakers)
         self.ids = responses.Ids(str(record.number))
         self.endpointer = Endpointer(**sim.endpointer_options)
         self.session_id = self.ids.next("sess")
@@ -185,24 +197,37 @@ class Conversation:
     def _answer_audio(self, utterance: Utterance) -> bytes:
         voice = self.sim.voice
         if voice is None:
-            return tone(reply_seconds(utterance), utterance.number)
-        return spoken(voice, voiced_seconds(utterance), utterance.number)
+            audio = tone(reply_seconds(utterance), utterance.number)
+        else:
+            audio = spoken(voice, voiced_seconds(utterance), utterance.number)
+        if self.profile.shape == "nested" and self.sim.output_rate != OUTPUT_RATE:
+            samples = np.frombuffer(audio, dtype="<i2")
+            audio = soxr.resample(samples, OUTPUT_RATE, self.sim.output_rate).astype("<i2").tobytes()
+        return audio
+
+    def _heard(self, utterance: Utterance, view: SessionView) -> str:
+        """The language reported: the marker's, else the one the client named, else English (what a
+        model that detects reports here for unmarked test speech)."""
+        return utterance.language or view.source or "en"
 
     async def _reply(self, utterance: Utterance) -> bool:
-        session = self.rules.session
+        view = self.rules.view()
         events: list[dict[str, Any]] = []
-        source = session.get("input_audio_transcription")
+        heard = self._heard(utterance, view)
         if self.omni:
             events += responses.omni_turn_events(self.ids, utterance)
-        elif source is not None:
-            heard = utterance.language or source.get("language", "en")
-            events += responses.transcription_events(self.ids, utterance, heard)
-        audio = self._answer_audio(utterance) if "audio" in session["modalities"] else b""
+        elif self.profile.speaker_ids:
+            speaker = self._speakers.setdefault(heard, len(self._speakers) + 1)
+            events.append(responses.speech_started(self.ids, utterance, f"spk_{speaker}"))
+        if view.transcribe:
+            events += responses.transcription_events(self.ids, utterance, heard, self.profile.captions)
+        audio = self._answer_audio(utterance) if "audio" in view.modalities else b""
         input_s, self.audio_since_response_s = self.audio_since_response_s, 0.0
         self.replies += 1
         interrupted = self.replies <= self.faults.interrupt
+        rate = self.sim.output_rate if self.profile.shape == "nested" else OUTPUT_RATE
         events += responses.response_events(
-            self.ids, utterance, session, input_s, audio, omni=self.omni, interrupted=interrupted
+            self.ids, utterance, view, self.profile, input_s, audio, heard, interrupted=interrupted, audio_rate=rate
         )
         self.sim.responses += 1
         self.record.responses += 1
@@ -226,10 +251,10 @@ class Conversation:
     async def _finish(self) -> None:
         """Flush what was heard, say ``session.finished``, and expect the client to go."""
         pending = self.endpointer.flush()
-        source = self.rules.session.get("input_audio_transcription")
-        if pending is not None and source is not None:
-            heard = pending.language or source.get("language", "en")
-            for event in responses.transcription_events(self.ids, pending, heard):
+        view = self.rules.view()
+        if pending is not None and view.transcribe:
+            heard = self._heard(pending, view)
+            for event in responses.transcription_events(self.ids, pending, heard, self.profile.captions):
                 await self.send(event)
         await self.send(self.ids.event("session.finished"))
         self.record.finished = True

@@ -9,21 +9,9 @@ import base64
 from typing import Any
 
 from daemon.realtime.events import Ids, encode, error_event, session_object
-from services.simulator.speech import Utterance
-
-AUDIO_TOKENS_PER_S = 12.5
-
-
-def omni_default_session() -> dict[str, Any]:
-    """What ``session.created`` reports for qwen3-omni-flash-realtime before any update."""
-    return {
-        "modalities": ["text", "audio"],
-        "voice": "Cherry",
-        "input_audio_format": "pcm16",
-        "output_audio_format": "pcm24",
-        "instructions": "",
-        "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 800},
-    }
+from daemon.realtime.profiles import ModelProfile
+from daemon.realtime.rules import SessionView
+from services.simulator.speech import OUTPUT_RATE, Utterance
 
 
 def translation_text(utterance: Utterance, source: str, target: str) -> str:
@@ -67,27 +55,35 @@ def snapshots(text: str, parts: int) -> list[tuple[str, str]]:
     return out
 
 
-def transcription_events(ids: Ids, utterance: Utterance, language: str) -> list[dict[str, Any]]:
+def speech_started(ids: Ids, utterance: Utterance, speaker: str) -> dict[str, Any]:
+    """qwen3.8's start of speech, with the speaker it separated (protocol.md 8b)."""
+    return ids.event(
+        "input_audio_buffer.speech_started", audio_start_ms=0, item_id=ids.next("item"), speaker_id=speaker
+    )
+
+
+def transcription_events(
+    ids: Ids, utterance: Utterance, language: str, captions: str = "snapshot"
+) -> list[dict[str, Any]]:
+    """The source text: ``.text`` snapshots (qwen3, 3.5) or appended ``.delta`` pieces (3.8), then ``.completed``."""
     item_id = ids.next("item")
     transcript = source_text(utterance, language)
-    events = [
-        ids.event(
-            "conversation.item.input_audio_transcription.text",
-            item_id=item_id,
-            content_index=0,
-            text=text,
-            stash=stash,
-            language=language,
-        )
-        for text, stash in snapshots(transcript, 2)
-    ]
+    where = {"item_id": item_id, "content_index": 0}
+    if captions == "delta":
+        events = [
+            ids.event("conversation.item.input_audio_transcription.delta", **where, delta=piece, language=language)
+            for piece in pieces(transcript, 2)
+        ]
+    else:
+        events = [
+            ids.event(
+                "conversation.item.input_audio_transcription.text", **where, text=text, stash=stash, language=language
+            )
+            for text, stash in snapshots(transcript, 2)
+        ]
     events.append(
         ids.event(
-            "conversation.item.input_audio_transcription.completed",
-            item_id=item_id,
-            content_index=0,
-            transcript=transcript,
-            language=language,
+            "conversation.item.input_audio_transcription.completed", **where, transcript=transcript, language=language
         )
     )
     return events
@@ -96,24 +92,26 @@ def transcription_events(ids: Ids, utterance: Utterance, language: str) -> list[
 def response_events(
     ids: Ids,
     utterance: Utterance,
-    session: dict[str, Any],
+    view: SessionView,
+    profile: ModelProfile,
     input_audio_s: float,
     audio: bytes,
+    heard: str,
     parts: int = 4,
-    omni: bool = False,
     interrupted: bool = False,
+    audio_rate: int = OUTPUT_RATE,
 ) -> list[dict[str, Any]]:
     """The whole lifecycle of one response, in the documented order (protocol.md 5.2).
 
-    With audio in the modalities: interleaved ``response.audio_transcript.text`` snapshots and
-    ``response.audio.delta``; text-only: ``response.text.text`` and no audio at all. Omni sends
-    ``*.delta`` pieces (field ``delta``) instead of snapshots. An interrupted response has no
-    text and no audio, only its ``.done`` events, and ends ``incomplete``.
+    With audio in the modalities: interleaved transcript events and ``response.audio.delta``;
+    text-only: text events and no audio at all. qwen3 and 3.5 send ``*.text`` snapshots (``text``
+    + ``stash``); 3.8 and Omni append ``*.delta`` pieces (field ``delta``). An interrupted response
+    has no text and no audio, only its ``.done`` events, and ends ``incomplete``. Usage is counted
+    at the model's rates.
     """
-    with_audio = "audio" in session["modalities"]
-    source = session.get("input_audio_transcription", {}).get("language", "en")
-    target = session.get("translation", {}).get("language", "en")
-    transcript = omni_text(utterance) if omni else translation_text(utterance, source, target)
+    with_audio = "audio" in view.modalities
+    omni = profile.family == "omni"
+    transcript = omni_text(utterance) if omni else translation_text(utterance, view.source or heard, view.target)
     if interrupted:
         transcript, audio = "", b""
     response_id, item_id = ids.next("resp"), ids.next("item")
@@ -124,11 +122,11 @@ def response_events(
         "object": "realtime.response",
         "conversation_id": ids.next("conv"),
         "status": "in_progress",
-        "modalities": list(session["modalities"]),
+        "modalities": list(view.modalities),
         "output": [],
     }
     if with_audio:
-        response |= {"voice": session.get("voice"), "output_audio_format": "pcm24"}
+        response |= {"voice": view.voice, "output_audio_format": "pcm24"}
     item: dict[str, Any] = {
         "id": item_id,
         "object": "realtime.item",
@@ -142,17 +140,17 @@ def response_events(
         ids.event("response.output_item.added", response_id=response_id, output_index=0, item=item),
         ids.event("response.content_part.added", **where, part={"type": part_type, "text": ""}),
     ]
-    pieces = _split(audio, parts) if with_audio else []
+    chunks = _split(audio, parts) if with_audio else []
     for n, (text, stash) in enumerate([] if interrupted else snapshots(transcript, parts)):
-        if omni:
+        if profile.captions == "delta":
             kind = "response.audio_transcript.delta" if with_audio else "response.text.delta"
-            events.append(ids.event(kind, **where, delta=_piece(transcript, n, parts)))
+            events.append(ids.event(kind, **where, delta=pieces(transcript, parts)[n]))
         else:
             kind = "response.audio_transcript.text" if with_audio else "response.text.text"
             events.append(ids.event(kind, **where, text=text, stash=stash))
-        if with_audio and pieces[n]:
+        if with_audio and chunks[n]:
             events.append(
-                ids.event("response.audio.delta", **where, delta=base64.b64encode(pieces[n]).decode())
+                ids.event("response.audio.delta", **where, delta=base64.b64encode(chunks[n]).decode())
             )
     if with_audio:
         events.append(ids.event("response.audio_transcript.done", **where, transcript=transcript))
@@ -168,10 +166,10 @@ def response_events(
     events.append(
         ids.event("response.output_item.done", response_id=response_id, output_index=0, item=done_item)
     )
-    out_audio_s = len(audio) / 48000 if with_audio else 0.0
+    out_audio_s = len(audio) / (2 * audio_rate) if with_audio else 0.0
     text_tokens = len(transcript.split())
-    audio_in_tokens = round(input_audio_s * AUDIO_TOKENS_PER_S)
-    audio_out_tokens = round(out_audio_s * AUDIO_TOKENS_PER_S)
+    audio_in_tokens = round(input_audio_s * profile.audio_in_tokens_per_s)
+    audio_out_tokens = round(out_audio_s * profile.audio_out_tokens_per_s)
     usage = {
         "total_tokens": audio_in_tokens + audio_out_tokens + text_tokens,
         "input_tokens": audio_in_tokens,
@@ -185,11 +183,12 @@ def response_events(
     return events
 
 
-def _piece(text: str, n: int, parts: int) -> str:
-    """The n-th of ``parts`` appended pieces of ``text`` (Omni's deltas), whole words each."""
+def pieces(text: str, parts: int) -> list[str]:
+    """``text`` as ``parts`` appended pieces (qwen3.8's and Omni's deltas), whole words each:
+    joined, they are ``text`` exactly."""
     words = text.split(" ")
     shown = [" ".join(words[: len(words) * k // parts]) for k in range(parts + 1)]
-    return shown[n + 1][len(shown[n]) :]
+    return [shown[n + 1][len(shown[n]) :] for n in range(parts)]
 
 
 def _split(audio: bytes, parts: int) -> list[bytes]:

@@ -26,19 +26,13 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from daemon.realtime.profiles import UnknownModel, profile_for
 from services.simulator.conversation import Conversation
 from services.simulator.faults import Faults, FaultSpecError
 
 log = logging.getLogger("tolk.simulator")
 
 PATH = "/api-ws/v1/realtime"
-MODELS = frozenset(
-    {
-        "qwen3-livetranslate-flash-realtime",
-        "qwen3-livetranslate-flash-realtime-2025-09-22",
-        "qwen3-omni-flash-realtime",
-    }
-)
 MAX_EVENTS = 200_000
 MAX_AUDIO_BYTES = 64 * 2**20  # about 35 minutes of 16 kHz audio
 MAX_VIOLATIONS = 10_000
@@ -114,8 +108,11 @@ class Simulator:
         min_speech_ms: int = 250,
         end_silence_ms: int = 600,
         voice: bytes | None = None,
+        output_rate: int = 24000,
     ) -> None:
         self.host = host
+        #: The speech's sample rate on qwen3.8 (its session.updated names it; the others are 24 kHz).
+        self.output_rate = output_rate
         #: 24 kHz mono s16le speech the answers are cut from; None: a tone per answer.
         self.voice = voice
         self.port = port
@@ -190,7 +187,9 @@ class Simulator:
         if parts.path != PATH:
             return _refuse(connection, HTTPStatus.NOT_FOUND, "NotFound", f"no endpoint at {parts.path}")
         model = query.get("model", [""])[0]
-        if model not in MODELS:
+        try:
+            profile_for(model)  # every profile the box knows, and their dated snapshots
+        except UnknownModel:
             return _refuse(connection, HTTPStatus.NOT_FOUND, "ModelNotFound", f"model {model!r} not found")
         faults = self.faults
         if "faults" in query:
