@@ -159,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8765)
     sim.add_argument("--record", help="write every client event received, one JSON per line, to this file")
     sim.add_argument("--voice", metavar="WAV", help="answer with stretches of this 24 kHz mono recording, not a tone")
+    sim.add_argument(
+        "--output-rate",
+        type=int,
+        choices=(8000, 16000, 24000, 48000),
+        default=24000,
+        help="qwen3.8: the speech's sample rate, as session.updated names it (default 24000)",
+    )
     sim.set_defaults(func=_cmd_simulator)
     return parser
 

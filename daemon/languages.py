@@ -80,6 +80,7 @@ VOICE_DESCRIPTIONS: Final[dict[str, str]] = {
     "Peter": "Tianjin-Peter: in the style of a Tianjin crosstalk performer.",
     "Eric": "Sichuan-Eric: a man from Chengdu, unconventional, stands out from the crowd.",
     "Kiki": "Cantonese-Kiki: a sweet best friend from Hong Kong.",
+    "Tina": "qwen3.5 and qwen3.8's default voice.",
 }
 
 DEFAULT_VOICE: Final[str] = "Cherry"

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from daemon import engine_languages as eng_lang
 from daemon import languages as lang
 from daemon.config import Config
+from daemon.realtime import profiles
 from services.control.commands import CommandDesk, Refused, Undelivered
 from services.control.devices import DevicesReport
 from services.control.metrics import CONTENT_TYPE, BoxMetrics
@@ -21,7 +22,7 @@ from services.control.models import WRITE_REFUSED, ConfigRejected
 class LanguageInfo(BaseModel):
     code: str
     name: str
-    source: bool = Field(description="Can be spoken to the box (every language can).")
+    source: bool = Field(description="Can be spoken to the box (heard by the model).")
     audio: bool = Field(description="The box can speak it; false: shown as text only.")
     voices: list[str] = Field(description="Voices that speak it (empty for text-only targets).")
     default_voice: str | None = Field(description="The voice used when none is chosen; null: text only.")
@@ -44,12 +45,25 @@ class EnginePair(BaseModel):
     voice: str = Field(description='"piper", "espeak-ng", or "" when the target is shown as text only.')
 
 
+class ModelInfo(BaseModel):
+    name: str = Field(description="The [service] model value.")
+    label: str
+    detects_source: bool = Field(description='[languages] source may be "auto": the model finds the language.')
+    speaker_ids: bool = Field(description="The model tells speakers apart.")
+    audio_in_tokens_per_s: float
+    audio_out_tokens_per_s: float
+    languages: list[LanguageInfo]
+    voices: list[VoiceInfo]
+
+
 class LanguagesReport(BaseModel):
+    model: str = Field(description="The model the box is set to; the tables below are its own.")
     languages: list[LanguageInfo]
     voices: list[VoiceInfo]
     audio_targets: list[str]
     text_only_targets: list[str]
     modalities: list[list[str]] = Field(description='The allowed [output] modalities: ["text"], ["text", "audio"].')
+    models: list[ModelInfo] = Field(description="Every model the box can drive, each with its own tables.")
     engine_pairs: list[EnginePair] = Field(
         description="What the box's own offline engine can do ([service] backend = \"local\"), next to the cloud's."
     )
@@ -77,30 +91,58 @@ class DirectionRequest(BaseModel):
     )
 
 
-def languages_report(marian: frozenset[tuple[str, str]] = frozenset()) -> LanguagesReport:
+def _model_tables(profile: profiles.ModelProfile) -> tuple[list[LanguageInfo], list[VoiceInfo]]:
+    table = profile.languages
+    known = [code for code in lang.LANGUAGE_NAMES if code in table.sources | table.targets]
+    languages = [
+        LanguageInfo(
+            code=code,
+            name=lang.LANGUAGE_NAMES[code],
+            source=code in table.sources,
+            audio=code in table.speech,
+            voices=profile.voices_for(code) if code in table.speech else [],
+            default_voice=profile.default_voice_for(code) if code in table.speech else None,
+        )
+        for code in known
+    ]
+    voices = [
+        VoiceInfo(
+            name=name, languages=[c for c in known if c in speaks], description=lang.VOICE_DESCRIPTIONS.get(name, "")
+        )
+        for name, speaks in profile.voices.items()
+    ]
+    return languages, voices
+
+
+def languages_report(
+    marian: frozenset[tuple[str, str]] = frozenset(), model: str = profiles.SEED_MODEL
+) -> LanguagesReport:
+    """The chosen model's tables at the top (what the page offers now), and every model's beside them."""
+    current = profiles.profile_for(model)
+    languages, voices = _model_tables(current)
+    models = []
+    for profile in profiles.PROFILES.values():
+        its_languages, its_voices = _model_tables(profile)
+        models.append(
+            ModelInfo(
+                name=profile.name,
+                label=profile.label,
+                detects_source=profile.detects_source,
+                speaker_ids=profile.speaker_ids,
+                audio_in_tokens_per_s=profile.audio_in_tokens_per_s,
+                audio_out_tokens_per_s=profile.audio_out_tokens_per_s,
+                languages=its_languages,
+                voices=its_voices,
+            )
+        )
     return LanguagesReport(
-        languages=[
-            LanguageInfo(
-                code=code,
-                name=name,
-                source=code in lang.SOURCE_LANGUAGES,
-                audio=lang.has_audio(code),
-                voices=lang.voices_for(code) if lang.has_audio(code) else [],
-                default_voice=lang.default_voice_for(code) if lang.has_audio(code) else None,
-            )
-            for code, name in lang.LANGUAGE_NAMES.items()
-        ],
-        voices=[
-            VoiceInfo(
-                name=name,
-                languages=[c for c in lang.LANGUAGE_NAMES if c in langs],
-                description=lang.VOICE_DESCRIPTIONS.get(name, ""),
-            )
-            for name, langs in lang.VOICES.items()
-        ],
-        audio_targets=[c for c in lang.LANGUAGE_NAMES if lang.has_audio(c)],
-        text_only_targets=[c for c in lang.LANGUAGE_NAMES if not lang.has_audio(c)],
+        model=current.name,
+        languages=languages,
+        voices=voices,
+        audio_targets=[info.code for info in languages if info.audio],
+        text_only_targets=[info.code for info in languages if not info.audio],
         modalities=[["text"], ["text", "audio"]],
+        models=models,
         engine_pairs=[EnginePair(**pair) for pair in eng_lang.table(marian)],
     )
 
@@ -127,7 +169,7 @@ def box_router(
     async def get_languages() -> LanguagesReport:
         # Built per request: the engine's Marian pairs are whatever [engine] marian_dir holds now.
         marian = await asyncio.to_thread(eng_lang.marian_pairs, config().engine.marian_dir)
-        return languages_report(marian)
+        return languages_report(marian, config().service.model)
 
     @router.get("/api/devices", response_model=DevicesReport, summary="Microphones, speakers and cameras found.")
     async def get_devices() -> DevicesReport:

@@ -62,11 +62,14 @@ def main(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"tolk simulator: --voice {args.voice}: {exc}", file=sys.stderr)
             return 2
-    return asyncio.run(_serve(args.host, args.port, args.record, faults, voice))
+    rate = getattr(args, "output_rate", 24000)
+    return asyncio.run(_serve(args.host, args.port, args.record, faults, voice, rate))
 
 
-async def _serve(host: str, port: int, record: str | None, faults: Faults, voice: bytes | None = None) -> int:
-    sim = Simulator(host, port, faults=faults, record=record, voice=voice)
+async def _serve(
+    host: str, port: int, record: str | None, faults: Faults, voice: bytes | None = None, output_rate: int = 24000
+) -> int:
+    sim = Simulator(host, port, faults=faults, record=record, voice=voice, output_rate=output_rate)
     try:
         await sim.start()
     except OSError as exc:

@@ -49,9 +49,9 @@ def snapshots(text: str, parts: int) -> list[tuple[str, str]]:
     words = text.split(" ")
     out = []
     for k in range(1, parts + 1):
-        confirmed = len(words) * (k - 1) // parts
-        tentative = len(words) * k // parts
-        out.append((" ".join(words[:confirmed]), " ".join(words[confirmed:tentative])))
+        confirmed = " ".join(words[: len(words) * (k - 1) // parts])
+        shown = " ".join(words[: len(words) * k // parts])
+        out.append((confirmed, shown[len(confirmed) :]))  # the stash starts with its space: text + stash reads
     return out
 
 

@@ -92,3 +92,49 @@ def test_admin_changes_the_live_session(browser: Any, box: tuple[ControlProcess,
     finally:
         page.close()
     assert KEY not in control.log.read_text()
+
+
+def test_the_model_choice_brings_its_languages_and_reconnects_once(
+    browser: Any, box: tuple[ControlProcess, Simulator]
+) -> None:
+    control, sim = box
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(control.url + "/admin")
+        page.wait_for_selector("body[data-ready='true']", timeout=10000)
+        assert page.locator("#model").input_value() == "qwen3-livetranslate-flash-realtime"
+        spoken = "#target optgroup[label='Speech and captions'] option"
+        assert "nl" not in page.eval_on_selector_all(spoken, "os => os.map(o => o.value)")
+        assert "auto" not in page.eval_on_selector_all("#source option", "os => os.map(o => o.value)")
+
+        # qwen3.8 speaks Dutch, detects the source, and has no Cantonese speech.
+        page.select_option("#model", "qwen3.8-livetranslate-flash-realtime")
+        assert "nl" in page.eval_on_selector_all(spoken, "os => os.map(o => o.value)")
+        assert "yue" not in page.eval_on_selector_all(spoken, "os => os.map(o => o.value)")
+        assert "finds the spoken language itself" in page.locator("#model-note").inner_text()
+        page.select_option("#source", "auto")
+        page.select_option("#target", "nl")
+        assert page.locator("#mode").input_value() == "audio"
+        page.click("#save")
+        page.locator("#message.ok").get_by_text("Saved").wait_for(timeout=5000)
+        served = _config(control)
+        assert served["service"]["model"] == "qwen3.8-livetranslate-flash-realtime"
+        assert (served["languages"]["source"], served["languages"]["target"]) == ("auto", "nl")
+
+        # A new model is a new connection, once, in that model's shape.
+        wait_until(lambda: len(sim.connections) == 2 and len(sim.events_of("session.update")) >= 2, 15,
+                   what="a reconnect with qwen3.8")  # fmt: skip
+        assert sim.connections[-1].model == "qwen3.8-livetranslate-flash-realtime"
+        update = sim.events_of("session.update")[-1]["session"]
+        assert update["output_modalities"] == ["text", "audio"] and update["translation"] == {"language": "nl"}
+        assert not {"modalities", "input_audio_format", "input_audio_transcription"} & set(update)
+        assert not sim.violations, sim.violations
+
+        # Another language on the same model is a session.update on the same connection.
+        page.select_option("#target", "sv")
+        page.click("#save")
+        wait_until(lambda: sim.events_of("session.update")[-1]["session"]["translation"] == {"language": "sv"},
+                   10, what="session.update for sv")  # fmt: skip
+        assert len(sim.connections) == 2
+    finally:
+        page.close()

@@ -60,7 +60,7 @@ def test_translates_speech_end_to_end_and_finishes_on_sigterm(
                 c for c in tap.of(Caption) if c.kind == "translation" and c.utterance == final.utterance
             ]
             assert [c.final for c in partials] == [False] * (len(partials) - 1) + [True]
-            assert partials[-2].text + " " + partials[-2].stash == final.text  # snapshots replace, not append
+            assert partials[-2].text + partials[-2].stash == final.text  # snapshots replace, not append
             usage = tap.wait_for(lambda m: isinstance(m, Usage) and m.input_tokens > 0, what="Usage")
             assert isinstance(usage, Usage) and usage.input_audio_tokens > 0 and usage.output_audio_tokens > 0
             pcm_out = b"".join(m.pcm for m in tap.of(AudioOut) if m.response_id == out.response_id)

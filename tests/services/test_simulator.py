@@ -66,7 +66,7 @@ async def test_response_lifecycle_arrives_in_documented_order(sim: Simulator) ->
 
     snapshots = [e for e in events if e["type"] == "response.audio_transcript.text"]
     final = next(e for e in events if e["type"] == "response.audio_transcript.done")["transcript"]
-    assert snapshots[-1]["text"] + " " + snapshots[-1]["stash"] == final
+    assert snapshots[-1]["text"] + snapshots[-1]["stash"] == final  # shown as text + stash (protocol.md 5.3)
     assert final == "[simulated] utterance 1: 1.2 s of speech, zh → en"
 
     pcm = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.audio.delta")

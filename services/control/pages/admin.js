@@ -1,13 +1,15 @@
-// The admin page: offers only what the service accepts (text-only targets force captions,
-// voices follow the target), sends only what changed as PATCH /api/config, and shows the
-// box's answer in words. The box validates everything again: its refusal is shown as is.
+// The admin page: offers only what the chosen model accepts (its languages and voices follow the
+// model, text-only targets force captions, voices follow the target), sends only what changed as
+// PATCH /api/config, and shows the box's answer in words. The box validates everything again:
+// its refusal is shown as is.
 "use strict";
 
 (() => {
   const L = TOLK_LANGUAGES;
   const $ = (id) => document.getElementById(id);
   const STATUS_EVERY_MS = 3000;
-  let table = null; // GET /api/languages
+  let report = null; // GET /api/languages: every model's tables
+  let table = null; // the chosen model's: { languages, voices, detects_source, ... }
   let config = null; // GET /api/config, as last loaded or saved
   let devices = null; // GET /api/devices
   let modeChoice = "audio"; // what staff chose; a text-only target overrides it only while chosen
@@ -92,9 +94,31 @@
     return native && native !== l.name ? `${l.name} — ${native}` : l.name;
   }
 
+  function fillModels() {
+    $("model").replaceChildren(...report.models.map((m) => option(m.name, `${m.label} (${m.name})`)));
+  }
+
+  // The model's own tables: languages and voices follow it; what was chosen stays where it can.
+  function useModel(name) {
+    const keep = { source: $("source").value, target: $("target").value };
+    table = report.models.find((m) => m.name === name) || report.models.find((m) => m.name === report.model);
+    fillLanguages();
+    const has = (select, value) => [...select.options].some((o) => o.value === value);
+    $("source").value = has($("source"), keep.source) ? keep.source : $("source").options[0].value;
+    $("target").value = has($("target"), keep.target) ? keep.target : "en";
+    const spoken = table.languages.filter((l) => l.audio).length;
+    const heard = table.detects_source ? "finds the spoken language itself" : "must be told the spoken language";
+    $("model-note").textContent =
+      `${table.label}: ${table.languages.length} languages, ${spoken} spoken; ${heard}; ` +
+      `${table.audio_in_tokens_per_s} audio tokens per second in, ${table.audio_out_tokens_per_s} out.`;
+    followTarget();
+  }
+
   function fillLanguages() {
     const source = $("source");
-    source.replaceChildren(...table.languages.map((l) => option(l.code, languageLabel(l))));
+    const heard = table.languages.filter((l) => l.source).map((l) => option(l.code, languageLabel(l)));
+    if (table.detects_source) heard.unshift(option("auto", "Any language (the model finds it)"));
+    source.replaceChildren(...heard);
     const target = $("target");
     const spoken = document.createElement("optgroup");
     spoken.label = "Speech and captions";
@@ -130,7 +154,7 @@
 
   // Whatever the target allows: speech or not, and which voices.
   function followTarget() {
-    const l = language($("target").value);
+    const l = language($("target").value) || table.languages[0];
     const mode = $("mode");
     const note = $("mode-note");
     mode.querySelector('option[value="audio"]').disabled = !l.audio;
@@ -153,6 +177,12 @@
   }
 
   function fillForm() {
+    const model = $("model");
+    if (![...model.options].some((o) => o.value === config.service.model)) {
+      model.append(option(config.service.model, config.service.model)); // a dated snapshot
+    }
+    model.value = config.service.model;
+    useModel(report.models.some((m) => m.name === model.value) ? model.value : report.model);
     $("source").value = config.languages.source;
     $("target").value = config.languages.target;
     // Conversation mode ([languages] mode) and its direction ([languages] direction) in one choice.
@@ -176,7 +206,8 @@
     const put = (section, key, value, current) => {
       if (JSON.stringify(value) !== JSON.stringify(current ?? null)) (body[section] ||= {})[key] = value;
     };
-    const l = language($("target").value);
+    const l = language($("target").value) || table.languages[0];
+    put("service", "model", $("model").value, config.service.model);
     put("languages", "source", $("source").value, config.languages.source);
     put("languages", "target", $("target").value, config.languages.target);
     const conversation = $("conversation").value;
@@ -289,12 +320,12 @@
 
   async function load() {
     try {
-      [table, config] = await Promise.all([api("GET", "/api/languages"), api("GET", "/api/config")]);
+      [report, config] = await Promise.all([api("GET", "/api/languages"), api("GET", "/api/config")]);
     } catch (err) {
       showProblem(err);
       return;
     }
-    fillLanguages();
+    fillModels();
     fillForm();
     document.body.dataset.ready = "true";
     try {
@@ -306,6 +337,7 @@
     }
   }
 
+  $("model").addEventListener("change", () => useModel($("model").value));
   $("target").addEventListener("change", followTarget);
   $("mode").addEventListener("change", () => {
     modeChoice = $("mode").value;
