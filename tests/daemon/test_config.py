@@ -196,3 +196,51 @@ def test_config_check_refuses_plain_ws_off_loopback(url: str, tmp_path: Path) ->
 @pytest.mark.parametrize("url", ["ws://127.0.0.1:8765/x", "ws://[::1]:8765/x", "ws://localhost:8765/x", "wss://h/p"])
 def test_plain_ws_to_loopback_and_wss_anywhere_are_accepted(url: str) -> None:
     assert cfgmod.validate({"service": {"url": url}}).service.url == url
+
+
+QWEN38 = "qwen3.8-livetranslate-flash-realtime"
+
+
+def test_config_check_follows_the_chosen_models_tables(tmp_path: Path) -> None:
+    def check(model: str, target: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "tolk.toml"
+        path.write_text(
+            f'[service]\nmodel = "{model}"\n[languages]\ntarget = "{target}"\n'
+            '[output]\nmodalities = ["text", "audio"]\n'
+        )
+        return _check(path, tmp_path)
+
+    assert check(QWEN38, "nl").returncode == 0
+    seed = check("qwen3-livetranslate-flash-realtime", "nl")
+    assert seed.returncode != 0 and "languages.target = 'nl'" in seed.stderr
+    assert "qwen3.5, qwen3.8" in seed.stderr and "[service] model" in seed.stderr, seed.stderr  # what would work
+    cantonese = check(QWEN38, "yue")
+    assert cantonese.returncode != 0 and "yue (Cantonese) is text-only on qwen3.8" in cantonese.stderr
+    assert "speech on qwen3)" in cantonese.stderr and '["text"]' in cantonese.stderr, cantonese.stderr
+
+
+def test_unknown_models_are_refused_with_the_known_ones() -> None:
+    text = _problems({"service": {"model": "qwen3.9-livetranslate-flash-realtime"}})
+    assert "service.model" in text and QWEN38 in text and "qwen3-omni-flash-realtime" in text
+    assert cfgmod.validate({"service": {"model": QWEN38 + "-2026-09-19"}}).profile.label == "qwen3.8"
+    assert "service.model" in _problems({"service": {"model": QWEN38 + "-latest"}})
+
+
+def test_source_auto_where_the_model_detects_it() -> None:
+    cfg = cfgmod.validate({"service": {"model": QWEN38}, "languages": {"source": "auto", "target": "sv"}})
+    assert cfg.modalities == ["text", "audio"] and cfg.voice is None  # 3.8: the service's own voice
+    qwen35 = cfgmod.validate(
+        {"service": {"model": "qwen3.5-livetranslate-flash-realtime"}, "languages": {"source": "auto"}}
+    )
+    assert qwen35.voice == "Tina"
+    both = _problems({"service": {"model": QWEN38}, "languages": {"source": "auto", "mode": "conversation"}})
+    assert "both languages named" in both
+    assert "qwen3.5, qwen3.8" in _problems({"languages": {"source": "auto"}})  # the seed must be told
+
+
+def test_a_workspace_names_the_endpoint_unless_url_is_given() -> None:
+    cfg = cfgmod.validate({"service": {"workspace": "ws-9f2k", "region": "cn-beijing"}})
+    assert cfg.service.url == "wss://ws-9f2k.cn-beijing.maas.aliyuncs.com/api-ws/v1/realtime"
+    explicit = cfgmod.validate({"service": {"workspace": "ws-9f2k", "url": "wss://proxy.example/rt"}})
+    assert explicit.service.url == "wss://proxy.example/rt"
+    assert "service.workspace" in _problems({"service": {"workspace": "ws/../evil"}})

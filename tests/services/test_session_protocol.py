@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon import config as config_mod
-from daemon.realtime.rules import ClientRules
+from daemon.realtime import profiles
+from daemon.realtime.rules import ClientRules, Rejected
 from services.session import protocol
 from services.session.captions import CaptionAssembler
 from services.session.connection import Backoff, is_loopback, service_url
@@ -232,3 +233,67 @@ def test_arbitrary_server_events_yield_captions_or_protocol_errors(events: list[
             continue
         if caption is not None:
             assert isinstance(caption.text, str) and caption.utterance.startswith("u")
+
+
+@pytest.mark.parametrize("model", ["qwen3.5-livetranslate-flash-realtime", "qwen3.8-livetranslate-flash-realtime"])
+def test_every_valid_config_of_the_newer_models_is_accepted_by_their_rules(model: str) -> None:
+    """Each source (auto included) x target x captions the config allows, in that model's shape."""
+    profile = profiles.profile_for(model)
+    table = profile.languages
+    for source in ["auto", *sorted(table.sources)][:6]:
+        for target in sorted(table.targets):
+            for captions in (True, False):
+                try:
+                    config = cfg(
+                        service={"model": model},
+                        languages={"source": source, "target": target},
+                        output={"source_captions": captions},
+                    )
+                except config_mod.ConfigError:
+                    continue  # e.g. a text-only side: the config says why
+                rules = ClientRules(profile)
+                rules.check(protocol.encode(protocol.session_update(config, "e1")), 0.0)
+                view = rules.view()
+                assert view.target == target and view.modalities == config.modalities
+                assert view.transcribe is (captions or not profile.source_text_optional)
+
+
+def test_the_nested_shape_refuses_qwen3s_flat_keys_and_qwen3_the_nested_ones() -> None:
+    nested = ClientRules(profiles.profile_for("qwen3.8-livetranslate-flash-realtime"))
+    update = {"event_id": "e1", "type": "session.update", "session": {"modalities": ["text"]}}
+    with pytest.raises(Rejected, match=r"flat shape; qwen3\.8 takes output_modalities"):
+        nested.check(json.dumps(update), 0.0)
+    with pytest.raises(Rejected, match="unknown session field 'output_modalities'"):
+        ClientRules().check(json.dumps(update | {"session": {"output_modalities": ["text"]}}), 0.0)
+    bad_rate = {"audio": {"input": {"format": {"type": "pcm", "sample_rate": 44100}}}}
+    with pytest.raises(Rejected, match="16000"):
+        nested.check(json.dumps(update | {"event_id": "e2", "session": bad_rate}), 0.0)
+
+
+def test_the_output_rate_is_read_from_session_updated() -> None:
+    assert protocol.output_rate({"session": {"output_audio_format": "pcm24"}}) == 24000
+    assert protocol.output_rate({"session": {"output_audio_format": "pcm"}}) == 24000
+    nested = {"session": {"audio": {"output": {"format": {"type": "pcm", "sample_rate": 16000}}}}}
+    assert protocol.output_rate(nested) == 16000
+    assert protocol.output_rate({"session": {}}) is None
+    for wrong in ({"output_audio_format": "mp3"}, {"audio": {"output": {"format": {"sample_rate": 7}}}}):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.output_rate({"session": wrong})
+
+
+def test_appended_source_and_translation_pieces_assemble_once() -> None:
+    captions = CaptionAssembler("auto", "nl")
+    source = [
+        captions.feed({"type": "conversation.item.input_audio_transcription.delta", "item_id": "i1", "delta": piece})
+        for piece in ("Where is", " the station?")
+    ]
+    assert [c.text for c in source if c] == ["Where is", "Where is the station?"]
+    parts = [
+        captions.feed({"type": "response.audio_transcript.delta", "response_id": "r1", "delta": piece})
+        for piece in ("Waar", " is het", " station?")
+    ]
+    assert [c.text for c in parts if c] == ["Waar", "Waar is het", "Waar is het station?"]
+    whole = "Waar is het station?"
+    done = captions.feed({"type": "response.audio_transcript.done", "response_id": "r1", "transcript": whole})
+    assert done is not None and done.final and done.text == whole
+    assert parts[0] is not None and done.utterance == parts[0].utterance
