@@ -38,6 +38,9 @@ SENT_SHARE = 0.5
 MUTED_SHARE = 0.2
 #: An answer counts as played when the speaker played this share of its audio.
 PLAYED_SHARE = 0.9
+#: Playback drains when the queue runs dry, also mid-answer when the rest comes late (a bursty
+#: server): runs of one process this close together are one run, an answer played with a pause.
+PAUSE_NS = S
 
 STAGES = ("fed", "captured", "sent", "answered", "received", "played")
 
@@ -313,7 +316,7 @@ def _missed_answers(obs: Observations) -> dict[str, str]:
     """Every answer that did not play, with why: each answer belongs to the playback run it
     arrived in (or the one that began right after), and a run plays its answers in order."""
     missed: dict[str, str] = {}
-    runs = sorted(obs.runs, key=lambda r: r.start_ns)
+    runs = _joined(sorted(obs.runs, key=lambda r: r.start_ns))
     queued: dict[int, list[Answer]] = {}
     for answer in sorted(obs.answers, key=lambda a: a.first_ns):
         if answer.audio_bytes == 0:
@@ -348,6 +351,19 @@ def _missed_answers(obs: Observations) -> dict[str, str]:
                 missed[answer.response_id] = f"its run played {run.frames} of {total} frames"
             left = 0
     return missed
+
+
+def _joined(runs: list[Run]) -> list[Run]:
+    """Runs with a pause shorter than PAUSE_NS between them (same playback process) as one."""
+    out: list[Run] = []
+    for run in runs:
+        last = out[-1] if out else None
+        paused = last is not None and last.end_ns is not None and run.start_ns - last.end_ns < PAUSE_NS
+        if last is not None and paused and last.pid == run.pid:
+            out[-1] = Run(last.pid, last.start_ns, run.end_ns, last.frames + run.frames)
+        else:
+            out.append(run)
+    return out
 
 
 # --- the report ------------------------------------------------------------------------------

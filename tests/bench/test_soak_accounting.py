@@ -167,3 +167,16 @@ def test_a_capture_running_seconds_behind_is_followed_by_content_not_by_the_cloc
     assert _fates(obs)[1] == ("fed", "half-duplex mute")
     obs.capture_beats = _beats(10, 20 * S, muted=(5 * S, 6 * S))  # muted on the feeder's clock only
     assert _fates(obs)[1] == ("fed", "VAD")
+
+
+def test_an_answer_whose_rest_came_late_played_across_a_pause() -> None:
+    # Playback drained after the first quarter (the rest of the answer was late) and went on.
+    obs = _observed()
+    first, second = obs.runs
+    obs.runs = [Run(100, first.start_ns, first.start_ns + 125 * MS, 6000), Run(100, first.start_ns + 500 * MS,
+                first.end_ns, 18000), second]  # fmt: skip
+    assert [f.played for f in ledger.account(obs)] == [True, True]
+    # A pause longer than a second is two runs: the first answer played a quarter of itself.
+    obs.runs = [Run(100, first.start_ns, first.start_ns + 125 * MS, 6000), Run(100, first.start_ns + 1500 * MS,
+                first.end_ns + S, 18000), second]  # fmt: skip
+    assert ledger.account(obs)[0].cause == "unexplained"
