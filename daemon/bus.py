@@ -24,7 +24,12 @@ import zmq.asyncio
 from daemon.messages import Channel, Message, MessageError, topic_of
 
 DEFAULT_RUNTIME_DIR = Path("/run/tolk")
-SERVICES: tuple[str, ...] = ("capture", "camera", "session", "playback", "control")
+#: The box's processes, in start order: the one list (``tolk run``, the units, control's view).
+PROCESSES: tuple[str, ...] = ("capture", "camera", "session", "playback", "control")
+#: Run only when the config needs them: the local engine when [service] backend resolves to local.
+OPTIONAL_PROCESSES: tuple[str, ...] = ("engine",)
+#: The processes whose state control follows.
+SERVICES = PROCESSES
 # Bulk: about 4 s of 20 ms chunks; state: plenty for bursts of captions.
 HWM = {Channel.BULK: 200, Channel.STATE: 1000}
 _IPC_PATH_MAX = 107

@@ -1,18 +1,16 @@
-"""``tolk devices``: the names to put in ``[audio] capture_device`` / ``playback_device``.
+"""The sound devices: the names to put in ``[audio] capture_device`` / ``playback_device``.
 
 alsa-lib's own device hints (what ``arecord -L`` / ``aplay -L`` print), with each one's
 description and direction, plus the sound cards. Prefer ``plughw:CARD=…`` (or ``default``) over
 ``hw:…``: ``plug`` converts rate and channels in alsa-lib, so any USB microphone gives tolk its
-16 kHz mono. Other kinds of device (cameras) register a lister in ``LISTERS``.
+16 kHz mono. ``tolk devices`` (daemon/app/devices.py) lists these beside the cameras.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import alsaaudio
 
@@ -66,28 +64,3 @@ def audio_devices() -> list[Device]:
             if (kind, name) not in known:
                 devices.append(Device(kind, name))
     return devices
-
-
-#: Each returns the devices of one kind; the camera adds its own (``Device("camera", …)``).
-def camera_devices() -> list[Device]:
-    from services.camera.devices import camera_devices as cameras
-
-    return cameras()
-
-
-LISTERS: list[Callable[[], list[Device]]] = [audio_devices, camera_devices]
-
-
-def main(as_json: bool = False) -> int:
-    devices = [d for lister in LISTERS for d in lister()]
-    cards = alsaaudio.cards()
-    if as_json:
-        print(json.dumps({"cards": cards, "devices": [asdict(d) for d in devices]}, indent=1))
-        return 0
-    print("sound cards: " + (", ".join(cards) if cards else "none"))
-    for kind in dict.fromkeys(d.kind for d in devices):
-        print(f"\n{kind}:")
-        for d in (d for d in devices if d.kind == kind):
-            print(f"  {d.name:<40} {d.description}".rstrip())
-    print('\nUse a plughw:CARD=... name (or "default"): alsa-lib then converts rate and channels.')
-    return 0

@@ -91,7 +91,7 @@ def service_env(runtime: Path, **extra: str) -> dict[str, str]:
 
 
 def tolk_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "daemon.cli", *args]
+    return [sys.executable, "-m", "daemon.app.cli", *args]
 
 
 @contextmanager

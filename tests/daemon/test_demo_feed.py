@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.demo import CHUNK, PERIOD_MS, _feed
+from daemon.app.demo import CHUNK, PERIOD_MS, _feed
 
 
 async def test_the_feed_keeps_time_while_capture_reads(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ OTHERS = {"capture", "camera", "playback", "control"}
 
 
 def _children(pid: int) -> dict[str, int]:
-    """The box's processes under ``tolk run`` by service name (``daemon.cli service NAME``)."""
+    """The box's processes under ``tolk run`` by service name (``daemon.app.cli service NAME``)."""
     found = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():

@@ -21,16 +21,10 @@ import tomlkit
 from daemon import config as config_mod
 from daemon.bus import Bus
 from daemon.messages import Caption, ConfigChanged, Heartbeat, Message, SessionStatus
-from tests.helpers import NotifySocket, running, service_env, tolk_cmd, wait_until
+from tests.helpers import NotifySocket, free_port, running, service_env, tolk_cmd, wait_until
 
 SECRET = "sk-tolk-test-9f8e7d6c5b4a"
 OTHERS = ("capture", "camera", "session", "playback")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -16,13 +16,12 @@ import pytest
 import tomlkit
 
 from daemon import config as config_mod
+from daemon.bus import PROCESSES
 from daemon.messages import Caption, ConfigChanged, Heartbeat, Message, SessionStatus, Usage
 from services.control.api import create_app
 from services.control.status import StatusAggregator
 from services.control.status_cli import format_status
 from services.control.store import ConfigStore, write_atomic
-
-PROCESSES = ("capture", "camera", "session", "playback", "control")
 
 
 class Clock:

@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from daemon import config as config_mod
+from daemon.bus import PROCESSES
 from daemon.messages import (
     Caption,
     Command,
@@ -34,8 +35,6 @@ from services.control.http_server import HttpListener
 from services.control.status import StatusAggregator
 from services.control.store import ConfigStore
 from tests.helpers import AnsweringBus, free_port
-
-PROCESSES = ("capture", "camera", "session", "playback", "control")
 
 
 @pytest.fixture

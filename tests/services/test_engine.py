@@ -163,7 +163,7 @@ def test_bad_client_input_gets_an_error_and_the_connection_survives(engine_url: 
 def test_auto_backend_is_local_without_a_key_and_tolk_run_adds_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     from daemon import backend
     from daemon import config as config_mod
-    from daemon.cli import PROCESSES
+    from daemon.bus import PROCESSES
 
     monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)

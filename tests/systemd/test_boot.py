@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import PROCESSES
+from daemon.bus import PROCESSES
 from tests.helpers import rmtree, short_tmpdir, wait_until
 from tests.systemd.boot.container import BootRefused, Container
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import PROCESSES
+from daemon.bus import PROCESSES
 from tests.helpers import REPO, tolk_cmd
 
 KEY = "sk-install-0b6c2f9e41d7"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import OPTIONAL_PROCESSES, PROCESSES
+from daemon.bus import OPTIONAL_PROCESSES, PROCESSES
 from tests.helpers import REPO
 
 UNITS = REPO / "systemd"

@@ -27,11 +27,10 @@ import zmq.asyncio
 
 from daemon import config as config_mod
 from daemon import logs
+from daemon.app.supervisor import Supervisor
 from daemon.backend import processes
-from daemon.bus import Subscriber
-from daemon.cli import PROCESSES
+from daemon.bus import PROCESSES, Subscriber
 from daemon.messages import Caption, Channel, PlaybackState, SessionStatus
-from daemon.supervisor import Supervisor
 
 SAMPLES = {
     "en": ("en", "Good morning and welcome to the museum. The exhibition opens at nine."),
@@ -206,7 +205,7 @@ async def _with_simulator(args: argparse.Namespace, work: Path, out: Path) -> in
     port = _free_port()
     record = out / "simulator-events.jsonl"
     sim = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon.cli", "simulator", "--port", str(port), "--record", str(record),
+        sys.executable, "-m", "daemon.app.cli", "simulator", "--port", str(port), "--record", str(record),
         stdout=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -9,13 +9,11 @@ import sys
 from typing import TYPE_CHECKING
 
 from daemon import config as config_mod
+from daemon.bus import OPTIONAL_PROCESSES, PROCESSES
 
 if TYPE_CHECKING:
     from daemon.service import Service
 
-PROCESSES: tuple[str, ...] = ("capture", "camera", "session", "playback", "control")
-#: Run only when the config needs them: the local engine when [service] backend resolves to local.
-OPTIONAL_PROCESSES: tuple[str, ...] = ("engine",)
 
 
 def load_service(name: str) -> type[Service]:
@@ -35,10 +33,10 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.demo:
-        from daemon.demo import run_demo
+        from daemon.app.demo import run_demo
 
         return run_demo(args)
-    from daemon.supervisor import run_all
+    from daemon.app.supervisor import run_all
 
     return run_all(args.config, restart=not args.no_restart)
 
@@ -85,7 +83,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
-    from daemon.devices import main as devices_main
+    from daemon.app.devices import main as devices_main
 
     return devices_main(as_json=args.json)
 
@@ -97,13 +95,13 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    from daemon.install import main_install
+    from daemon.app.install import main_install
 
     return main_install(args.root, args.api_key_file, args.entry_point, create_user=not args.no_user)
 
 
 def _cmd_uninstall(args: argparse.Namespace) -> int:
-    from daemon.install import main_uninstall
+    from daemon.app.install import main_uninstall
 
     return main_uninstall(args.root, args.purge)
 

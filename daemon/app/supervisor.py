@@ -25,6 +25,7 @@ from pathlib import Path
 from daemon import bus as bus_mod
 from daemon import config as config_mod
 from daemon import logs
+from daemon.bus import PROCESSES
 
 log = logging.getLogger("tolk.run")
 
@@ -86,8 +87,6 @@ class Supervisor:
         env: dict[str, str] | None = None,
         services: Iterable[str] | None = None,
     ) -> None:
-        from daemon.cli import PROCESSES
-
         self.config_path = config_path
         self.restart = restart
         self.runtime, self.state = prepare_dirs()
@@ -131,7 +130,7 @@ class Supervisor:
 
     async def _spawn(self, child: Child) -> None:
         child.ready.clear()
-        cmd = [sys.executable, "-m", "daemon.cli", "service", child.name]
+        cmd = [sys.executable, "-m", "daemon.app.cli", "service", child.name]
         if self.config_path:
             cmd += ["--config", self.config_path]
         env = dict(self.env, NOTIFY_SOCKET=str(child.notify_path))
@@ -253,6 +252,5 @@ def run_all(config_path: str | None, restart: bool = True) -> int:
         return 2
     logs.setup("run", cfg.log.level)
     from daemon.backend import processes
-    from daemon.cli import PROCESSES
 
     return asyncio.run(Supervisor(config_path, restart=restart, services=processes(cfg, PROCESSES)).run())

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]
 USER = "tolk"
 GROUPS = ("audio", "video")
 UNIT_DIR = Path("etc/systemd/system")
