@@ -13,13 +13,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import alsaaudio
+
+from daemon.backoff import Backoff
 
 BYTES_PER_FRAME = 2  # S16_LE, mono
 
@@ -127,24 +128,6 @@ def quiet_alsa_diagnostics(quiet: bool) -> None:
     """Discard alsa-lib's stderr diagnostics (True) or restore its default printer (False)."""
     if _LIBASOUND is not None:
         _LIBASOUND.snd_lib_error_set_handler(_discard_alsa_error if quiet else None)
-
-
-class Backoff:
-    """Delays of 0.5, 1, 2, 4, 5, 5 ... s with ±20 % jitter; ``reset()`` after a success."""
-
-    def __init__(self, first_s: float = 0.5, max_s: float = 5.0, jitter: float = 0.2) -> None:
-        self.first_s = first_s
-        self.max_s = max_s
-        self.jitter = jitter
-        self._next = first_s
-
-    def next_delay(self) -> float:
-        delay = self._next
-        self._next = min(self.max_s, self._next * 2)
-        return delay * random.uniform(1 - self.jitter, 1 + self.jitter)
-
-    def reset(self) -> None:
-        self._next = self.first_s
 
 
 class DeviceKeeper:

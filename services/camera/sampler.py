@@ -10,11 +10,11 @@ as the service runs. The event loop only starts, stops and reads it.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
 
+from daemon.backoff import Backoff
 from daemon.messages import VideoFrame
 from services.camera.pictures import FrameError, Picture, encode
 from services.camera.policy import Decision, SamplingPolicy
@@ -52,21 +52,6 @@ class SpeechState:
         return True
 
 
-class Backoff:
-    """0.5, 1, 2, 4 ... up to 15 s between attempts, ±20 % jitter; reset once the camera works."""
-
-    def __init__(self, first_s: float = 0.5, max_s: float = 15.0) -> None:
-        self.first_s, self.max_s = first_s, max_s
-        self._next = first_s
-
-    def next_delay(self) -> float:
-        delay, self._next = self._next, min(self.max_s, self._next * 2)
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self._next = self.first_s
-
-
 class Sampler(threading.Thread):
     def __init__(
         self,
@@ -95,7 +80,7 @@ class Sampler(threading.Thread):
         self._on_crash = on_crash
         self.log = log
         self._halt = threading.Event()
-        self._backoff = Backoff()
+        self._backoff = Backoff(max_s=15.0)
         self._source = source
         #: What the open camera is, or why there is none (read by the status line).
         self.description = source.description if source is not None else ""

@@ -7,7 +7,6 @@ retry can help (a refused key cannot: no retry storm against the account).
 
 from __future__ import annotations
 
-import random
 from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -15,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from daemon.backend import is_loopback
 
-__all__ = ["Backoff", "ConnectFailure", "connect_service", "is_loopback", "service_url"]
+__all__ = ["ConnectFailure", "connect_service", "is_loopback", "service_url"]
 
 #: Handshake statuses after which only a person can help (key, account, model name).
 _FATAL_STATUS = {
@@ -98,25 +97,6 @@ async def connect_service(url: str, model: str, api_key: str | None, timeout_s: 
         )
     except (InvalidHandshake, OSError, TimeoutError) as exc:
         raise describe_handshake(exc) from None
-
-
-class Backoff:
-    """Capped exponential backoff with jitter, so a fleet of kiosks does not reconnect in step."""
-
-    def __init__(self, base_s: float = 0.5, cap_s: float = 30.0, rng: random.Random | None = None) -> None:
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self.failures = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self, floor_s: float = 0.0) -> float:
-        ceiling = min(self.cap_s, self.base_s * (2**self.failures))
-        self.failures = min(self.failures + 1, 30)
-        # Half fixed, half random: never zero, never all kiosks at once.
-        return max(floor_s, ceiling * (0.5 + 0.5 * self._rng.random()))
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 def close_reason(exc: ConnectionClosed) -> str:

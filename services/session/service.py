@@ -23,6 +23,7 @@ from websockets.protocol import State
 from daemon import config as config_mod
 from daemon import logs
 from daemon.backend import session_url
+from daemon.backoff import FLEET_SPREAD, Backoff
 from daemon.messages import (
     AudioIn,
     AudioReplay,
@@ -35,7 +36,7 @@ from daemon.messages import (
 )
 from daemon.service import STOP_TIMEOUT_S, ServiceContext
 from services.session import protocol
-from services.session.connection import Backoff, ConnectFailure, close_reason, connect_service, is_loopback, retrying
+from services.session.connection import ConnectFailure, close_reason, connect_service, is_loopback, retrying
 from services.session.events import ServiceRejected
 from services.session.fallback import CloudFallback
 from services.session.lifetime import ConnectionLifetime
@@ -94,7 +95,7 @@ class SessionService(ConnectionLifetime):
         self.outgoing = Outgoing(self.config.service.chunk_ms, self.config.service.backlog_s)
         self.intake = AudioIntake(self.outgoing)
         self._settled_published = -1
-        self.backoff = Backoff()
+        self.backoff = Backoff(max_s=30.0, spread=FLEET_SPREAD)
         self.fallback = CloudFallback()
         self.short_lived = 0
         self._ws: ClientConnection | None = None

@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon import config as config_mod
+from daemon.backoff import FLEET_SPREAD, Backoff
 from daemon.realtime import profiles
 from daemon.realtime.rules import ClientRules, Rejected
 from services.session import protocol
 from services.session.captions import CaptionAssembler
-from services.session.connection import Backoff, is_loopback, service_url
+from services.session.connection import is_loopback, service_url
 
 
 def cfg(**sections: dict[str, object]) -> config_mod.Config:
@@ -180,7 +181,7 @@ def test_image_rules_and_tokens() -> None:
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
-    backoff = Backoff(base_s=0.5, cap_s=8.0, rng=random.Random(1))
+    backoff = Backoff(first_s=0.5, max_s=8.0, spread=FLEET_SPREAD, rng=random.Random(1))
     delays = [backoff.next_delay() for _ in range(10)]
     assert all(0.25 <= d <= 8.0 for d in delays)
     assert delays[0] <= 0.5 and max(delays[-3:]) > 4.0
