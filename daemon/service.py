@@ -22,7 +22,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from daemon import config as config_mod
@@ -244,10 +243,3 @@ class _Runner:
 def run_service(cls: type[Service], config_path: str | None = None) -> int:
     """Run one service to completion; the process exit code."""
     return asyncio.run(_Runner(cls, config_path).main())
-
-
-def runtime_path(name: str) -> Path:
-    """A file in the runtime directory (for things other than bus sockets)."""
-    from daemon.bus import runtime_dir
-
-    return runtime_dir() / name

@@ -215,11 +215,6 @@ class EchoCanceller:
         return handed.astype("<i2").tobytes()
 
     @property
-    def far_active(self) -> bool:
-        """The box's voice played in the last period."""
-        return self._far_active
-
-    @property
     def box_audible(self) -> bool:
         """The box's voice, or its echo's tail, can be in the microphone: while it plays, through
         its short pauses, and ``ECHO_TAIL_MS`` after (the room carries it on a little)."""

@@ -46,11 +46,6 @@ class Endpointer:
         self._silence_ms = 0
         self._ear = LanguageEar()
 
-    @property
-    def pending_speech_s(self) -> float:
-        """Speech heard in the segment still open (0 when none or too short to count)."""
-        return self._speech_ms / 1000 if self._speech_ms >= self.min_speech_ms else 0.0
-
     def feed(self, pcm: bytes) -> list[Utterance]:
         """Utterances that ended within this audio."""
         self._carry += pcm
