@@ -3,14 +3,15 @@
 Layers, lowest first: the model's embedded defaults, the config file (``--config``,
 ``TOLK_CONFIG``, else ``/etc/tolk/tolk.toml`` when it exists), then the overlay that the
 HTTP API writes in the state directory. The API key is never part of the model: it comes
-from ``DASHSCOPE_API_KEY``, ``[service] api_key_file`` or a systemd credential, and is only
-ever shown masked.
+from ``DASHSCOPE_API_KEY``, ``[service] api_key_file``, a systemd credential, or (last) the key
+entered on the admin page, and is never shown.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +60,10 @@ DEFAULT_CONFIG_PATH = Path("/etc/tolk/tolk.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/tolk")
 OVERLAY_NAME = "config.toml"
 CREDENTIAL_NAME = "dashscope-api-key"
+STORED_KEY_NAME = "api-key"
+STORED_KEY_ORIGIN = "entered on the admin page"
+KEY_MIN, KEY_MAX = 8, 512
+KEY_PATTERN = re.compile(rf"[\x21-\x7e]{{{KEY_MIN},{KEY_MAX}}}")
 
 
 class Config(_Section):
@@ -276,10 +281,63 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Config:
 
 
 def api_key(cfg: Config) -> tuple[str | None, str]:
-    """The API key and where it came from. Never log the first element."""
+    """The API key and where it came from. Never log the first element.
+
+    What the installer gave (the environment, ``[service] api_key_file``, the systemd
+    credential) wins over the key staff entered on the admin page (``stored_key_path()``).
+    """
     if key := os.environ.get("DASHSCOPE_API_KEY", "").strip():
         return key, "DASHSCOPE_API_KEY"
-    return read_secret(cfg.service.api_key_file, CREDENTIAL_NAME)
+    secret, origin = read_secret(cfg.service.api_key_file, CREDENTIAL_NAME)
+    if secret is not None:
+        return secret, origin
+    try:
+        stored = stored_key_path().read_text(encoding="utf-8").strip()
+    except OSError:
+        return None, "not set"
+    return (stored, STORED_KEY_ORIGIN) if stored else (None, "not set")
+
+
+def stored_key_path() -> Path:
+    """The key entered on the admin page: in the state directory, readable by the box's user only."""
+    return state_dir() / STORED_KEY_NAME
+
+
+def check_api_key(value: object) -> str:
+    """The key as given, if it can be one; ValueError says why not (never quoting it)."""
+    if not isinstance(value, str):
+        raise ValueError(f"the API key must be a string, not {type(value).__name__}")
+    if not value:
+        raise ValueError("the API key is empty")
+    if not KEY_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"the API key must be {KEY_MIN}-{KEY_MAX} printable characters without spaces or line breaks"
+        )
+    return value
+
+
+def store_api_key(key: str) -> None:
+    """Write the key atomically, mode 0600 from its first byte; OSError when the directory cannot take it."""
+    path = stored_key_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask or a stale file made it
+        os.write(fd, key.encode("ascii") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def forget_api_key() -> bool:
+    """Remove the stored key; whether there was one."""
+    try:
+        stored_key_path().unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def read_secret(file: Path | None, credential: str) -> tuple[str | None, str]:

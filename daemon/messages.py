@@ -327,6 +327,10 @@ class Heartbeat(Message):
     counters: dict[str, float] = field(default_factory=dict)
 
 
+#: In ``ConfigChanged.sections``: the API key changed (it is not a section of the config).
+KEY_SECTION = "key"
+
+
 @dataclass(kw_only=True)
 class ConfigChanged(Message):
     """The stored config changed: each service re-reads it and applies what concerns it."""

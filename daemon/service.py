@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from daemon import config as config_mod
 from daemon import logs
 from daemon.bus import Bus
-from daemon.messages import Command, CommandAck, ConfigChanged, Heartbeat
+from daemon.messages import KEY_SECTION, Command, CommandAck, ConfigChanged, Heartbeat
 from daemon.notify import Notifier
 
 HEARTBEAT_S = 1.0
@@ -231,7 +231,8 @@ class _Runner:
         except config_mod.ConfigError as exc:
             svc.log.error("config reload refused, keeping the running config: %s", exc)
             return
-        changed = config_mod.changed_sections(svc.config, new)
+        # The key is not part of the config: a change of it is said by name (PUT /api/key).
+        changed = config_mod.changed_sections(svc.config, new) | ({KEY_SECTION} & set(hinted))
         if not changed:
             return
         svc.log.info("config changed: %s", ", ".join(sorted(changed)))

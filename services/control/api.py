@@ -20,8 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from daemon import config as config_mod
+from daemon import logs
 from daemon.config import Config
-from daemon.messages import ConfigChanged
+from daemon.messages import KEY_SECTION, ConfigChanged
 from daemon.messages import Message as BusMessage
 from services.control.commands import ACK_TIMEOUT_S, CommandDesk
 from services.control.devices import DevicesReport, list_devices
@@ -172,12 +174,71 @@ def create_app(
             publish(ConfigChanged(sections=sorted(changed)))
         return store.public()
 
+    @app.put(
+        "/api/key",
+        status_code=204,
+        response_class=Response,
+        responses={
+            **WRITE_REFUSED,
+            409: {"model": ConfigRejected, "description": "The installer's key (credential, file, environment) wins."},
+            422: {"model": ConfigRejected, "description": "Not a key; nothing was changed."},
+            500: {"model": ConfigRejected, "description": "The state directory could not take it."},
+        },
+        summary="Store the API key (never shown again); the session connects with it at once.",
+    )
+    async def put_key(body: dict[str, Any] = Body(..., examples=[{"api_key": "sk-…"}])) -> Response:  # noqa: B008
+        if set(body) != {"api_key"}:
+            return _refused(422, "key refused", 'send {"api_key": "…"} and nothing else')
+        try:
+            key = config_mod.check_api_key(body["api_key"])
+        except ValueError as exc:
+            return _refused(422, "key refused", str(exc))
+        if (installer := _installer_key(store.current)) is not None:
+            return _refused(409, "key not stored", installer)
+        logs.redact(key)
+        try:
+            config_mod.store_api_key(key)
+        except OSError as exc:
+            return _refused(500, "key not stored", f"{config_mod.stored_key_path().parent}: {exc.strerror or exc}")
+        publish(ConfigChanged(sections=[KEY_SECTION]))
+        return Response(status_code=204)
+
+    @app.delete(
+        "/api/key",
+        status_code=204,
+        response_class=Response,
+        responses={**WRITE_REFUSED, 409: {"model": ConfigRejected, "description": "The installer's key wins."}},
+        summary="Forget the key entered on the admin page.",
+    )
+    async def delete_key() -> Response:
+        if (installer := _installer_key(store.current)) is not None:
+            return _refused(409, "key not removed", installer)
+        try:
+            removed = config_mod.forget_api_key()
+        except OSError as exc:
+            return _refused(500, "key not removed", str(exc.strerror or exc))
+        if removed:
+            publish(ConfigChanged(sections=[KEY_SECTION]))
+        return Response(status_code=204)
+
     desk = CommandDesk(publish, command_timeout_s)
     status.observers.append(desk.observe)  # the processes' answers come in with their states
     app.include_router(box_router(lambda: store.current, desk, devices, BoxMetrics(status)))
     mount_pages(app, CaptionHub(status, lambda: store.current))
     _describe_patch_body(app)
     return app
+
+
+def _refused(status: int, error: str, problem: str) -> JSONResponse:
+    return JSONResponse({"error": error, "problems": [problem]}, status_code=status)
+
+
+def _installer_key(cfg: Config) -> str | None:
+    """Why a key entered here would not be used, or None: the installer's source wins."""
+    key, origin = config_mod.api_key(cfg)
+    if key is None or origin == config_mod.STORED_KEY_ORIGIN:
+        return None
+    return f"the API key comes from {origin}, set by whoever installed the box: change it there"
 
 
 def _methods_at(app: FastAPI, path: str) -> list[str]:

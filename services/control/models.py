@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,6 +94,8 @@ class CaptionInfo(BaseModel):
 
 
 class ConfigSummary(BaseModel):
+    api_key: Literal["set", "missing"] = Field(description="Whether the box has an API key (never the key).")
+    api_key_from: str = Field(description="Where it comes from, e.g. \"entered on the admin page\", \"credential …\".")
     source: str
     target: str
     modalities: list[str]

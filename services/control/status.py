@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from daemon import config as config_mod
 from daemon.bus import SERVICES, Subscriber
 from daemon.config import Config
 from daemon.messages import (
@@ -307,7 +308,10 @@ class StatusAggregator:
 
 
 def summary(cfg: Config) -> ConfigSummary:
+    key, origin = config_mod.api_key(cfg)
     return ConfigSummary(
+        api_key="set" if key else "missing",
+        api_key_from=origin if key else "",
         source=cfg.languages.source,
         target=cfg.languages.target,
         modalities=cfg.modalities,

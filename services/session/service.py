@@ -25,6 +25,7 @@ from daemon import logs
 from daemon.backend import session_url
 from daemon.backoff import FLEET_SPREAD, Backoff
 from daemon.messages import (
+    KEY_SECTION,
     AudioIn,
     AudioReplay,
     AudioResume,
@@ -44,7 +45,7 @@ from services.session.outgoing import Outgoing
 from services.session.resume import RESUME_REPEAT_S, RESUME_WAIT_S, AudioIntake
 
 RESTART_REQUESTED = "restart requested"
-NO_KEY = "no API key: set DASHSCOPE_API_KEY or [service] api_key_file"
+NO_KEY = "no API key: enter it on the admin page, or set DASHSCOPE_API_KEY or [service] api_key_file"
 #: A configuration the service refused is tried again this rarely (or at once on a config change).
 CONFIG_RETRY_S = 60.0
 #: A refused key or account: a person must act, but a paid bill or a restored key should not
@@ -458,9 +459,10 @@ class SessionService(ConnectionLifetime):
         effective = self.direction.effective(new)
         self.captions.source, self.captions.target = effective.languages.source, effective.languages.target
         self.outgoing.set_chunk_ms(new.service.chunk_ms, new.service.backlog_s)
-        if _endpoint(old) != _endpoint(new):
+        if _endpoint(old) != _endpoint(new) or KEY_SECTION in changed:
             self.fallback.reset()
-            await self._restart_session("service url or model changed")
+            why = "the API key changed" if KEY_SECTION in changed else "service url or model changed"
+            await self._restart_session(why)
             return
         ws = self._ws
         if changed & {"languages", "output", "translation"} and self._live and ws is not None:
