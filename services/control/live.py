@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from daemon import backend
+from daemon import config as config_mod
 from daemon.config import Config
 from daemon.messages import Caption, Message, SessionStatus
 from services.control.status import StatusAggregator
@@ -34,8 +35,11 @@ class Banner(BaseModel):
     detail: str = ""
 
 
-def banner(status: StatusAggregator) -> Banner:
-    """What the screen should say about the translation service, in words a visitor follows."""
+def banner(status: StatusAggregator, key_set: bool = True) -> Banner:
+    """What the screen should say about the translation service, in words a visitor follows.
+
+    ``key_set``: whether the box has an API key; a refusal without one is the missing key's.
+    """
     if not status.process_up("session"):
         return Banner(level="error", text="Translation offline", detail="the session process is not running")
     session = status.session_info()
@@ -54,8 +58,8 @@ def banner(status: StatusAggregator) -> Banner:
         return Banner(level="warn", text="Offline — reconnecting…", detail=session.last_error or session.detail)
     why = session.last_error or session.detail
     lowered = why.lower()
-    if "no api key" in lowered:
-        return Banner(level="error", text="No API key set", detail="staff: see the admin page")
+    if "no api key" in lowered or (not key_set and state == "failed" and "401" in lowered):
+        return Banner(level="error", text="No API key set", detail="staff: enter it on the admin page (/admin)")
     if "api key" in lowered or "401" in lowered or "invalidapikey" in lowered.replace("_", ""):
         return Banner(level="error", text="Wrong API key", detail="staff: check the key and its region")
     if state == "failed":
@@ -106,7 +110,7 @@ class CaptionHub:
     def screen(self) -> dict[str, Any]:
         cfg = self.config()
         return {
-            "banner": banner(self.status).model_dump(),
+            "banner": banner(self.status, config_mod.api_key(cfg)[0] is not None).model_dump(),
             "source": cfg.languages.source,
             "target": cfg.languages.target,
             "source_captions": cfg.output.source_captions,

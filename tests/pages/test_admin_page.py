@@ -138,3 +138,42 @@ def test_the_model_choice_brings_its_languages_and_reconnects_once(
         assert len(sim.connections) == 2
     finally:
         page.close()
+
+
+def test_first_boot_the_key_is_pasted_on_the_admin_page(browser: Any, rundir: Path, notify: NotifySocket) -> None:
+    with running_in_thread(api_key=KEY) as sim:
+        config = (
+            '[languages]\nsource = "zh"\ntarget = "en"\n\n'
+            f'[service]\nbackend = "cloud"\nurl = "{sim.url}"\nconnect_timeout_s = 3\nfinish_timeout_s = 3\n'
+        )
+        for control in start_control(rundir, notify, config):  # no key anywhere
+            env = service_env(rundir)
+            cmd = tolk_cmd("service", "session", "--config", str(control.config))
+            with running(cmd, env, rundir / "session.log"):
+                screen = browser.new_page(viewport=KIOSK)
+                admin = browser.new_page(viewport={"width": 1280, "height": 900})
+                try:
+                    screen.goto(control.url + "/")
+                    screen.locator("#banner-text").get_by_text("No API key set").wait_for(timeout=15000)
+                    assert "admin page" in screen.locator("#banner-detail").inner_text()
+                    screen.screenshot(path=str(Path("test-artifacts") / "screen-no-key-800x480.png"))
+
+                    admin.goto(control.url + "/admin")
+                    admin.wait_for_selector("body[data-ready='true']", timeout=10000)
+                    admin.locator("#key-state").get_by_text("No key is set").wait_for(timeout=5000)
+                    admin.fill("#api-key", KEY)
+                    admin.click("#save-key")
+                    admin.locator("#message.ok").get_by_text("Key saved").wait_for(timeout=5000)
+                    assert admin.locator("#api-key").input_value() == ""  # never shown again
+                    admin.locator("#key-state").get_by_text("entered on the admin page").wait_for(timeout=5000)
+
+                    # Within seconds the session is live with it, and the screen's banner is gone.
+                    wait_until(lambda: sim.connections and sim.connections[-1].authorization == f"Bearer {KEY}",
+                               15, what="a connection with the key")  # fmt: skip
+                    admin.locator("#session-state").get_by_text("live").wait_for(timeout=15000)
+                    screen.locator("#banner").wait_for(state="hidden", timeout=15000)
+                    assert KEY not in admin.content() and KEY not in screen.content()
+                finally:
+                    screen.close()
+                    admin.close()
+            assert KEY not in control.log.read_text() and KEY not in (rundir / "session.log").read_text()

@@ -256,6 +256,42 @@
     }
   }
 
+  // The key goes to the box once and is never shown again: the field is cleared either way.
+  async function saveKey(event) {
+    event.preventDefault();
+    const field = $("api-key");
+    const key = field.value.trim();
+    field.value = "";
+    try {
+      await api("PUT", "/api/key", { api_key: key });
+      showMessage("ok", "Key saved", ["The session connects with it now."]);
+    } catch (err) {
+      showProblem(err);
+    }
+    refreshStatus();
+  }
+
+  async function forgetKey() {
+    try {
+      await api("DELETE", "/api/key");
+      showMessage("ok", "Key forgotten", []);
+    } catch (err) {
+      showProblem(err);
+    }
+    refreshStatus();
+  }
+
+  function showKey(c) {
+    const set = c.api_key === "set";
+    $("key-state").textContent = set
+      ? `A key is set (${c.api_key_from}).`
+      : "No key is set: the box cannot reach the translation service.";
+    const installer = set && c.api_key_from !== "entered on the admin page";
+    $("forget-key").disabled = !set || installer;
+    $("save-key").disabled = installer;
+    if (installer) $("key-state").textContent += " It was set when the box was installed; change it there.";
+  }
+
   async function command(path, done) {
     try {
       await api("POST", path);
@@ -278,6 +314,7 @@
       $("health").className = "pill bad";
       return;
     }
+    showKey(s.config);
     $("health").textContent = s.health.ok ? "All working" : "Needs attention";
     $("health").className = `pill ${s.health.ok ? "ok" : "bad"}`;
     $("reasons").replaceChildren(
@@ -347,6 +384,8 @@
     $("volume-value").textContent = `${$("volume").value} %`;
   });
   $("settings").addEventListener("submit", save);
+  $("key-form").addEventListener("submit", saveKey);
+  $("forget-key").addEventListener("click", forgetKey);
   $("revert").addEventListener("click", () => {
     fillForm();
     $("message").hidden = true;
