@@ -291,6 +291,13 @@ class ControlConfig(_Section):
     token_file: Path | None = Field(
         None, description="File holding the token that writes and /admin need when listen is not loopback."
     )
+    captions_clear_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Privacy: captions leave the screen and /api/status after the room has been quiet this long; "
+        "0 keeps them.",
+    )
 
     @field_validator("listen")
     @classmethod

@@ -115,6 +115,7 @@ class CaptionHub:
             "target": cfg.languages.target,
             "source_captions": cfg.output.source_captions,
             "mode": cfg.languages.mode,
+            "cleared": self.status.captions_cleared,  # the room fell quiet: what was said leaves
         }
 
     def state(self) -> dict[str, Any]:
@@ -152,8 +153,13 @@ class CaptionHub:
                     await ws.send_json(state)
                 elif event["type"] == "caption":
                     await ws.send_json(event)
+            self.status.forget_if_quiet()
             now = self.screen()
-            if now != screen:
+            if now["cleared"] != screen["cleared"]:
+                state = self.state()
+                screen = {k: v for k, v in state.items() if k not in ("type", "captions")}
+                await ws.send_json(state)  # the screen starts afresh, with no caption
+            elif now != screen:
                 screen = now
                 await ws.send_json({"type": "screen", **now})
 

@@ -25,7 +25,7 @@ class ControlService(Service):
 
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
-        self.aggregator = StatusAggregator()
+        self.aggregator = StatusAggregator(captions_clear_s=ctx.config.control.captions_clear_s)
         self.store = ConfigStore(ctx.config, ctx.config_path, vet=_listen_needs_token)
         self.app = create_app(self.aggregator, self.store, self.bus.publish)
         self.listener: HttpListener | None = None
@@ -92,6 +92,7 @@ class ControlService(Service):
 
     async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:
         self.store.replace(new)
+        self.aggregator.captions_clear_s = new.control.captions_clear_s
         policy = AccessPolicy.from_config(new)
         if policy.problem() is None:
             logs.redact(policy.token)

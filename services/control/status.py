@@ -90,8 +90,14 @@ class StatusAggregator:
         clock: Callable[[], float] = time.monotonic,
         down_after_s: float = DOWN_AFTER_S,
         captions_kept: int = CAPTIONS_KEPT,
+        captions_clear_s: float = 0.0,
     ) -> None:
         self.clock = clock
+        #: What people said is forgotten after this long without a word (0: kept until it scrolls out).
+        self.captions_clear_s = captions_clear_s
+        #: Counts the times the captions were forgotten: a screen that saw another count resets.
+        self.captions_cleared = 0
+        self._words_at = 0.0  # the last caption, or speech starting or ending
         self.down_after_s = down_after_s
         self.captions_kept = captions_kept
         self.received = 0
@@ -130,6 +136,7 @@ class StatusAggregator:
             self._caption(msg, now)
         elif isinstance(msg, SpeechActivity):
             self._speaking = msg.speaking
+            self._words_at = now  # speech started, or the quiet starts now
         elif isinstance(msg, PlaybackState):
             self._playback, self._playback_at = msg, now
         for observer in self.observers:
@@ -157,7 +164,7 @@ class StatusAggregator:
             return
         text = msg.text if msg.final else msg.text + msg.stash
         setattr(utt, kind, CaptionText(text=text, final=msg.final, language=msg.language))
-        utt.updated_at = now
+        utt.updated_at = self._words_at = now
 
     # --- views -----------------------------------------------------------------------------------
 
@@ -251,7 +258,18 @@ class StatusAggregator:
 
     def captions(self) -> list[CaptionInfo]:
         now = self.clock()
+        self.forget_if_quiet(now)
         return [self._caption_info(u, now) for u in self._utterances.values()]
+
+    def forget_if_quiet(self, now: float | None = None) -> bool:
+        """Drop every caption once the room has been quiet ``captions_clear_s``; whether it did."""
+        now = self.clock() if now is None else now
+        quiet = now - self._words_at >= self.captions_clear_s
+        if not self._utterances or self.captions_clear_s <= 0 or self._speaking or not quiet:
+            return False
+        self._utterances.clear()
+        self.captions_cleared += 1
+        return True
 
     def caption(self, utterance: str) -> CaptionInfo | None:
         """One utterance as it stands now (None once it has scrolled out)."""

@@ -62,7 +62,9 @@ class ControlProcess:
 def start_control(rundir: Path, notify: NotifySocket, config_text: str, **env: str) -> Iterator[ControlProcess]:
     port = free_port()
     cfg = rundir / "tolk.toml"
-    cfg.write_text(config_text + f'\n[control]\nlisten = "127.0.0.1:{port}"\n', encoding="utf-8")
+    # Appended to a [control] table the config ends with, else in one of its own.
+    table = "" if config_text.rstrip().rsplit("\n[", 1)[-1].startswith("control]") else "\n[control]"
+    cfg.write_text(config_text + f'{table}\nlisten = "127.0.0.1:{port}"\n', encoding="utf-8")
     process_env = service_env(rundir, NOTIFY_SOCKET=notify.path, **env)
     log = rundir / "control.log"
     with running(tolk_cmd("service", "control", "--config", str(cfg)), process_env, log):

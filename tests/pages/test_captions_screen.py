@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from daemon.messages import Caption, SessionStatus
@@ -20,11 +21,13 @@ EN_HELLO = "Hello, welcome to the National Museum."
 ZH_PARTIAL, ZH_STASH = "这幅画创作于", "十六世纪"
 EN_PARTIAL, EN_STASH = "This painting was made", " in the sixteenth"
 AR_FINAL = "هذه اللوحة من القرن السادس عشر."
+SOME_KEY = "sk-screen-test-key-0b7d"
 
 
 @pytest.fixture
 def control(rundir: Path, notify: NotifySocket) -> Iterator[ControlProcess]:
-    yield from start_control(rundir, notify, '[languages]\nsource = "zh"\ntarget = "en"\n')
+    # A key is set (one the service will refuse, below): "wrong key", not "no key".
+    yield from start_control(rundir, notify, '[languages]\nsource = "zh"\ntarget = "en"\n', DASHSCOPE_API_KEY=SOME_KEY)
 
 
 def _style(page: Any, selector: str, prop: str) -> str:
@@ -114,3 +117,23 @@ def test_captions_on_screen(browser: Any, control: ControlProcess, rundir: Path,
             page.wait_for_function("document.getElementById('banner').hidden", timeout=5000)
     finally:
         page.close()
+
+
+def test_what_was_said_leaves_the_screen_when_the_room_is_quiet(
+    browser: Any, rundir: Path, notify: NotifySocket, artifacts: Path
+) -> None:
+    config = '[languages]\nsource = "zh"\ntarget = "en"\n[control]\ncaptions_clear_s = 2\n'
+    for control in start_control(rundir, notify, config):
+        page = browser.new_page(viewport=KIOSK)
+        try:
+            page.goto(control.url + "/")
+            with FakeBox(rundir) as box:
+                box.captions = [Caption(utterance="u1", kind="translation", text=EN_HELLO, final=True, language="en")]
+                page.locator('[data-utterance="u1"] .translation').get_by_text(EN_HELLO).wait_for(timeout=10000)
+                box.captions = []  # nobody speaks any more
+                page.wait_for_function("!document.querySelector('.utterance')", timeout=8000)
+                status = httpx.get(control.url + "/api/status", timeout=5).json()
+                assert status["captions"] == []
+                page.screenshot(path=str(artifacts / "captions-cleared-800x480.png"))
+        finally:
+            page.close()

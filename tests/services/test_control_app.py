@@ -17,7 +17,7 @@ import tomlkit
 
 from daemon import config as config_mod
 from daemon.bus import PROCESSES
-from daemon.messages import Caption, ConfigChanged, Heartbeat, Message, SessionStatus, Usage
+from daemon.messages import Caption, ConfigChanged, Heartbeat, Message, SessionStatus, SpeechActivity, Usage
 from services.control.api import create_app
 from services.control.status import StatusAggregator
 from services.control.status_cli import format_status
@@ -114,6 +114,8 @@ async def test_status_shows_captions_usage_and_config(setup: tuple[Any, ...]) ->
         assert partial["captions"][0]["translation"] == {"text": "Hello wor", "final": False, "language": "en"}
         assert partial["usage"]["input_audio_tokens"] == 125
         assert partial["config"] == {
+            "api_key": "missing",  # never the key itself
+            "api_key_from": "",
             "source": "zh",
             "target": "en",
             "modalities": ["text", "audio"],
@@ -325,3 +327,25 @@ def test_a_degraded_process_is_up_but_not_healthy() -> None:
     assert not health.ok
     assert "capture: waiting for device 'usbmic': No such file or directory" in health.reasons
     assert agg.process_statuses()["capture"].up
+
+
+def test_captions_leave_once_the_room_is_quiet() -> None:
+    clock = Clock()
+    agg = StatusAggregator(PROCESSES, clock=clock, captions_clear_s=30.0)
+    agg.handle(Caption(utterance="u1", kind="translation", text="Hello.", final=True, language="en"))
+    clock.now += 29.0
+    assert [c.utterance for c in agg.captions()] == ["u1"]
+    # Someone starts speaking before the 30 s: the words stay while the room is not quiet.
+    agg.handle(SpeechActivity(speaking=True))
+    clock.now += 60.0
+    assert [c.utterance for c in agg.captions()] == ["u1"] and agg.captions_cleared == 0
+    agg.handle(SpeechActivity(speaking=False))
+    clock.now += 29.0
+    assert agg.captions()  # quiet for 29 s since the speech ended
+    clock.now += 1.0
+    assert agg.captions() == [] and agg.captions_cleared == 1
+    # 0 keeps them.
+    agg.captions_clear_s = 0.0
+    agg.handle(Caption(utterance="u2", kind="translation", text="Again.", final=True, language="en"))
+    clock.now += 3600.0
+    assert [c.utterance for c in agg.captions()] == ["u2"]

@@ -190,8 +190,9 @@ async def _next(ws: Any, kind: str) -> dict[str, Any]:
             return dict(msg)
 
 
-async def test_captions_stream(served: tuple[str, StatusAggregator]) -> None:
+async def test_captions_stream(served: tuple[str, StatusAggregator], monkeypatch: pytest.MonkeyPatch) -> None:
     listen, agg = served
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-the-refused-one-1")  # a key the service refuses
     for name in PROCESSES:
         agg.handle(Heartbeat(service=name, state="ready"))
     agg.handle(SessionStatus(state="live"))
@@ -217,6 +218,11 @@ async def test_captions_stream(served: tuple[str, StatusAggregator]) -> None:
         assert screen["banner"]["level"] == "error" and screen["banner"]["text"] == "Wrong API key"
         agg.handle(SessionStatus(state="backoff", last_error="network: connection refused"))
         assert (await _next(ws, "screen"))["banner"]["text"] == "Offline — reconnecting…"
+        # Refused with no key set at all: the missing key is what staff must fix.
+        monkeypatch.delenv("DASHSCOPE_API_KEY")
+        agg.handle(SessionStatus(state="failed", last_error="the service refused the API key (HTTP 401): check"))
+        missing = await _next(ws, "screen")
+        assert missing["banner"]["text"] == "No API key set" and "admin page" in missing["banner"]["detail"]
 
     # A page of another site may not read the stream (the handshake is refused).
     with pytest.raises(InvalidStatus) as refused:
