@@ -298,6 +298,12 @@ class ControlConfig(_Section):
         description="Privacy: captions leave the screen and /api/status after the room has been quiet this long; "
         "0 keeps them.",
     )
+    notice: str | None = Field(
+        None,
+        max_length=400,
+        description="The privacy notice on the screen; unset: that speech (and the camera's pictures) go to a "
+        'cloud translation service, in the visitor\'s languages; "": none.',
+    )
 
     @field_validator("listen")
     @classmethod

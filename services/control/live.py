@@ -21,6 +21,7 @@ from daemon import backend
 from daemon import config as config_mod
 from daemon.config import Config
 from daemon.messages import Caption, Message, SessionStatus
+from services.control.notice import notice
 from services.control.status import StatusAggregator
 
 #: How often an idle stream re-checks the banner (a process going quiet sends nothing).
@@ -109,6 +110,7 @@ class CaptionHub:
 
     def screen(self) -> dict[str, Any]:
         cfg = self.config()
+        camera = cfg.camera.source != "none" and self.status.process_up("camera")
         return {
             "banner": banner(self.status, config_mod.api_key(cfg)[0] is not None).model_dump(),
             "source": cfg.languages.source,
@@ -116,6 +118,8 @@ class CaptionHub:
             "source_captions": cfg.output.source_captions,
             "mode": cfg.languages.mode,
             "cleared": self.status.captions_cleared,  # the room fell quiet: what was said leaves
+            "camera": camera,
+            "notice": notice(cfg, camera) if backend.resolve(cfg) == "cloud" else [],
         }
 
     def state(self) -> dict[str, Any]:

@@ -54,6 +54,11 @@ def test_captions_on_screen(browser: Any, control: ControlProcess, rundir: Path,
             newest = page.locator('[data-utterance="u2"] .translation')
             newest.get_by_text(EN_PARTIAL + EN_STASH).wait_for(timeout=10000)
             page.wait_for_function("document.getElementById('banner').hidden", timeout=5000)
+            # The privacy notice, in the visitor's languages; no camera in use.
+            lines = page.locator("#notice .notice-line")
+            assert lines.count() == 2 and lines.nth(0).get_attribute("lang") == "zh-Hans"
+            assert "云端翻译服务" in lines.nth(0).inner_text() and "cloud translation" in lines.nth(1).inner_text()
+            assert page.locator("#camera-on").is_hidden()
 
             # Source above translation, newest at the bottom, the older one faded.
             first = page.locator('[data-utterance="u1"]')

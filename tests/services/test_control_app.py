@@ -19,6 +19,7 @@ from daemon import config as config_mod
 from daemon.bus import PROCESSES
 from daemon.messages import Caption, ConfigChanged, Heartbeat, Message, SessionStatus, SpeechActivity, Usage
 from services.control.api import create_app
+from services.control.notice import notice
 from services.control.status import StatusAggregator
 from services.control.status_cli import format_status
 from services.control.store import ConfigStore, write_atomic
@@ -349,3 +350,15 @@ def test_captions_leave_once_the_room_is_quiet() -> None:
     agg.handle(Caption(utterance="u2", kind="translation", text="Again.", final=True, language="en"))
     clock.now += 3600.0
     assert [c.utterance for c in agg.captions()] == ["u2"]
+
+
+def test_the_privacy_notice_follows_the_languages_the_camera_and_the_owner() -> None:
+    cfg = config_mod.validate({"languages": {"source": "ja", "target": "de"}})
+    assert [line["language"] for line in notice(cfg, camera_on=False)] == ["ja", "de"]
+    assert "Kamera" in notice(cfg, camera_on=True)[1]["text"]
+    assert "Kamera" not in notice(cfg, camera_on=False)[1]["text"]
+    thai = config_mod.validate({"languages": {"source": "th", "target": "en"}})
+    assert [line["language"] for line in notice(thai, camera_on=False)] == ["en"]  # no Thai text: English
+    own = config_mod.validate({"control": {"notice": "Recorded for quality."}})
+    assert notice(own, camera_on=True) == [{"language": "", "text": "Recorded for quality."}]
+    assert notice(config_mod.validate({"control": {"notice": ""}}), camera_on=True) == []

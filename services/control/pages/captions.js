@@ -45,6 +45,25 @@
     }
     const b = message.banner || { level: "ok" };
     setBanner(b.level, b.text, b.detail);
+    showNotice(message.notice || [], !!message.camera);
+  }
+
+  // Where speech (and pictures) go, in the visitor's languages; whether the camera is in use.
+  function showNotice(lines, camera) {
+    document.getElementById("camera-on").hidden = !camera;
+    document.getElementById("notice-lines").replaceChildren(
+      ...lines.map((line) => {
+        const span = document.createElement("span");
+        span.className = "notice-line";
+        span.textContent = line.text;
+        if (line.language) {
+          span.lang = L.tag(line.language);
+          span.dir = L.dir(line.language);
+        }
+        return span;
+      }),
+    );
+    document.getElementById("notice").hidden = !lines.length && !camera;
   }
 
   function fill(p, part, fallbackLanguage) {
