@@ -100,6 +100,12 @@ def _cmd_install(args: argparse.Namespace) -> int:
     return main_install(args.root, args.api_key_file, args.entry_point, create_user=not args.no_user)
 
 
+def _cmd_screen(args: argparse.Namespace) -> int:
+    from daemon.app.screen import main as screen_main
+
+    return screen_main(args.config, dry_run=args.dry_run)
+
+
 def _cmd_uninstall(args: argparse.Namespace) -> int:
     from daemon.app.install import main_uninstall
 
@@ -147,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     uninst.add_argument("--root", default="/", help="uninstall from this tree instead of /")
     uninst.add_argument("--purge", action="store_true", help="also remove the config, the state and the tolk user")
     uninst.set_defaults(func=_cmd_uninstall)
+
+    screen = with_config(sub.add_parser("screen", help="the captions page full screen on the display (kiosk)"))
+    screen.add_argument("--dry-run", action="store_true", help="print the browser's command line, start nothing")
+    screen.set_defaults(func=_cmd_screen)
 
     devices = sub.add_parser("devices", help="the ALSA capture and playback devices, by the names the config takes")
     devices.add_argument("--json", action="store_true", help="print JSON")

@@ -42,7 +42,7 @@ def _unit(name: str) -> configparser.ConfigParser:
     return parser
 
 
-@pytest.mark.parametrize("unit", [*SERVICES, "tolk.target"])
+@pytest.mark.parametrize("unit", [*SERVICES, "tolk-screen.service", "tolk.target"])
 def test_verify_is_silent(root: Path, unit: str) -> None:
     result = subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}", unit], capture_output=True, text=True, cwd=root
@@ -71,3 +71,11 @@ def test_each_unit_runs_its_process_under_the_target(name: str) -> None:
     assert unit["Service"]["Restart"] == "always" and unit["Service"]["RuntimeDirectory"] == "tolk"
     assert "WatchdogSec" in unit["Service"]
     assert f"tolk-{name}.service" in _unit("tolk.target")["Unit"]["Wants"]
+
+
+def test_the_screen_comes_after_control_and_only_when_enabled() -> None:
+    unit = _unit("tolk-screen.service")
+    assert "tolk-control.service" in unit["Unit"]["After"] and unit["Unit"]["PartOf"] == "tolk.target"
+    assert unit["Service"]["ExecStart"] == "/usr/local/bin/tolk screen" and unit["Service"]["Restart"] == "always"
+    assert unit["Unit"]["ConditionPathExistsGlob"] == "/dev/dri/card*"  # no display: skipped
+    assert "tolk-screen.service" not in _unit("tolk.target")["Unit"]["Wants"]  # enabled by the owner
