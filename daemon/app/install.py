@@ -33,6 +33,7 @@ KEY_FILE = CREDENTIALS / "dashscope-api-key"
 COMMAND = Path("usr/local/bin/tolk")
 DOC = Path("usr/share/doc/tolk/README.md")
 STATE_DIR = Path("var/lib/tolk")
+JOURNALD = Path("etc/systemd/journald.conf.d/tolk.conf")
 #: Where ProtectHome= hides the checkout from the units.
 HIDDEN_FROM_UNITS = ("/home", "/root", "/run/user")
 
@@ -77,6 +78,7 @@ class Installer:
             self.user()
         self.install_units()
         self.file(CHECKOUT / "README.md", DOC, 0o644)
+        self.journald()
         self.config()
         self.credential(key)
         self.command(entry_point)
@@ -110,6 +112,13 @@ class Installer:
              "--groups", ",".join(GROUPS), "--comment", "tolk kiosk translation appliance", USER]
         )  # fmt: skip
         self.did(f"created system user {USER} (groups {', '.join(GROUPS)})")
+
+    def journald(self) -> None:
+        """The journal in memory, capped (config/journald.conf): logs do not wear the SD card."""
+        before = self.changed
+        self.file(CHECKOUT / "config" / "journald.conf", JOURNALD, 0o644)
+        if self.changed != before and systemd_running(self.root):
+            run(["systemctl", "restart", "systemd-journald.service"])
 
     def install_units(self) -> None:
         for unit in units():
@@ -216,6 +225,8 @@ class Installer:
             self.remove(COMMAND)
         self.remove(DOC)
         self.remove_dir(DOC.parent)
+        self.remove(JOURNALD)
+        self.remove_dir(JOURNALD.parent)
         if purge:
             self.remove(CONFIG)
             self.remove_dir(CONFIG.parent)

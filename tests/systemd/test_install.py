@@ -62,6 +62,10 @@ def test_install_puts_everything_in_place_with_safe_modes(root: Path) -> None:
         assert unit.read_bytes() == (REPO / "systemd" / name).read_bytes() and mode(unit) == 0o644
     config = root / "etc/tolk/tolk.toml"
     assert config.read_bytes() == (REPO / "config/tolk.toml").read_bytes() and mode(config) == 0o644
+    # The journal in memory, capped: an SD card is not worn by logs.
+    journald = root / "etc/systemd/journald.conf.d/tolk.conf"
+    assert "Storage=volatile" in journald.read_text() and "RuntimeMaxUse=" in journald.read_text()
+    assert mode(journald) == 0o644
 
     key = root / "etc/tolk/credentials/dashscope-api-key"
     st = key.stat()
@@ -118,6 +122,7 @@ def test_uninstall_removes_what_install_put_and_purge_the_rest(root: Path) -> No
     result = tolk(root, "uninstall")
     assert result.returncode == 0, result.stderr
     assert not list((root / "etc/systemd/system").rglob("tolk*"))
+    assert not (root / "etc/systemd/journald.conf.d").exists()
     assert not (root / "etc/tolk/credentials").exists() and not (root / "usr/local/bin/tolk").is_symlink()
     assert (root / "etc/tolk/tolk.toml").exists() and (root / "var/lib/tolk/config.toml").exists()
     assert "tolk:" in (root / "etc/passwd").read_text()
