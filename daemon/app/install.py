@@ -1,6 +1,6 @@
 """``tolk install`` / ``tolk uninstall``: put the box under systemd, idempotently.
 
-install: the ``tolk`` system user (groups audio, video), the units in ``/etc/systemd/system``,
+install: the ``tolk`` system user (groups audio, video, systemd-journal), the units in ``/etc/systemd/system``,
 the shipped config as ``/etc/tolk/tolk.toml`` (an existing one is never touched), the API key
 as the credential file ``/etc/tolk/credentials/dashscope-api-key`` (root, 0600; the session
 unit reads it through ``LoadCredential=``), ``/usr/local/bin/tolk`` linking to this checkout's
@@ -25,7 +25,7 @@ from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 USER = "tolk"
-GROUPS = ("audio", "video")
+GROUPS = ("audio", "video", "systemd-journal")  # the last: the logs download reads the journal
 UNIT_DIR = Path("etc/systemd/system")
 CONFIG = Path("etc/tolk/tolk.toml")
 CREDENTIALS = Path("etc/tolk/credentials")

@@ -7,12 +7,14 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from daemon import engine_languages as eng_lang
 from daemon import languages as lang
 from daemon.config import Config
 from daemon.realtime import profiles
+from services.control import journal
 from services.control.commands import CommandDesk, Refused, Undelivered
 from services.control.devices import DevicesReport
 from services.control.metrics import CONTENT_TYPE, BoxMetrics
@@ -206,6 +208,23 @@ def box_router(
         sides = {"a-to-b": f"{a} → {b}", "b-to-a": f"{b} → {a}"}
         detail = f"the session translates {sides[body.direction]}" if body.direction in sides else "automatic"
         return CommandSent(command="direction", sent=True, detail=detail)
+
+    @router.get(
+        "/api/logs",
+        response_class=PlainTextResponse,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "The lines, oldest first."},
+            503: {"model": ConfigRejected, "description": "No journal here (not under systemd)."},
+        },
+        summary="The last hour of tolk's logs from journald, as a download (no key, no token).",
+    )
+    async def get_logs() -> Response:
+        try:
+            text = await asyncio.to_thread(journal.last_hour, config())
+        except journal.JournalUnavailable as exc:
+            return JSONResponse({"error": "logs unavailable", "problems": [str(exc)]}, status_code=503)
+        disposition = 'attachment; filename="tolk-logs.txt"'
+        return PlainTextResponse(text, headers={"Content-Disposition": disposition})
 
     @router.get(
         "/metrics",

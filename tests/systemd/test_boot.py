@@ -19,7 +19,7 @@ import pytest
 
 from daemon.bus import PROCESSES
 from tests.helpers import rmtree, short_tmpdir, wait_until
-from tests.systemd.boot.container import BootRefused, Container
+from tests.systemd.boot.container import INNER_REPO, BootRefused, Container
 
 UNITS = [f"tolk-{name}.service" for name in PROCESSES]
 
@@ -131,3 +131,32 @@ def test_a_stalled_capture_is_restarted_by_the_watchdog(box: Container) -> None:
         20, what="capture back",
     )  # fmt: skip
     wait_until(lambda: box.show("tolk-capture.service", "StatusText").startswith("capturing boot_mic"), 10)
+
+
+_PUT_KEY_AND_DOWNLOAD = """
+import json, os, stat, urllib.request
+key = os.environ["KEY"]
+put = urllib.request.Request("http://127.0.0.1:8080/api/key", data=json.dumps({"api_key": key}).encode(),
+                             method="PUT", headers={"Content-Type": "application/json", "Host": "127.0.0.1:8080"})
+status = urllib.request.urlopen(put, timeout=10).status
+logs = urllib.request.urlopen("http://127.0.0.1:8080/api/logs", timeout=20)
+text = logs.read().decode()
+stored = os.stat("/var/lib/tolk/api-key")
+print(json.dumps({"put": status, "disposition": logs.headers["Content-Disposition"], "text": text[-20000:],
+                  "key_in_logs": key in text, "mode": stat.S_IMODE(stored.st_mode), "uid": stored.st_uid}))
+"""
+
+
+def test_a_key_entered_over_http_is_kept_and_never_in_the_logs_download(box: Container) -> None:
+    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all five units active")
+    key = "sk-boot-entered-key-5d2c"
+    python = str(INNER_REPO / ".venv/bin/python")
+    out = box.run("env", f"KEY={key}", python, "-c", _PUT_KEY_AND_DOWNLOAD, timeout=60).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["put"] == 204 and result["mode"] == 0o600
+    assert box.run("id", "-u", "tolk").stdout.strip() == str(result["uid"])  # the box's user owns it
+    # The session reconnected with it, and the download holds tolk's own lines, never the key.
+    wait_until(lambda: "the API key changed" in box.journal("-u", "tolk-session.service"), 15, what="a reconnect")
+    assert "tolk-session" in result["text"] and "tolk-control" in result["text"]
+    assert not result["key_in_logs"] and "attachment" in result["disposition"]
+    assert key not in box.journal("-u", "tolk-session.service", "-u", "tolk-control.service")
