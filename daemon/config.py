@@ -91,6 +91,7 @@ class Config(_Section):
             )
         if self.languages.mode == "conversation":
             _check_both_directions(self, profile)
+        _check_visitor_languages(self, profile)
         voice = self.output.voice
         if voice is not None and voice not in profile.voices:
             raise ValueError(
@@ -150,6 +151,32 @@ def _check_languages(cfg: Config, profile: profiles.ModelProfile) -> None:
         raise ValueError(
             f"languages.target = {target!r}: {profile.name} cannot translate into {lang.describe(target)}; "
             f"it can on {', '.join(where)}{speech}: set [service] model to one of those"
+        )
+
+
+def _check_visitor_languages(cfg: Config, profile: profiles.ModelProfile) -> None:
+    """What a visitor may pick must be a target of the model, speakable as the output asks."""
+    offered = cfg.control.visitor_languages
+    if not offered:
+        return
+    if cfg.languages.mode == "conversation":
+        raise ValueError('control.visitor_languages: in mode = "conversation" both languages are the staff\'s; '
+                         "leave it empty")  # fmt: skip
+    if missing := [code for code in offered if code not in profile.languages.targets]:
+        raise ValueError(
+            f"control.visitor_languages: {profile.name} cannot translate into {lang.describe(missing[0])}"
+        )
+    mods, voice = cfg.output.modalities, cfg.output.voice
+    if mods is not None and "audio" in mods and (silent := [c for c in offered if c not in profile.languages.speech]):
+        raise ValueError(
+            f"control.visitor_languages: {lang.describe(silent[0])} is text-only on {profile.label} while "
+            f"output.modalities = {mods!r}; leave modalities unset (speech where there is speech)"
+        )
+    speaks = profile.voices.get(voice or "", frozenset())
+    if voice is not None and (mute := [c for c in offered if c in profile.languages.speech and c not in speaks]):
+        raise ValueError(
+            f"control.visitor_languages: output.voice = {voice!r} cannot speak {lang.describe(mute[0])}; "
+            "leave voice unset (each language gets one that speaks it)"
         )
 
 

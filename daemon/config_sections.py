@@ -298,12 +298,27 @@ class ControlConfig(_Section):
         description="Privacy: captions leave the screen and /api/status after the room has been quiet this long; "
         "0 keeps them.",
     )
+    visitor_languages: list[str] = Field(
+        default_factory=list,
+        max_length=12,
+        description="One-way mode: languages a visitor may pick on the captions screen for the next conversation "
+        "(back to languages.target after captions_clear_s of quiet); empty: no buttons.",
+    )
     notice: str | None = Field(
         None,
         max_length=400,
         description="The privacy notice on the screen; unset: that speech (and the camera's pictures) go to a "
         'cloud translation service, in the visitor\'s languages; "": none.',
     )
+
+    @field_validator("visitor_languages")
+    @classmethod
+    def _visitor_codes(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value!r} names a language twice")
+        for code in value:
+            _check_code(code, profiles.known_codes(), "language code a model knows")
+        return value
 
     @field_validator("listen")
     @classmethod

@@ -245,6 +245,8 @@ class SessionStatus(Message):
     backlog_dropped: int = 0  # audio chunks dropped from the backlog while disconnected
     model: str = ""
     backend: str = ""  # "cloud", "local", or "local-fallback" (the engine while the cloud is unreachable)
+    #: The language it translates into now (a visitor's choice, or a conversation's direction).
+    target: str = ""
 
 
 @dataclass(kw_only=True)

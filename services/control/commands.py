@@ -26,6 +26,7 @@ CARRIERS = {
     "speaker-test": "playback",
     "restart-session": "session",
     "direction": "session",
+    "visitor-language": "session",
 }
 
 

@@ -34,6 +34,8 @@ def last_hour(cfg: config_mod.Config) -> str:
         raise JournalUnavailable(f"journalctl did not answer: {exc}") from None
     if result.returncode != 0:
         why = result.stderr.decode("utf-8", "replace").strip()[:300] or f"exit {result.returncode}"
+        if "No data available" in why:  # the journal holds no line of a tolk unit yet
+            return ""
         raise JournalUnavailable(f"journalctl: {why}")
     text = result.stdout[-MAX_BYTES:].decode("utf-8", "replace")
     for secret in (config_mod.api_key(cfg)[0], load_token(cfg)[0]):

@@ -114,7 +114,8 @@ class CaptionHub:
         return {
             "banner": banner(self.status, config_mod.api_key(cfg)[0] is not None).model_dump(),
             "source": cfg.languages.source,
-            "target": cfg.languages.target,
+            "target": self.status.session_target() or cfg.languages.target,
+            "visitor_languages": cfg.control.visitor_languages if cfg.languages.mode == "one-way" else [],
             "source_captions": cfg.output.source_captions,
             "mode": cfg.languages.mode,
             "cleared": self.status.captions_cleared,  # the room fell quiet: what was said leaves

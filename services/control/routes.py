@@ -85,6 +85,10 @@ COMMAND_REFUSED: dict[int | str, dict[str, Any]] = {
 }
 
 
+class VisitorLanguageRequest(BaseModel):
+    language: str = Field(max_length=8, description='One of [control] visitor_languages; "": the configured target.')
+
+
 class DirectionRequest(BaseModel):
     direction: Literal["a-to-b", "b-to-a", "auto"] = Field(
         description='Conversation mode: "a-to-b" ([languages] source → target) or "b-to-a" holds '
@@ -209,9 +213,27 @@ def box_router(
         detail = f"the session translates {sides[body.direction]}" if body.direction in sides else "automatic"
         return CommandSent(command="direction", sent=True, detail=detail)
 
+    @router.post(
+        "/api/visitor-language",
+        status_code=202,
+        response_model=CommandSent,
+        responses={
+            **COMMAND_REFUSED,
+            409: {"model": ConfigRejected, "description": "Not one of [control] visitor_languages, or refused."},
+        },
+        summary="A visitor's language from the screen's buttons: the next words are translated into it.",
+    )
+    async def post_visitor_language(body: VisitorLanguageRequest) -> CommandSent:
+        offered = config().control.visitor_languages
+        if body.language and body.language not in offered:
+            raise HTTPException(409, f"{body.language!r} is not offered: [control] visitor_languages = {offered!r}")
+        await _carried_out(desk, "visitor-language", {"language": body.language})
+        detail = f"translating into {body.language}" if body.language else "back to the configured target"
+        return CommandSent(command="visitor-language", sent=True, detail=detail)
+
     @router.get(
         "/api/logs",
-        response_class=PlainTextResponse,
+        response_class=Response,
         responses={
             200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "The lines, oldest first."},
             503: {"model": ConfigRejected, "description": "No journal here (not under systemd)."},

@@ -256,6 +256,10 @@ class StatusAggregator:
             cost_per_hour=u.cost_per_hour,
         )
 
+    def session_target(self) -> str:
+        """The language the session says it translates into now ("" before it said)."""
+        return self._session.target if self._session is not None else ""
+
     def captions(self) -> list[CaptionInfo]:
         now = self.clock()
         self.forget_if_quiet(now)

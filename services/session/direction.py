@@ -71,6 +71,8 @@ class Direction:
         self._suppressed_items: deque[str] = deque(maxlen=64)
         self._suppress_next_responses = 0
         self._suppressed_responses: set[str] = set()
+        #: A visitor's target language (the screen's buttons, one-way mode), or None: the staff's.
+        self.visitor: str | None = None
         self.configure(languages)
 
     # --- what decides the direction ----------------------------------------------------------
@@ -114,8 +116,18 @@ class Direction:
             self._update_due = True
         self._held.clear()
 
+    def visitor_language(self, language: str | None) -> bool:
+        """Translate into ``language`` (None: the configured target); whether that changed anything."""
+        if language == self.visitor:
+            return False
+        self.visitor, self._update_due = language, True
+        return True
+
     def effective(self, cfg: Config) -> Config:
-        """The config the service gets: source and target swapped while translating B → A."""
+        """The config the service gets: the visitor's target if one chose; source and target
+        swapped while translating B → A."""
+        if self.visitor is not None and not self.conversation:
+            return cfg.model_copy(update={"languages": cfg.languages.model_copy(update={"target": self.visitor})})
         if not (self.conversation and self.reversed):
             return cfg
         sides = {"source": cfg.languages.target, "target": cfg.languages.source}

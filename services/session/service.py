@@ -33,6 +33,7 @@ from daemon.messages import (
     Command,
     PlaybackState,
     SessionStatus,
+    SpeechActivity,
     VideoFrame,
 )
 from daemon.service import STOP_TIMEOUT_S, ServiceContext
@@ -43,6 +44,7 @@ from services.session.fallback import CloudFallback
 from services.session.lifetime import ConnectionLifetime
 from services.session.outgoing import Outgoing
 from services.session.resume import RESUME_REPEAT_S, RESUME_WAIT_S, AudioIntake
+from services.session.visitor import VisitorChoice
 
 RESTART_REQUESTED = "restart requested"
 NO_KEY = "no API key: enter it on the admin page, or set DASHSCOPE_API_KEY or [service] api_key_file"
@@ -105,6 +107,7 @@ class SessionService(ConnectionLifetime):
         self._answers = 0  # responses done on the current connection
         self._wake = asyncio.Event()
         self.setup_events()
+        self.visitor = VisitorChoice(self.direction, self._visitor_changed, self.log)
         for counter in COUNTERS:
             self.counters[counter] = 0
 
@@ -114,6 +117,7 @@ class SessionService(ConnectionLifetime):
         self._video = self.bus.subscribe(["camera"], VideoFrame)
         self._commands = self.bus.subscribe(["control"], Command)
         self._playback = self.bus.subscribe(["playback"], PlaybackState)
+        self._speech = self.bus.subscribe(["capture"], SpeechActivity)
 
     async def run(self) -> None:
         self.spawn(self._read_audio(), "audio-in")
@@ -122,6 +126,7 @@ class SessionService(ConnectionLifetime):
         self.spawn(self._read_commands(), "commands")
         self.spawn(self._follow_playback(), "barge-in")
         self.spawn(self._repeat_status(), "status")
+        self.spawn(self.visitor.follow(self._speech, lambda: self.config.control.captions_clear_s), "visitor")
         await self._connect_loop()
 
     # --- state ---------------------------------------------------------------------------------
@@ -151,6 +156,7 @@ class SessionService(ConnectionLifetime):
                 backlog_dropped=self.outgoing.dropped,
                 model=self.config.service.model,
                 backend=self.fallback.label(self.config),
+                target=self.direction.effective(self.config).languages.target,
             )
         )
 
@@ -327,6 +333,11 @@ class SessionService(ConnectionLifetime):
         except ConnectionClosed:
             return  # the receiver reports the close
 
+    def _visitor_changed(self) -> None:
+        self._follow_direction()  # captions and the update to the service follow
+        self.direction_changed()
+        self.publish_status()
+
     def direction_changed(self) -> None:
         """A new direction (conversation mode): the sender sends it before any more audio."""
         self.outgoing.wake()
@@ -441,6 +452,9 @@ class SessionService(ConnectionLifetime):
             elif msg.name == "direction":
                 refused = self.on_direction_command(msg.args.get("direction"))
                 self.acknowledge(msg, refused or "the session follows", ok=not refused)
+            elif msg.name == "visitor-language":
+                refused = self.visitor.choose(msg.args.get("language"), self.config)
+                self.acknowledge(msg, refused or "the session translates into it from now on", ok=not refused)
 
     async def _follow_playback(self) -> None:
         """A barge-in stopped a response: the rest of its audio is not sent to the speaker."""
@@ -455,6 +469,7 @@ class SessionService(ConnectionLifetime):
     async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:
         old, self.config = self.config, new
         self.direction.configure(new.languages)
+        self.visitor.configured(new)
         self.direction.take_switch()  # a new config goes out whole, below
         effective = self.direction.effective(new)
         self.captions.source, self.captions.target = effective.languages.source, effective.languages.target

@@ -142,3 +142,29 @@ def test_what_was_said_leaves_the_screen_when_the_room_is_quiet(
                 page.screenshot(path=str(artifacts / "captions-cleared-800x480.png"))
         finally:
             page.close()
+
+
+def test_a_visitor_chooses_a_language_on_the_screen(
+    browser: Any, rundir: Path, notify: NotifySocket, artifacts: Path
+) -> None:
+    config = '[languages]\nsource = "zh"\ntarget = "en"\n[control]\nvisitor_languages = ["en", "ja", "de", "ar"]\n'
+    for control in start_control(rundir, notify, config, DASHSCOPE_API_KEY=SOME_KEY):
+        with FakeBox(rundir):
+            for size, name in ((KIOSK, "800x480"), (FULL_HD, "1920x1080")):
+                page = browser.new_page(viewport=size)
+                try:
+                    page.goto(control.url + "/")
+                    row = page.locator("#visitor .visitor-language")
+                    row.first.wait_for(timeout=10000)
+                    assert [row.nth(i).get_attribute("data-language") for i in range(row.count())] == [
+                        "en", "ja", "de", "ar"]  # fmt: skip
+                    assert row.nth(0).get_attribute("aria-pressed") == "true"  # the current target
+                    assert row.nth(1).get_attribute("lang") == "ja" and row.nth(1).inner_text() != "ja"
+                    page.locator("#notice .notice-line").first.wait_for(timeout=5000)
+                    with page.expect_response("**/api/visitor-language") as answer:
+                        row.nth(1).click()
+                    assert answer.value.status == 202, answer.value.text()
+                    assert "translating into ja" in answer.value.json()["detail"]
+                    page.screenshot(path=str(artifacts / f"captions-visitor-languages-{name}.png"))
+                finally:
+                    page.close()

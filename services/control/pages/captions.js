@@ -46,6 +46,32 @@
     const b = message.banner || { level: "ok" };
     setBanner(b.level, b.text, b.detail);
     showNotice(message.notice || [], !!message.camera);
+    showVisitorLanguages(message.visitor_languages || [], message.target);
+  }
+
+  // A visitor picks the language to read and hear; the box goes back to the staff's after quiet.
+  function showVisitorLanguages(codes, current) {
+    const row = document.getElementById("visitor");
+    row.hidden = !codes.length;
+    row.replaceChildren(
+      ...codes.map((code) => {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = code === current ? "visitor-language chosen" : "visitor-language";
+        button.dataset.language = code;
+        button.textContent = L.name(code);
+        button.lang = L.tag(code);
+        button.setAttribute("aria-pressed", String(code === current));
+        button.addEventListener("click", () => {
+          fetch("/api/visitor-language", {
+            method: "POST",
+            headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ language: code }),
+          }).catch(() => {}); // the screen follows the session's own word on the stream
+        });
+        return button;
+      }),
+    );
   }
 
   // Where speech (and pictures) go, in the visitor's languages; whether the camera is in use.
