@@ -160,3 +160,13 @@ def test_a_key_entered_over_http_is_kept_and_never_in_the_logs_download(box: Con
     assert "tolk-session" in result["text"] and "tolk-control" in result["text"]
     assert not result["key_in_logs"] and "attachment" in result["disposition"]
     assert key not in box.journal("-u", "tolk-session.service", "-u", "tolk-control.service")
+
+
+def test_the_screen_unit_waits_for_control_and_skips_a_box_without_a_display(box: Container) -> None:
+    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all five units active")
+    assert "tolk-control.service" in box.show("tolk-screen.service", "After").split()
+    box.run("systemctl", "start", "tolk-screen.service")
+    # This box has no /dev/dri/card*: systemd skips the unit, and nothing else is disturbed.
+    assert box.show("tolk-screen.service", "ConditionResult") == "no"
+    assert box.show("tolk-screen.service", "ActiveState") == "inactive"
+    assert all(running(box, u) for u in UNITS)
