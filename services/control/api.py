@@ -34,6 +34,7 @@ from services.control.pages import mount_pages
 from services.control.patch_schema import patch_schemas
 from services.control.routes import box_router
 from services.control.security import AccessGuard, AccessPolicy
+from services.control.setup import SetupCode
 from services.control.status import StatusAggregator
 from services.control.store import ConfigStore, OverlayUnreadable, PatchRejected
 
@@ -112,7 +113,8 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     # Added last, so it runs first: nothing is read from a request that is refused anyway.
     app.state.access = access or AccessPolicy.from_config(store.current)
-    app.add_middleware(AccessGuard, policy=lambda: app.state.access)
+    app.state.setup = setup = SetupCode()
+    app.add_middleware(AccessGuard, policy=lambda: app.state.access, setup=setup)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -200,6 +202,7 @@ def create_app(
             config_mod.store_api_key(key)
         except OSError as exc:
             return _refused(500, "key not stored", f"{config_mod.stored_key_path().parent}: {exc.strerror or exc}")
+        setup.withdraw()  # the box is set up: the one-time way in ends
         publish(ConfigChanged(sections=[KEY_SECTION]))
         return Response(status_code=204)
 
@@ -224,7 +227,7 @@ def create_app(
     desk = CommandDesk(publish, command_timeout_s)
     status.observers.append(desk.observe)  # the processes' answers come in with their states
     app.include_router(box_router(lambda: store.current, desk, devices, BoxMetrics(status)))
-    mount_pages(app, CaptionHub(status, lambda: store.current))
+    mount_pages(app, CaptionHub(status, lambda: store.current, setup))
     _describe_patch_body(app)
     return app
 

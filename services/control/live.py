@@ -22,6 +22,8 @@ from daemon import config as config_mod
 from daemon.config import Config
 from daemon.messages import Caption, Message, SessionStatus
 from services.control.notice import notice
+from services.control.setup import SetupCode
+from services.control.setup import view as setup_view
 from services.control.status import StatusAggregator
 
 #: How often an idle stream re-checks the banner (a process going quiet sends nothing).
@@ -86,9 +88,16 @@ class Feed:
 class CaptionHub:
     """Turns the aggregator's view of the bus into events for each connected client."""
 
-    def __init__(self, status: StatusAggregator, config: Callable[[], Config], max_clients: int = MAX_CLIENTS) -> None:
+    def __init__(
+        self,
+        status: StatusAggregator,
+        config: Callable[[], Config],
+        setup: SetupCode | None = None,
+        max_clients: int = MAX_CLIENTS,
+    ) -> None:
         self.status = status
         self.config = config
+        self.setup = setup or SetupCode()
         self.max_clients = max_clients
         self.feeds: set[Feed] = set()
         status.observers.append(self._observe)
@@ -120,6 +129,7 @@ class CaptionHub:
             "mode": cfg.languages.mode,
             "cleared": self.status.captions_cleared,  # the room fell quiet: what was said leaves
             "camera": camera,
+            "setup": setup_view(cfg, self.setup),
             "notice": notice(cfg, camera) if backend.resolve(cfg) == "cloud" else [],
         }
 

@@ -31,6 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from daemon import config as config_mod
+from services.control.setup import SetupCode
 
 TOKEN_CREDENTIAL = "control-token"
 COOKIE = "tolk_admin"
@@ -145,9 +146,10 @@ _ADMIN_LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><ti
 class AccessGuard:
     """ASGI middleware: Host and Origin checks on everything, the token where the policy asks."""
 
-    def __init__(self, app: ASGIApp, policy: Callable[[], AccessPolicy]) -> None:
+    def __init__(self, app: ASGIApp, policy: Callable[[], AccessPolicy], setup: SetupCode | None = None) -> None:
         self.app = app
         self._policy = policy
+        self._setup = setup
 
     @property
     def policy(self) -> AccessPolicy:
@@ -182,6 +184,8 @@ class AccessGuard:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if path in LOGIN_PATHS and method == "GET" and "token" in query:
             return self._login(query["token"][0], path)
+        if path == ADMIN_PREFIX and method == "GET" and "setup" in query and self._setup is not None:
+            return self._setup_login(query["setup"][0], path)
         private = path.startswith(PRIVATE_PREFIXES) or path.startswith(ADMIN_PREFIX)
         if method in SAFE_METHODS and not private:
             return None
@@ -209,6 +213,16 @@ class AccessGuard:
         if headers.get("sec-fetch-site") in ("cross-site", "same-site"):
             return "a page from another site may not change this box"
         return None
+
+    def _setup_login(self, code: str, path: str) -> Response:
+        """First boot: the one-time code on the screen (and in the journal) stands in for the token once."""
+        if self._setup is None or not self._setup.redeem(code):
+            why = "needs the token (that setup code is spent or wrong)"
+            spent = _ADMIN_LOGIN.replace("needs the control token", why)
+            return HTMLResponse(spent, 401)
+        response = RedirectResponse(path, status_code=303)
+        response.set_cookie(COOKIE, self.policy.cookie_value(), httponly=True, samesite="strict", path="/")
+        return response
 
     def _login(self, token: str, path: str) -> Response:
         if not self.policy.token_ok(token):

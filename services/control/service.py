@@ -13,6 +13,7 @@ from services.control.api import create_app
 from services.control.buttons import DirectionButtons
 from services.control.http_server import HttpListener, ListenError
 from services.control.security import AccessPolicy, TokenMissing
+from services.control.setup import admin_url
 from services.control.status import STATE_TOPICS, StatusAggregator
 from services.control.store import ConfigStore
 
@@ -38,6 +39,13 @@ class ControlService(Service):
         if problem := policy.problem():
             raise TokenMissing(problem)
         logs.redact(policy.token)
+        if policy.lan and config_mod.api_key(self.config)[0] is None:
+            # First boot off loopback: a way into /admin for whoever stands at the screen.
+            code = self.app.state.setup.issue()
+            self.log.warning(
+                "no API key yet: open %s?setup=%s (one-time setup code %s, also on the screen)",
+                admin_url(self.config.control.listen), code, code,
+            )  # fmt: skip
         if removed := self.store.remove_stale_temporaries():
             self.log.info("removed %d unfinished config write(s) left by a crash", removed)
         # Subscribe first: the sockets connect while the listener starts, so the first

@@ -14,7 +14,7 @@ import pytest
 
 from services.simulator import Simulator, running_in_thread
 from tests.helpers import NotifySocket, running, service_env, tolk_cmd, wait_until
-from tests.pages.conftest import KIOSK, ControlProcess, start_control
+from tests.pages.conftest import FULL_HD, KIOSK, ControlProcess, start_control
 
 KEY = "sk-admin-test-31d7e0"
 
@@ -156,7 +156,15 @@ def test_first_boot_the_key_is_pasted_on_the_admin_page(browser: Any, rundir: Pa
                     screen.goto(control.url + "/")
                     screen.locator("#banner-text").get_by_text("No API key set").wait_for(timeout=15000)
                     assert "admin page" in screen.locator("#banner-detail").inner_text()
-                    screen.screenshot(path=str(Path("test-artifacts") / "screen-no-key-800x480.png"))
+                    # The setup view: where to go, as text and as a QR code (on loopback, no code needed).
+                    screen.locator("#setup").wait_for(timeout=5000)
+                    assert screen.locator("#setup-url").inner_text() == control.url + "/admin"
+                    assert screen.locator("#setup-qr svg").count() == 1
+                    assert screen.locator("#setup-code-line").is_hidden()
+                    screen.screenshot(path=str(Path("test-artifacts") / "screen-setup-800x480.png"))
+                    screen.set_viewport_size(FULL_HD)
+                    screen.screenshot(path=str(Path("test-artifacts") / "screen-setup-1920x1080.png"))
+                    screen.set_viewport_size(KIOSK)
 
                     admin.goto(control.url + "/admin")
                     admin.wait_for_selector("body[data-ready='true']", timeout=10000)
@@ -172,6 +180,7 @@ def test_first_boot_the_key_is_pasted_on_the_admin_page(browser: Any, rundir: Pa
                                15, what="a connection with the key")  # fmt: skip
                     admin.locator("#session-state").get_by_text("live").wait_for(timeout=15000)
                     screen.locator("#banner").wait_for(state="hidden", timeout=15000)
+                    screen.locator("#setup").wait_for(state="hidden", timeout=5000)
                     assert KEY not in admin.content() and KEY not in screen.content()
                 finally:
                     screen.close()

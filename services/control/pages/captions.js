@@ -47,6 +47,22 @@
     setBanner(b.level, b.text, b.detail);
     showNotice(message.notice || [], !!message.camera);
     showVisitorLanguages(message.visitor_languages || [], message.target);
+    showSetup(message.setup);
+  }
+
+  // First boot without a key: where staff go (the address, its QR code, a one-time code).
+  function showSetup(setup) {
+    document.getElementById("setup").hidden = !setup;
+    if (!setup) return;
+    const qr = document.getElementById("setup-qr");
+    if (qr.dataset.url !== setup.url) {
+      qr.innerHTML = setup.qr; // an SVG the box drew of its own address
+      qr.dataset.url = setup.url;
+    }
+    document.getElementById("setup-url").textContent = setup.code ? `${setup.url}?setup=${setup.code}` : setup.url;
+    document.getElementById("setup-code").textContent = setup.code;
+    document.getElementById("setup-code-line").hidden = !setup.code;
+    idle.hidden = true;
   }
 
   // A visitor picks the language to read and hear; the box goes back to the staff's after quiet.
