@@ -12,11 +12,15 @@ from typing import Any
 import httpx
 import pytest
 
+from daemon.bus import Bus
 from services.simulator import Simulator, running_in_thread
-from tests.helpers import NotifySocket, running, service_env, tolk_cmd, wait_until
+from tests.helpers import NotifySocket, espeak_wav, running, service_env, tolk_cmd, wait_until, wav_pcm
 from tests.pages.conftest import FULL_HD, KIOSK, ControlProcess, start_control
+from tests.services.session_rig import PERIOD, feed_until, publish
+from tests.services.session_rig import capture as capture  # the fixture
 
 KEY = "sk-admin-test-31d7e0"
+QUIET_S = 3
 
 
 @pytest.fixture
@@ -140,11 +144,15 @@ def test_the_model_choice_brings_its_languages_and_reconnects_once(
         page.close()
 
 
-def test_first_boot_the_key_is_pasted_on_the_admin_page(browser: Any, rundir: Path, notify: NotifySocket) -> None:
+def test_first_boot_the_key_is_pasted_on_the_admin_page(
+    browser: Any, rundir: Path, notify: NotifySocket, capture: Bus, tmp_path: Path
+) -> None:
+    speech = wav_pcm(espeak_wav("ni hao, welcome to the museum", tmp_path / "speech.wav"))
     with running_in_thread(api_key=KEY) as sim:
         config = (
             '[languages]\nsource = "zh"\ntarget = "en"\n\n'
             f'[service]\nbackend = "cloud"\nurl = "{sim.url}"\nconnect_timeout_s = 3\nfinish_timeout_s = 3\n'
+            f"[control]\ncaptions_clear_s = {QUIET_S}\n"
         )
         for control in start_control(rundir, notify, config):  # no key anywhere
             env = service_env(rundir)
@@ -182,6 +190,13 @@ def test_first_boot_the_key_is_pasted_on_the_admin_page(browser: Any, rundir: Pa
                     screen.locator("#banner").wait_for(state="hidden", timeout=15000)
                     screen.locator("#setup").wait_for(state="hidden", timeout=5000)
                     assert KEY not in admin.content() and KEY not in screen.content()
+
+                    # Live captions of speech on the screen, gone after QUIET_S of quiet.
+                    feed_until(capture, sim, lambda: sim.appends > 0)
+                    publish(capture, bytes(PERIOD * 10) + speech + bytes(PERIOD * 60))
+                    screen.locator(".utterance .translation").get_by_text("[simulated]").wait_for(timeout=15000)
+                    screen.screenshot(path=str(Path("test-artifacts") / "screen-first-captions-800x480.png"))
+                    screen.wait_for_function("!document.querySelector('.utterance')", timeout=(QUIET_S + 8) * 1000)
                 finally:
                     screen.close()
                     admin.close()
