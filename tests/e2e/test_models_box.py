@@ -197,6 +197,7 @@ def test_the_box_speaks_each_models_protocol(
             # The answer's tone, at its pitch: at 16 kHz taken for 24 kHz it would sound 1.5x higher.
             played = wait_until(lambda: speaker.exists() and speaker.stat().st_size > 24000 and speaker.read_bytes())
             assert abs(_pitch(played) - FIRST_TONE_HZ) < 15, _pitch(played)
+            feeder.join(15)  # the microphone has said all of it before the box stops
         finally:
             captions.close()
         box.send_signal(signal.SIGTERM)
