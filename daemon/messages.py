@@ -19,9 +19,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 PROTOCOL_VERSION = 1
+
+#: A process's lifecycle state, as its heartbeat says it (daemon/service.py).
+ProcessState = Literal["starting", "ready", "running", "degraded", "stopping", "stopped", "failed"]
+#: The operator's commands; the process named in services/control/commands.CARRIERS answers each.
+CommandName = Literal["mute", "unmute", "speaker-test", "restart-session", "direction", "visitor-language"]
 
 
 class Channel(Enum):
@@ -324,7 +329,7 @@ class Heartbeat(Message):
     topic = "heartbeat"
     service: str = ""
     pid: int = 0
-    state: str = "starting"
+    state: ProcessState = "starting"
     status: str = ""
     counters: dict[str, float] = field(default_factory=dict)
 
@@ -343,10 +348,10 @@ class ConfigChanged(Message):
 
 @dataclass(kw_only=True)
 class Command(Message):
-    """An operator's command: mute, unmute, restart-session, speaker-test, direction."""
+    """An operator's command (``CommandName``); its arguments in ``args``."""
 
     topic = "command"
-    name: str = ""
+    name: CommandName | Literal[""] = ""
     args: dict[str, Any] = field(default_factory=dict)
     #: Names the command in the ``CommandAck`` of the process that carries it out ("": nobody waits).
     id: str = ""

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from daemon import config as config_mod
 from daemon import logs
 from daemon.bus import Bus
-from daemon.messages import KEY_SECTION, Command, CommandAck, ConfigChanged, Heartbeat
+from daemon.messages import KEY_SECTION, Command, CommandAck, ConfigChanged, Heartbeat, ProcessState
 from daemon.notify import Notifier
 
 HEARTBEAT_S = 1.0
@@ -52,7 +52,7 @@ class Service(ABC):
         self.config = ctx.config
         self.bus = ctx.bus
         self.log = logging.getLogger(f"tolk.{self.name}")
-        self.state = "starting"
+        self.state: ProcessState = "starting"
         self.counters: dict[str, float] = {}
         self._fresh_ns = 0
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -14,13 +14,13 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from daemon.messages import Command, CommandAck, Message
+from daemon.messages import Command, CommandAck, CommandName, Message
 
 #: A running process answers within milliseconds; this covers a busy box, not a restart.
 ACK_TIMEOUT_S = 3.0
 
 #: Which process carries out each command (and so answers it).
-CARRIERS = {
+CARRIERS: dict[CommandName, str] = {
     "mute": "capture",
     "unmute": "capture",
     "speaker-test": "playback",
@@ -49,7 +49,7 @@ class CommandDesk:
         if isinstance(msg, CommandAck) and (waiting := self._waiting.get(msg.id)) and not waiting.done():
             waiting.set_result(msg)
 
-    async def send(self, name: str, args: dict[str, Any] | None = None) -> CommandAck:
+    async def send(self, name: CommandName, args: dict[str, Any] | None = None) -> CommandAck:
         """Publish the command and return its answer; Undelivered or Refused when there is none."""
         ident = secrets.token_hex(8)
         answer: asyncio.Future[CommandAck] = asyncio.get_running_loop().create_future()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from daemon import engine_languages as eng_lang
 from daemon import languages as lang
 from daemon.config import Config
+from daemon.messages import CommandName
 from daemon.realtime import profiles
 from services.control import journal
 from services.control.commands import CommandDesk, Refused, Undelivered
@@ -153,8 +154,6 @@ def languages_report(
     )
 
 
-CommandName = Literal["mute", "unmute", "speaker-test", "restart-session"]
-
 _COMMANDS: tuple[tuple[str, CommandName, str], ...] = (
     ("/api/mute", "mute", "Mute the microphone (capture sends silence, timing kept; kept across its restarts)."),
     ("/api/unmute", "unmute", "Unmute the microphone."),
@@ -267,7 +266,7 @@ def _command_endpoint(desk: CommandDesk, name: CommandName) -> Callable[..., obj
     return send_command
 
 
-async def _carried_out(desk: CommandDesk, name: str, args: dict[str, Any] | None = None) -> str:
+async def _carried_out(desk: CommandDesk, name: CommandName, args: dict[str, Any] | None = None) -> str:
     """What the carrying process said; 503 when it did not answer, 409 when it refused."""
     try:
         return (await desk.send(name, args)).detail
