@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from typing import get_args
 
 import pytest
 from hypothesis import given
@@ -16,9 +17,11 @@ from daemon.messages import (
     AudioIn,
     Caption,
     Channel,
+    CommandName,
     Heartbeat,
     Message,
     MessageError,
+    ProcessState,
 )
 
 _ints = st.integers(min_value=0, max_value=2**62)
@@ -33,6 +36,9 @@ _FIELD_STRATEGIES = {
     "dict[str, float]": st.dictionaries(_text, st.floats(allow_nan=False, allow_infinity=False), max_size=5),
     "dict[str, Any]": st.dictionaries(_text, st.one_of(_ints, _text, st.booleans()), max_size=5),
     "list[str]": st.lists(_text, max_size=5),
+    # The typed names: every value of the Literal travels as its string.
+    "ProcessState": st.sampled_from(get_args(ProcessState)),
+    "CommandName | Literal['']": st.sampled_from([*get_args(CommandName), ""]),
 }
 
 
