@@ -1,61 +1,10 @@
 """Echo cancellation (``[audio] echo = "aec"``): the box's own voice out of the microphone.
 
-The canceller is WebRTC's audio processing module (AEC3, the one in every browser's calls)
-through the ``livekit`` SDK, which ships it prebuilt for x86-64 and aarch64 and is maintained
-with LiveKit's product. It runs on 10 ms frames: for each one, the speaker's signal that played
-during those 10 ms (``RenderReference``) goes in as the far end, then the microphone's frame,
-which comes back with the echo removed. AEC3 finds the remaining delay (the room, the
-converters, the sound server) by itself and follows it when it changes.
-
-Measured here, for ``/api/status`` and ``/metrics`` (capture's heartbeat counters):
-
-- ``aec_active``: 1 while the canceller runs (0: the installation is not on ``aec``, or the
-  canceller could not start and the microphone is half duplex instead);
-- ``aec_erle_db``: echo return loss enhancement, how much quieter the microphone's signal came
-  out while only the box spoke (far end active, no near-end speech by the VAD, even
-  ``ERLE_CONFIRM_S`` later: a person's first words are not yet speech to it; past the onset
-  guard, which sends silence and is counted apart), over the last few seconds of such audio;
-  absent until ``ERLE_MIN_S`` of such audio was heard (a 0 would read as "no cancellation at
-  all");
-- ``aec_far_s`` / ``aec_double_talk_s`` / ``aec_double_talk_ratio``: seconds the box spoke, of
-  which someone spoke too, and that share;
-- ``aec_resyncs``: times the reference was laid anew on the microphone's timeline (after a gap
-  or a drift of more than ``RESYNC_MS``), each costing the canceller a moment to re-adapt;
-- ``aec_onset_guard_s``: seconds sent as silence by the onset guard (below);
-- ``aec_residual_s``: seconds the VAD took as silence because only the echo's residue was left
-  (below);
-- ``aec_reference_late_s``: seconds of the speaker's reference that arrived after capture had
-  passed their moment (the canceller ran without them).
-
-Alignment. AEC3 models the room as a fixed delay and response, so the reference must not move
-against the microphone by even a sample. Both sides are counted, not measured: playback stamps
-each period of an uninterrupted run by the frames handed since the run began, and ends each run
-with an empty reference (``RenderReference``); here the microphone's samples are counted, and
-laid anew on its stamps only when they stay off for ``RESYNC_AFTER_MS`` (samples were lost). In
-the running box (``tests/services/test_full_duplex_box.py``), stamps read afresh moved the
-reference by 10-25 ms within an answer (PulseAudio reports what it holds in steps; a busy
-scheduler wakes reads late), and each move cost the canceller its lock: the leak made the box
-barge in on its own answers.
-
-The onset guard: at the start of each answer after a silence AEC3 takes a moment to follow the
-speaker again (in the running box, sometimes no reduction at all for the first 100 ms), and
-what leaks then is loud enough for the VAD. So every answer that follows
-``ONSET_AFTER_QUIET_MS`` of quiet goes out as silence for ``ONSET_GUARD_MS``, and on until the
-canceller shows it has locked on (``LOCK_PERIODS`` periods in a row of only residue or nothing
-audible), ``ONSET_GUARD_MAX_MS`` at most: half duplex for a moment. A visitor who speaks at that
-instant loses that much of their first words (their voice keeps the canceller from showing a
-lock, so the longest guard applies); one who speaks over the rest of the answer is heard. Before
-the canceller has locked on at all (a new box: AEC3 starts knowing nothing of the room, and took
-up to a second of the first answer to find it) the guard has no limit.
-
-The residue: what AEC3 leaves of the box's voice is 15 to 80 dB down but still shaped like
-speech, and Silero scores a voice by its shape more than by its level (only windows under
--56 dBFS skip it): residue at -50 dBFS made the box barge in on its own answers. So while the
-box speaks, a period the canceller took more than ``RESIDUAL_DB`` out of is silence to the VAD
-(the session still gets it as cleaned), and speech must hold ``OVER_SPEAKER_START_MS`` to start
-(``daemon/vad.py``); the residue comes in bursts shorter than that. A person speaking over the
-box keeps most of their level through the canceller and goes on speaking; one 20 dB quieter at
-the microphone than the box's voice is not taken for speech while it plays.
+WebRTC's AEC3 (through ``livekit``) on 10 ms frames: the speaker's signal of those 10 ms
+(``RenderReference``) as the far end, then the microphone's frame, echo removed. Also here: the
+onset guard (silence at the start of an answer until the canceller has locked on) and the
+residue rule (what the canceller took most of is silence to the VAD). Why each exists, the
+counters it reports and the measurements behind the constants: docs/echo.md.
 """
 
 from __future__ import annotations
