@@ -155,53 +155,38 @@ def _check_languages(cfg: Config, profile: profiles.ModelProfile) -> None:
 
 
 def _check_visitor_languages(cfg: Config, profile: profiles.ModelProfile) -> None:
-    """What a visitor may pick must be a target of the model, speakable as the output asks."""
+    """What a visitor may pick: one-way mode only, and each language as conversation sides are."""
     offered = cfg.control.visitor_languages
-    if not offered:
-        return
-    if cfg.languages.mode == "conversation":
+    if offered and cfg.languages.mode == "conversation":
         raise ValueError('control.visitor_languages: in mode = "conversation" both languages are the staff\'s; '
                          "leave it empty")  # fmt: skip
-    if missing := [code for code in offered if code not in profile.languages.targets]:
-        raise ValueError(
-            f"control.visitor_languages: {profile.name} cannot translate into {lang.describe(missing[0])}"
-        )
-    mods, voice = cfg.output.modalities, cfg.output.voice
-    if mods is not None and "audio" in mods and (silent := [c for c in offered if c not in profile.languages.speech]):
-        raise ValueError(
-            f"control.visitor_languages: {lang.describe(silent[0])} is text-only on {profile.label} while "
-            f"output.modalities = {mods!r}; leave modalities unset (speech where there is speech)"
-        )
-    speaks = profile.voices.get(voice or "", frozenset())
-    if voice is not None and (mute := [c for c in offered if c in profile.languages.speech and c not in speaks]):
-        raise ValueError(
-            f"control.visitor_languages: output.voice = {voice!r} cannot speak {lang.describe(mute[0])}; "
-            "leave voice unset (each language gets one that speaks it)"
-        )
+    _check_spoken(cfg, profile, offered, "control.visitor_languages")
 
 
 def _check_both_directions(cfg: Config, profile: profiles.ModelProfile) -> None:
-    """Conversation mode speaks both sides: explicit audio and an explicit voice must fit both."""
-    sides = (cfg.languages.source, cfg.languages.target)
+    """Conversation mode speaks both sides."""
+    _check_spoken(cfg, profile, [cfg.languages.source, cfg.languages.target], "in conversation mode")
+
+
+def _check_spoken(cfg: Config, profile: profiles.ModelProfile, codes: list[str], where: str) -> None:
+    """Languages the box may translate into besides the target: each a target of the model, and
+    explicit audio and an explicit voice must fit them all."""
     table = profile.languages
-    if not_targets := [s for s in sides if s not in table.targets]:
-        raise ValueError(
-            f"mode = \"conversation\" translates both ways: {profile.name} cannot translate into "
-            f"{lang.describe(not_targets[0])}"
-        )
+    if missing := [code for code in codes if code not in table.targets]:
+        raise ValueError(f"{where}: {profile.name} cannot translate into {lang.describe(missing[0])}")
     mods = cfg.output.modalities
-    if mods is not None and "audio" in mods and (silent := [s for s in sides if s not in table.speech]):
+    if mods is not None and "audio" in mods and (silent := [c for c in codes if c not in table.speech]):
         raise ValueError(
-            f"output.modalities = {mods!r} in conversation mode: {lang.describe(silent[0])} is text-only on "
-            f"{profile.label}; leave modalities unset (audio toward the side that has it, text toward the other) "
+            f"output.modalities = {mods!r} {where}: {lang.describe(silent[0])} is text-only on {profile.label}; "
+            "leave modalities unset (audio toward the languages that have it, text toward the others) "
             "or set [\"text\"]"
         )
     voice = cfg.output.voice
     speaks = profile.voices.get(voice or "", frozenset())
-    if voice is not None and (mute := [s for s in sides if s in table.speech and s not in speaks]):
+    if voice is not None and (mute := [c for c in codes if c in table.speech and c not in speaks]):
         raise ValueError(
-            f"output.voice = {voice!r} cannot speak {lang.describe(mute[0])}, one side of the conversation; "
-            "leave voice unset or pick one that speaks both"
+            f"output.voice = {voice!r} cannot speak {lang.describe(mute[0])} ({where}); "
+            "leave voice unset or pick one that speaks them all"
         )
 
 
@@ -315,14 +300,7 @@ def api_key(cfg: Config) -> tuple[str | None, str]:
     """
     if key := os.environ.get("DASHSCOPE_API_KEY", "").strip():
         return key, "DASHSCOPE_API_KEY"
-    secret, origin = read_secret(cfg.service.api_key_file, CREDENTIAL_NAME)
-    if secret is not None:
-        return secret, origin
-    try:
-        stored = stored_key_path().read_text(encoding="utf-8").strip()
-    except OSError:
-        return None, "not set"
-    return (stored, STORED_KEY_ORIGIN) if stored else (None, "not set")
+    return read_secret(cfg.service.api_key_file, CREDENTIAL_NAME, fallback=(stored_key_path(), STORED_KEY_ORIGIN))
 
 
 def stored_key_path() -> Path:
@@ -367,8 +345,11 @@ def forget_api_key() -> bool:
     return True
 
 
-def read_secret(file: Path | None, credential: str) -> tuple[str | None, str]:
-    """A secret from ``file``, else from the systemd credential ``credential``; and its origin.
+def read_secret(
+    file: Path | None, credential: str, fallback: tuple[Path, str] | None = None
+) -> tuple[str | None, str]:
+    """A secret from ``file``, else from the systemd credential ``credential``, else from
+    ``fallback`` (a path and its origin); and its origin.
 
     An unreadable or empty source is skipped. Never log the first element.
     """
@@ -377,6 +358,8 @@ def read_secret(file: Path | None, credential: str) -> tuple[str | None, str]:
         candidates.append((file, f"file {file}"))
     if creds := os.environ.get("CREDENTIALS_DIRECTORY"):
         candidates.append((Path(creds) / credential, f"credential {credential}"))
+    if fallback is not None:
+        candidates.append(fallback)
     for path, origin in candidates:
         try:
             secret = path.read_text(encoding="utf-8").strip()
