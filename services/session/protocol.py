@@ -24,6 +24,8 @@ ASR_MODEL = "qwen3-asr-flash-realtime"
 SPEAKER_DETECTION: dict[str, Any] = {"type": "speaker_detection", "threshold": 0.5}
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000
+#: ``output_audio_format`` names whose rate is documented (protocol.md 2.2, 2.4).
+FLAT_OUTPUT_RATES = {"pcm24": OUTPUT_RATE, "pcm": OUTPUT_RATE}
 BYTES_PER_SAMPLE = 2
 #: The service's documented image limits (protocol.md 4).
 MAX_IMAGE_BYTES = 500_000
@@ -154,6 +156,7 @@ def output_rate(event: dict[str, Any]) -> int | None:
 
     qwen3 names it in ``output_audio_format`` (``pcm24``: 24 kHz); qwen3.8 under
     ``audio.output.format.sample_rate``; a bare ``pcm`` (3.5) is the documented 24 kHz.
+    Older samples' ``pcm16`` named the sample width, not a rate: it is not taken for 16 kHz.
     """
     session = event.get("session")
     if not isinstance(session, dict):
@@ -168,13 +171,11 @@ def output_rate(event: dict[str, Any]) -> int | None:
         if rate is not None:
             raise ProtocolError(f"session.updated: output sample_rate {rate!r} is not a rate")
     name = session.get("output_audio_format")
-    if isinstance(name, str):
-        if name == "pcm":
-            return OUTPUT_RATE
-        if (match := re.fullmatch(r"pcm(8|16|24|32|44|48)", name)) is not None:
-            return {"44": 44100}.get(match[1], int(match[1]) * 1000)
+    if name is None:
+        return None
+    if name not in FLAT_OUTPUT_RATES:
         raise ProtocolError(f"session.updated: output_audio_format {name!r} is not one the box can play")
-    return None
+    return FLAT_OUTPUT_RATES[name]
 
 
 def session_update(cfg: Config, event_id: str) -> dict[str, Any]:

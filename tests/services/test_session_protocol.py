@@ -277,7 +277,13 @@ def test_the_output_rate_is_read_from_session_updated() -> None:
     nested = {"session": {"audio": {"output": {"format": {"type": "pcm", "sample_rate": 16000}}}}}
     assert protocol.output_rate(nested) == 16000
     assert protocol.output_rate({"session": {}}) is None
-    for wrong in ({"output_audio_format": "mp3"}, {"audio": {"output": {"format": {"sample_rate": 7}}}}):
+    # "pcm16" named the sample width in older samples: never taken for 16 kHz.
+    wrongs = (
+        {"output_audio_format": "mp3"},
+        {"output_audio_format": "pcm16"},
+        {"audio": {"output": {"format": {"sample_rate": 7}}}},
+    )
+    for wrong in wrongs:
         with pytest.raises(protocol.ProtocolError):
             protocol.output_rate({"session": wrong})
 
