@@ -19,11 +19,13 @@ ENGINE_PATH = "/api-ws/v1/realtime"
 FALLBACK = "local-fallback"
 
 
-def resolve(cfg: config_mod.Config) -> Literal["cloud", "local"]:
+def resolve(cfg: config_mod.Config, has_key: bool | None = None) -> Literal["cloud", "local"]:
+    """``has_key``: whether a key is set, when the caller read it already (else it is read)."""
     if cfg.service.backend != "auto":
         return cfg.service.backend
-    key, _origin = config_mod.api_key(cfg)
-    return "cloud" if key or is_loopback(cfg.service.url) else "local"
+    if has_key is None:
+        has_key = config_mod.api_key(cfg)[0] is not None
+    return "cloud" if has_key or is_loopback(cfg.service.url) else "local"
 
 
 def standby(cfg: config_mod.Config) -> bool:

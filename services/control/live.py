@@ -120,8 +120,9 @@ class CaptionHub:
     def screen(self) -> dict[str, Any]:
         cfg = self.config()
         camera = cfg.camera.source != "none" and self.status.process_up("camera")
+        has_key = config_mod.api_key(cfg)[0] is not None  # read once: every screen asks each second
         return {
-            "banner": banner(self.status, config_mod.api_key(cfg)[0] is not None).model_dump(),
+            "banner": banner(self.status, has_key).model_dump(),
             "source": cfg.languages.source,
             "target": self.status.session_target() or cfg.languages.target,
             "visitor_languages": cfg.control.visitor_languages if cfg.languages.mode == "one-way" else [],
@@ -129,8 +130,8 @@ class CaptionHub:
             "mode": cfg.languages.mode,
             "cleared": self.status.captions_cleared,  # the room fell quiet: what was said leaves
             "camera": camera,
-            "setup": setup_view(cfg, self.setup),
-            "notice": notice(cfg, camera) if backend.resolve(cfg) == "cloud" else [],
+            "setup": setup_view(cfg, self.setup, has_key),
+            "notice": notice(cfg, camera) if backend.resolve(cfg, has_key) == "cloud" else [],
         }
 
     def state(self) -> dict[str, Any]:

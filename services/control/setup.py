@@ -66,9 +66,9 @@ def qr_svg(text: str) -> str:
     return str(segno.make(text, error="m").svg_inline(scale=6, dark="#ffffff", light=None, border=2))
 
 
-def view(cfg: config_mod.Config, code: SetupCode) -> dict[str, str] | None:
+def view(cfg: config_mod.Config, code: SetupCode, has_key: bool) -> dict[str, str] | None:
     """What the screen shows while no key is set (None once one is, or when the box is offline-only)."""
-    if cfg.service.backend == "local" or config_mod.api_key(cfg)[0] is not None:
+    if cfg.service.backend == "local" or has_key:
         return None
     url = admin_url(cfg.control.listen)
     target = f"{url}?setup={code.code}" if code.code else url  # scanned, it logs in too
