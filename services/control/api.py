@@ -29,7 +29,7 @@ from services.control.commands import ACK_TIMEOUT_S, CommandDesk
 from services.control.devices import DevicesReport, list_devices
 from services.control.live import CaptionHub
 from services.control.metrics import BoxMetrics
-from services.control.models import REFUSED, WRITE_REFUSED, ConfigRejected, Health, PublicConfig, StatusReport
+from services.control.models import REFUSED, WRITE_REFUSED, ConfigRejected, Health, PublicConfig, StatusReport, refused
 from services.control.pages import mount_pages
 from services.control.patch_schema import patch_schemas
 from services.control.routes import box_router
@@ -77,7 +77,7 @@ class BodyLimit:
         return f"request body larger than {self.max_bytes} bytes"
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse({"error": "request too large", "problems": [self._detail()]}, status_code=413)
+        response = refused(413, "request too large", self._detail())
         await response(scope, receive, send)
 
 
@@ -121,7 +121,7 @@ def create_app(
         problems = [_readable(e) for e in exc.errors()]
         if "json" not in request.headers.get("content-type", "json"):
             problems.append("send the body as JSON, with Content-Type: application/json")
-        return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)
+        return refused(422, "invalid request", *problems)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -169,9 +169,9 @@ def create_app(
         try:
             _, changed = await store.patch(changes)
         except PatchRejected as exc:
-            return JSONResponse({"error": "config refused", "problems": exc.problems}, status_code=422)
+            return refused(422, "config refused", *exc.problems)
         except OverlayUnreadable as exc:
-            return JSONResponse({"error": "stored config unreadable", "problems": [str(exc)]}, status_code=500)
+            return refused(500, "stored config unreadable", str(exc))
         if changed:
             publish(ConfigChanged(sections=sorted(changed)))
         return store.public()
@@ -190,18 +190,18 @@ def create_app(
     )
     async def put_key(body: dict[str, Any] = Body(..., examples=[{"api_key": "sk-…"}])) -> Response:  # noqa: B008
         if set(body) != {"api_key"}:
-            return _refused(422, "key refused", 'send {"api_key": "…"} and nothing else')
+            return refused(422, "key refused", 'send {"api_key": "…"} and nothing else')
         try:
             key = config_mod.check_api_key(body["api_key"])
         except ValueError as exc:
-            return _refused(422, "key refused", str(exc))
+            return refused(422, "key refused", str(exc))
         if (installer := _installer_key(store.current)) is not None:
-            return _refused(409, "key not stored", installer)
+            return refused(409, "key not stored", installer)
         logs.redact(key)
         try:
             config_mod.store_api_key(key)
         except OSError as exc:
-            return _refused(500, "key not stored", f"{config_mod.stored_key_path().parent}: {exc.strerror or exc}")
+            return refused(500, "key not stored", f"{config_mod.stored_key_path().parent}: {exc.strerror or exc}")
         setup.withdraw()  # the box is set up: the one-time way in ends
         publish(ConfigChanged(sections=[KEY_SECTION]))
         return Response(status_code=204)
@@ -215,11 +215,11 @@ def create_app(
     )
     async def delete_key() -> Response:
         if (installer := _installer_key(store.current)) is not None:
-            return _refused(409, "key not removed", installer)
+            return refused(409, "key not removed", installer)
         try:
             removed = config_mod.forget_api_key()
         except OSError as exc:
-            return _refused(500, "key not removed", str(exc.strerror or exc))
+            return refused(500, "key not removed", str(exc.strerror or exc))
         if removed:
             publish(ConfigChanged(sections=[KEY_SECTION]))
         return Response(status_code=204)
@@ -230,10 +230,6 @@ def create_app(
     mount_pages(app, CaptionHub(status, lambda: store.current, setup))
     _describe_patch_body(app)
     return app
-
-
-def _refused(status: int, error: str, problem: str) -> JSONResponse:
-    return JSONResponse({"error": error, "problems": [problem]}, status_code=status)
 
 
 def _installer_key(cfg: Config) -> str | None:

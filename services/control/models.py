@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse
 
 from daemon.config import Config, OutputConfig, ServiceConfig
 
@@ -120,6 +121,11 @@ class StatusReport(BaseModel):
 class ConfigRejected(BaseModel):
     error: str
     problems: list[str] = Field(description="One line per problem: the key, the value given and what is allowed.")
+
+
+def refused(status: int, error: str, *problems: str, **headers: str) -> JSONResponse:
+    """Every refusal's body (``ConfigRejected``): what was refused, and one line per reason."""
+    return JSONResponse({"error": error, "problems": list(problems)}, status_code=status, headers=headers or None)
 
 
 #: Refusals any operation may give (documented once, in every operation).

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from daemon import engine_languages as eng_lang
@@ -19,7 +19,7 @@ from services.control import journal
 from services.control.commands import CommandDesk, Refused, Undelivered
 from services.control.devices import DevicesReport
 from services.control.metrics import CONTENT_TYPE, BoxMetrics
-from services.control.models import WRITE_REFUSED, ConfigRejected
+from services.control.models import WRITE_REFUSED, ConfigRejected, refused
 
 
 class LanguageInfo(BaseModel):
@@ -243,7 +243,7 @@ def box_router(
         try:
             text = await asyncio.to_thread(journal.last_hour, config())
         except journal.JournalUnavailable as exc:
-            return JSONResponse({"error": "logs unavailable", "problems": [str(exc)]}, status_code=503)
+            return refused(503, "logs unavailable", str(exc))
         disposition = 'attachment; filename="tolk-logs.txt"'
         return PlainTextResponse(text, headers={"Content-Disposition": disposition})
 

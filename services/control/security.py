@@ -27,10 +27,11 @@ from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from daemon import config as config_mod
+from services.control.models import refused
 from services.control.setup import SetupCode
 
 TOKEN_CREDENTIAL = "control-token"
@@ -130,10 +131,6 @@ def _on_the_box(scope: Scope, host: str) -> bool:
     return _host_name(host).lower() in LOOPBACK_HOSTS and address.strip("[]").lower() in LOOPBACK_HOSTS
 
 
-def _problem(status: int, error: str, problem: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": error, "problems": [problem]}, status_code=status, headers=headers)
-
-
 _ADMIN_LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>tolk admin: token needed</title>
 <style>body{font:18px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em}</style></head>
 <body><h1>The admin page needs the control token</h1>
@@ -173,11 +170,11 @@ class AccessGuard:
         headers = Headers(scope=scope)
         host = headers.get("host", "")
         if not policy.lan and _host_name(host).lower() not in LOOPBACK_HOSTS:
-            return _problem(403, "forbidden", f"Host {host[:80]!r} is not this box: use http://{policy.listen}/")
+            return refused(403, "forbidden", f"Host {host[:80]!r} is not this box: use http://{policy.listen}/")
         method = "GET" if scope["type"] == "websocket" else scope["method"]
         writes = method not in SAFE_METHODS or scope["type"] == "websocket"
         if writes and (why := self._cross_site(headers, host)):
-            return _problem(403, "cross-site request refused", why)
+            return refused(403, "cross-site request refused", why)
         path: str = scope["path"]
         if not policy.lan:
             return None
@@ -195,7 +192,7 @@ class AccessGuard:
             return None
         if path.startswith(ADMIN_PREFIX) and method == "GET":
             return HTMLResponse(_ADMIN_LOGIN, status_code=401)
-        return _problem(
+        return refused(
             401,
             "token required",
             "this box listens on the network: send Authorization: Bearer <control token>",
