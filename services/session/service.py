@@ -107,7 +107,9 @@ class SessionService(ConnectionLifetime):
         self._answers = 0  # responses done on the current connection
         self._wake = asyncio.Event()
         self.setup_events()
-        self.visitor = VisitorChoice(self.direction, self._visitor_changed, self.log)
+        self.visitor = VisitorChoice(
+            self.direction, self._visitor_changed, lambda: self.config.control.captions_clear_s, self.log
+        )
         for counter in COUNTERS:
             self.counters[counter] = 0
 
@@ -126,7 +128,7 @@ class SessionService(ConnectionLifetime):
         self.spawn(self._read_commands(), "commands")
         self.spawn(self._follow_playback(), "barge-in")
         self.spawn(self._repeat_status(), "status")
-        self.spawn(self.visitor.follow(self._speech, lambda: self.config.control.captions_clear_s), "visitor")
+        self.spawn(self.visitor.follow(self._speech), "visitor")
         await self._connect_loop()
 
     # --- state ---------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 from daemon.bus import Subscriber
@@ -21,16 +20,22 @@ from services.session.direction import Direction
 
 
 class VisitorChoice:
-    def __init__(self, direction: Direction, changed: Callable[[], None], log: logging.Logger) -> None:
+    def __init__(
+        self,
+        direction: Direction,
+        changed: Callable[[], None],
+        quiet_s: Callable[[], float],
+        log: logging.Logger,
+    ) -> None:
         self.direction = direction
         self._changed = changed  # the session follows: captions, and the update to the service
+        self._quiet_s = quiet_s  # [control] captions_clear_s, as the config says now
         self.log = log
-        self._chosen = asyncio.Event()
         self._speaking = False
-        self._quiet_since = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None  # the quiet that ends the choice, counting
 
     def choose(self, language: object, cfg: Config) -> str:
-        """A tap on the screen ("" lets go); why it was refused, or ""."""
+        """A tap on the screen ("" lets go); why it was refused, or "". On the event loop."""
         if language in ("", None):
             self._set(None, "let go")
             return ""
@@ -40,8 +45,8 @@ class VisitorChoice:
         if language not in offered:
             return f"refused: {language!r} is not offered ([control] visitor_languages: {', '.join(offered) or 'none'})"
         assert isinstance(language, str)
-        self._quiet_since = time.monotonic()  # the quiet that ends it starts now
         self._set(language, "chosen on the screen")
+        self._count_quiet()  # the quiet that ends it starts now
         return ""
 
     def configured(self, cfg: Config) -> None:
@@ -50,32 +55,26 @@ class VisitorChoice:
         if chosen is not None and (chosen not in cfg.control.visitor_languages or cfg.languages.mode != "one-way"):
             self._set(None, "no longer offered")
 
-    async def follow(self, speech: Subscriber, quiet_s: Callable[[], float]) -> None:
-        """End the choice after ``quiet_s()`` without speech: a blocking read with that deadline."""
-        reading: asyncio.Future[object] | None = None
-        try:
-            while True:
-                deadline = None
-                if self.direction.visitor is not None and not self._speaking and quiet_s() > 0:
-                    deadline = max(0.0, self._quiet_since + quiet_s() - time.monotonic())
-                reading = reading or asyncio.ensure_future(speech.recv())
-                chosen: asyncio.Future[object] = asyncio.ensure_future(self._chosen.wait())
-                waited: set[asyncio.Future[object]] = {reading, chosen}
-                done, _ = await asyncio.wait(waited, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
-                chosen.cancel()
-                self._chosen.clear()
-                if reading in done:
-                    msg, reading = reading.result(), None
-                    if isinstance(msg, SpeechActivity):
-                        self._speaking, self._quiet_since = msg.speaking, time.monotonic()
-                elif not done:  # the deadline passed: the room was quiet long enough
-                    self._set(None, f"the room was quiet for {quiet_s():g} s")
-        finally:
-            if reading is not None:
-                reading.cancel()
+    async def follow(self, speech: Subscriber) -> None:
+        """Speech holds the choice; the quiet after it counts down to its end."""
+        async for msg in speech:
+            if isinstance(msg, SpeechActivity):
+                self._speaking = msg.speaking
+                self._count_quiet()
+
+    def _count_quiet(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        quiet_s = self._quiet_s()
+        if self.direction.visitor is not None and not self._speaking and quiet_s > 0:
+            self._timer = asyncio.get_running_loop().call_later(quiet_s, self._quiet, quiet_s)
+
+    def _quiet(self, quiet_s: float) -> None:
+        self._timer = None
+        self._set(None, f"the room was quiet for {quiet_s:g} s")
 
     def _set(self, language: str | None, why: str) -> None:
         if self.direction.visitor_language(language):
             self.log.info("visitor language %s (%s)", language or "back to the configured target", why)
-            self._chosen.set()
             self._changed()
