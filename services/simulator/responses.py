@@ -45,14 +45,11 @@ def source_text(utterance: Utterance, source: str) -> str:
 
 
 def snapshots(text: str, parts: int) -> list[tuple[str, str]]:
-    """Growing (text, stash) pairs as the service re-sends them: confirmed prefix + tentative rest."""
+    """Growing (text, stash) pairs as qwen3 re-sends them: the confirmed prefix, then the tentative
+    rest (which starts with its space: text + stash reads as the service means it)."""
     words = text.split(" ")
-    out = []
-    for k in range(1, parts + 1):
-        confirmed = " ".join(words[: len(words) * (k - 1) // parts])
-        shown = " ".join(words[: len(words) * k // parts])
-        out.append((confirmed, shown[len(confirmed) :]))  # the stash starts with its space: text + stash reads
-    return out
+    shown = [" ".join(words[: len(words) * k // parts]) for k in range(parts + 1)]  # whole words each
+    return [(shown[k - 1], shown[k][len(shown[k - 1]) :]) for k in range(1, parts + 1)]
 
 
 def speech_started(ids: Ids, utterance: Utterance, speaker: str) -> dict[str, Any]:
@@ -184,11 +181,8 @@ def response_events(
 
 
 def pieces(text: str, parts: int) -> list[str]:
-    """``text`` as ``parts`` appended pieces (qwen3.8's and Omni's deltas), whole words each:
-    joined, they are ``text`` exactly."""
-    words = text.split(" ")
-    shown = [" ".join(words[: len(words) * k // parts]) for k in range(parts + 1)]
-    return [shown[n + 1][len(shown[n]) :] for n in range(parts)]
+    """``text`` as ``parts`` appended pieces (qwen3.8's and Omni's deltas): joined, they are ``text``."""
+    return [stash for _confirmed, stash in snapshots(text, parts)]
 
 
 def _split(audio: bytes, parts: int) -> list[bytes]:
