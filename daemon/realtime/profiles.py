@@ -14,7 +14,7 @@ with the models that have it, and the simulator refuses what the docs do not sho
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 from daemon import languages as lang
@@ -125,61 +125,52 @@ _FAMILY_LANGUAGES = LanguageTable(
     sources=_FAMILY_SPEECH | _FAMILY_TEXT_ONLY, speech=_FAMILY_SPEECH, text_only=_FAMILY_TEXT_ONLY
 )
 
-PROFILES: Final[dict[str, ModelProfile]] = {
-    SEED_MODEL: ModelProfile(
-        name=SEED_MODEL,
-        label="qwen3",
-        family="livetranslate",
-        shape="flat",
-        languages=_QWEN3_LANGUAGES,
-        voices=dict(lang.VOICES),
-        default_voice=lang.DEFAULT_VOICE,
-        detects_source=False,
-        captions="snapshot",
-    ),
-    QWEN35_MODEL: ModelProfile(
-        name=QWEN35_MODEL,
-        label="qwen3.5",
-        family="livetranslate",
-        shape="flat35",
-        languages=_FAMILY_LANGUAGES,
-        voices={"Tina": _FAMILY_SPEECH},
-        default_voice="Tina",
-        detects_source=True,
-        captions="snapshot",
-        audio_in_tokens_per_s=7.0,
-        image_tile_px=32,
-    ),
-    QWEN38_MODEL: ModelProfile(
-        name=QWEN38_MODEL,
-        label="qwen3.8",
-        family="livetranslate",
-        shape="nested",
-        languages=_FAMILY_LANGUAGES,
-        voices={"Tina": _FAMILY_SPEECH},
-        default_voice=None,
-        detects_source=True,
-        captions="delta",
-        speaker_ids=True,
-        source_text_optional=False,
-        audio_in_tokens_per_s=7.0,
-        image_tile_px=32,
-    ),
-    OMNI_MODEL: ModelProfile(
-        name=OMNI_MODEL,
-        label="omni",
-        family="omni",
-        shape="flat",
-        languages=_QWEN3_LANGUAGES,
-        voices=dict(lang.VOICES),
-        default_voice=lang.DEFAULT_VOICE,
-        detects_source=False,
-        captions="delta",
-        finish=False,
-        instructions=OMNI_INSTRUCTIONS,
-        turn_detection={"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 800},
-    ),
-}
+_SEED = ModelProfile(
+    name=SEED_MODEL,
+    label="qwen3",
+    family="livetranslate",
+    shape="flat",
+    languages=_QWEN3_LANGUAGES,
+    voices=dict(lang.VOICES),
+    default_voice=lang.DEFAULT_VOICE,
+    detects_source=False,
+    captions="snapshot",
+)
+_QWEN35 = ModelProfile(
+    name=QWEN35_MODEL,
+    label="qwen3.5",
+    family="livetranslate",
+    shape="flat35",
+    languages=_FAMILY_LANGUAGES,
+    voices={"Tina": _FAMILY_SPEECH},
+    default_voice="Tina",
+    detects_source=True,
+    captions="snapshot",
+    audio_in_tokens_per_s=7.0,
+    image_tile_px=32,
+)
+# Each newer model as what differs from the one it follows.
+_QWEN38 = replace(
+    _QWEN35,
+    name=QWEN38_MODEL,
+    label="qwen3.8",
+    shape="nested",
+    default_voice=None,
+    captions="delta",
+    speaker_ids=True,
+    source_text_optional=False,
+)
+_OMNI = replace(
+    _SEED,
+    name=OMNI_MODEL,
+    label="omni",
+    family="omni",
+    captions="delta",
+    finish=False,
+    instructions=OMNI_INSTRUCTIONS,
+    turn_detection={"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 800},
+)
+PROFILES: Final[dict[str, ModelProfile]] = {p.name: p for p in (_SEED, _QWEN35, _QWEN38, _OMNI)}
 LIVETRANSLATE_MODELS: Final = (SEED_MODEL, QWEN35_MODEL, QWEN38_MODEL)
 
 
