@@ -82,12 +82,12 @@ class LanguagesConfig(_Section):
     @classmethod
     def _known_source(cls, value: str) -> str:
         # Here any model's code; Config checks it against the chosen model's table.
-        return _check_code(value, profiles.known_codes() | {profiles.AUTO}, "language code a model knows")
+        return _check_code(value, profiles.KNOWN_CODES | {profiles.AUTO}, "language code a model knows")
 
     @field_validator("target")
     @classmethod
     def _known_target(cls, value: str) -> str:
-        return _check_code(value, profiles.known_codes(), "language code a model knows")
+        return _check_code(value, profiles.KNOWN_CODES, "language code a model knows")
 
     @field_validator("direction_buttons")
     @classmethod
@@ -129,7 +129,7 @@ class OutputConfig(_Section):
     def _voice(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        return _check_code(value, profiles.known_voices(), "voice")
+        return _check_code(value, profiles.KNOWN_VOICES, "voice")
 
 
 class ServiceConfig(_Section):
@@ -317,7 +317,7 @@ class ControlConfig(_Section):
         if len(set(value)) != len(value):
             raise ValueError(f"{value!r} names a language twice")
         for code in value:
-            _check_code(code, profiles.known_codes(), "language code a model knows")
+            _check_code(code, profiles.KNOWN_CODES, "language code a model knows")
         return value
 
     @field_validator("listen")

@@ -200,13 +200,8 @@ def target_models(target: str) -> list[str]:
     return [PROFILES[m].label for m in LIVETRANSLATE_MODELS if target in PROFILES[m].languages.targets]
 
 
-def known_codes() -> frozenset[str]:
-    """Every language code any model knows (the per-field check; the model's own comes after)."""
-    codes: frozenset[str] = frozenset()
-    for profile in PROFILES.values():
-        codes |= profile.languages.sources | profile.languages.targets
-    return codes
-
-
-def known_voices() -> frozenset[str]:
-    return frozenset(v for profile in PROFILES.values() for v in profile.voices)
+#: Every language code any model knows (the per-field check; the model's own comes after).
+KNOWN_CODES: Final = frozenset(
+    code for profile in PROFILES.values() for code in profile.languages.sources | profile.languages.targets
+)
+KNOWN_VOICES: Final = frozenset(voice for profile in PROFILES.values() for voice in profile.voices)

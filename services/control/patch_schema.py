@@ -22,7 +22,7 @@ from services.control.store import is_secret_key
 
 _LANGUAGE = Literal[tuple(lang.LANGUAGE_NAMES)]  # type: ignore[valid-type]
 _SOURCE = Literal[(*lang.LANGUAGE_NAMES, profiles.AUTO)]  # type: ignore[valid-type]
-_VOICE = Literal[tuple(sorted(profiles.known_voices()))]  # type: ignore[valid-type]
+_VOICE = Literal[tuple(sorted(profiles.KNOWN_VOICES))]  # type: ignore[valid-type]
 
 #: Keys whose allowed values the model checks in code: the schema says them instead.
 _OVERRIDES: dict[str, tuple[Any, dict[str, Any]]] = {
