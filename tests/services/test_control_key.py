@@ -11,32 +11,14 @@ import httpx
 import pytest
 
 from daemon import config as config_mod
-from daemon.messages import KEY_SECTION, ConfigChanged, Message
-from services.control.api import create_app
-from services.control.security import AccessPolicy
-from services.control.status import StatusAggregator
-from services.control.store import ConfigStore
+from daemon.messages import KEY_SECTION, ConfigChanged
 from services.simulator import running_in_thread
-from tests.helpers import AnsweringBus, NotifySocket, running, service_env, tolk_cmd, wait_until
+from tests.helpers import NotifySocket, running, service_env, tolk_cmd, wait_until
 from tests.pages.conftest import start_control
+from tests.services.control_rig import control_app
 
 KEY = "sk-entered-on-the-page-7c3e91"
 TOKEN = "tolk-ctl-key-test-2e8f"
-
-
-def _app(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listen: str, token: str | None = None
-) -> tuple[Any, list[Message]]:
-    monkeypatch.delenv("TOLK_CONFIG", raising=False)
-    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    monkeypatch.setenv("TOLK_STATE_DIR", str(tmp_path / "state"))
-    cfg_file = tmp_path / "tolk.toml"
-    cfg_file.write_text(f'[control]\nlisten = "{listen}"\n')
-    store = ConfigStore(config_mod.load(cfg_file), str(cfg_file))
-    status = StatusAggregator()
-    bus = AnsweringBus(status)
-    return create_app(status, store, bus, access=AccessPolicy(listen, token)), bus.published
 
 
 def _client(app: Any, host: str) -> httpx.AsyncClient:
@@ -44,7 +26,7 @@ def _client(app: Any, host: str) -> httpx.AsyncClient:
 
 
 async def test_a_key_is_stored_0600_and_never_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    app, published = _app(tmp_path, monkeypatch, "127.0.0.1:8080")
+    app, _store, published = control_app(tmp_path, monkeypatch, "127.0.0.1:8080")
     stored = tmp_path / "state" / config_mod.STORED_KEY_NAME
     async with _client(app, "127.0.0.1:8080") as http:
         assert (await http.get("/api/status")).json()["config"]["api_key"] == "missing"
@@ -72,7 +54,7 @@ async def test_a_key_is_stored_0600_and_never_shown(tmp_path: Path, monkeypatch:
 
 
 async def test_off_loopback_the_key_needs_the_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    app, published = _app(tmp_path, monkeypatch, "127.0.0.2:8080", TOKEN)
+    app, _store, published = control_app(tmp_path, monkeypatch, "127.0.0.2:8080", TOKEN)
     stored = tmp_path / "state" / config_mod.STORED_KEY_NAME
     async with _client(app, "127.0.0.2:8080") as http:
         assert (await http.put("/api/key", json={"api_key": KEY})).status_code == 401
@@ -83,7 +65,7 @@ async def test_off_loopback_the_key_needs_the_token(tmp_path: Path, monkeypatch:
 
 
 async def test_the_installers_key_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    app, _published = _app(tmp_path, monkeypatch, "127.0.0.1:8080")
+    app, _store, _published = control_app(tmp_path, monkeypatch, "127.0.0.1:8080")
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / config_mod.CREDENTIAL_NAME).write_text("sk-from-the-installer-1")

@@ -21,6 +21,7 @@ from services.control.security import COOKIE, AccessPolicy, is_loopback_bind, lo
 from services.control.status import StatusAggregator
 from services.control.store import ConfigStore
 from tests.helpers import AnsweringBus, NotifySocket, free_port, running, service_env, tolk_cmd
+from tests.services.control_rig import control_app
 
 TOKEN = "tolk-ctl-4b1d9e27a0"
 API_KEY = "sk-tolk-never-shown-55aa"
@@ -29,15 +30,7 @@ API_KEY = "sk-tolk-never-shown-55aa"
 @pytest.fixture
 def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ConfigStore, list[Message]]:
     """The app as on a LAN bind, with a token."""
-    monkeypatch.delenv("TOLK_CONFIG", raising=False)
-    monkeypatch.setenv("TOLK_STATE_DIR", str(tmp_path / "state"))
-    cfg_file = tmp_path / "tolk.toml"
-    cfg_file.write_text('[control]\nlisten = "127.0.0.2:8080"\n')
-    store = ConfigStore(config_mod.load(cfg_file), str(cfg_file))
-    status = StatusAggregator()
-    bus = AnsweringBus(status)
-    app = create_app(status, store, bus, access=AccessPolicy("127.0.0.2:8080", TOKEN))
-    return app, store, bus.published
+    return control_app(tmp_path, monkeypatch, "127.0.0.2:8080", TOKEN)
 
 
 def client(app: Any, host: str = "127.0.0.2:8080") -> httpx.AsyncClient:

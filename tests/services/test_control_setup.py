@@ -4,18 +4,14 @@ that stands in for the control token once, off loopback, until a key is set."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from daemon import config as config_mod
-from services.control.api import create_app
-from services.control.security import COOKIE, AccessPolicy
+from services.control.security import COOKIE
 from services.control.setup import SetupCode, admin_url, view
-from services.control.status import StatusAggregator
-from services.control.store import ConfigStore
-from tests.helpers import AnsweringBus
+from tests.services.control_rig import control_app
 
 TOKEN = "tolk-ctl-setup-5e1"
 KEY = "sk-setup-test-key-77"
@@ -47,14 +43,7 @@ def test_the_view_shows_the_way_to_the_admin_page_until_a_key_is_set(monkeypatch
 
 
 async def test_off_loopback_the_code_opens_the_admin_page_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TOLK_CONFIG", raising=False)
-    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
-    monkeypatch.setenv("TOLK_STATE_DIR", str(tmp_path / "state"))
-    cfg_file = tmp_path / "tolk.toml"
-    cfg_file.write_text('[control]\nlisten = "127.0.0.2:8080"\n')
-    store = ConfigStore(config_mod.load(cfg_file), str(cfg_file))
-    status = StatusAggregator()
-    app: Any = create_app(status, store, AnsweringBus(status), access=AccessPolicy("127.0.0.2:8080", TOKEN))
+    app, _store, _published = control_app(tmp_path, monkeypatch, "127.0.0.2:8080", TOKEN)
     code = app.state.setup.issue()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.2:8080") as http:
