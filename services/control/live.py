@@ -38,11 +38,8 @@ class Banner(BaseModel):
     detail: str = ""
 
 
-def banner(status: StatusAggregator, key_set: bool = True) -> Banner:
-    """What the screen should say about the translation service, in words a visitor follows.
-
-    ``key_set``: whether the box has an API key; a refusal without one is the missing key's.
-    """
+def banner(status: StatusAggregator) -> Banner:
+    """What the screen should say about the translation service, in words a visitor follows."""
     if not status.process_up("session"):
         return Banner(level="error", text="Translation offline", detail="the session process is not running")
     session = status.session_info()
@@ -61,7 +58,7 @@ def banner(status: StatusAggregator, key_set: bool = True) -> Banner:
         return Banner(level="warn", text="Offline — reconnecting…", detail=session.last_error or session.detail)
     why = session.last_error or session.detail
     lowered = why.lower()
-    if "no api key" in lowered or (not key_set and state == "failed" and "401" in lowered):
+    if "no api key" in lowered:
         return Banner(level="error", text="No API key set", detail="staff: enter it on the admin page (/admin)")
     if "api key" in lowered or "401" in lowered or "invalidapikey" in lowered.replace("_", ""):
         return Banner(level="error", text="Wrong API key", detail="staff: check the key and its region")
@@ -122,7 +119,7 @@ class CaptionHub:
         camera = cfg.camera.source != "none" and self.status.process_up("camera")
         has_key = config_mod.api_key(cfg)[0] is not None  # read once: every screen asks each second
         return {
-            "banner": banner(self.status, has_key).model_dump(),
+            "banner": banner(self.status).model_dump(),
             "source": cfg.languages.source,
             "target": self.status.session_target() or cfg.languages.target,
             "visitor_languages": cfg.control.visitor_languages if cfg.languages.mode == "one-way" else [],

@@ -197,7 +197,8 @@ class SessionService(ConnectionLifetime):
                 # Returns only when we ended the session on purpose (rotation, restart): reconnect now.
                 await self._session(key)
             except ConnectFailure as exc:
-                self.last_error = str(exc)
+                # Refused without a key (a loopback url is tried without one): the missing key is the reason.
+                self.last_error = f"{NO_KEY} (refused: {exc})" if key is None and exc.fatal else str(exc)
                 delay = self._after_failure(exc)
             except ServiceRejected as exc:
                 self.last_error = str(exc)

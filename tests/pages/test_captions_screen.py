@@ -26,7 +26,7 @@ SOME_KEY = "sk-screen-test-key-0b7d"
 
 @pytest.fixture
 def control(rundir: Path, notify: NotifySocket) -> Iterator[ControlProcess]:
-    # A key is set (one the service will refuse, below): "wrong key", not "no key".
+    # A key is set: the cloud is in use (the privacy notice shows), and a refusal is of that key.
     yield from start_control(rundir, notify, '[languages]\nsource = "zh"\ntarget = "en"\n', DASHSCOPE_API_KEY=SOME_KEY)
 
 
