@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from daemon.service import Service
 
 
-
 def load_service(name: str) -> type[Service]:
     """``services.<name>`` exposes ``SERVICE``, its Service class."""
     if name not in PROCESSES + OPTIONAL_PROCESSES:
@@ -26,9 +25,22 @@ def load_service(name: str) -> type[Service]:
 
 
 def _cmd_service(args: argparse.Namespace) -> int:
+    if args.check:
+        return _installed(args.name)
     from daemon.service import run_service
 
     return run_service(load_service(args.name), args.config)
+
+
+def _installed(name: str) -> int:
+    """0 when the process can run here; else 1 and why (the engine unit's ExecCondition=, so that
+    a box installed without the engine skips the unit instead of failing it)."""
+    from daemon.app.demo import engine_installed
+
+    if name == "engine" and not engine_installed():
+        print("tolk: the local engine is not installed (the engine extra: pip install 'tolk[engine]')")
+        return 1
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -131,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     svc = with_config(sub.add_parser("service", help="run one process (what each systemd unit calls)"))
     svc.add_argument("name", choices=PROCESSES + OPTIONAL_PROCESSES)
+    svc.add_argument("--check", action="store_true", help="only say whether it can run here (exit 0 or 1)")
     svc.set_defaults(func=_cmd_service)
 
     cfg = sub.add_parser("config", help="config tools")

@@ -36,7 +36,7 @@ FULL_HD = {"width": 1920, "height": 1080}
 @pytest.fixture(scope="package")
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing: run .ci/setup (it installs chromium and fonts-noto-cjk)")
+        pytest.fail("Debian's chromium is missing: run .ci/setup test (it installs chromium and fonts-noto-cjk)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

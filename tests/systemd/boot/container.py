@@ -109,7 +109,8 @@ ExecStart={ENTRY} simulator --port {SIM_PORT}
 """
 
 
-def setup_script() -> str:
+def setup_script(package: Path | None = None) -> str:
+    """``package``: install this .deb with dpkg (as a kiosk owner would) instead of ``tolk install``."""
     files = {
         "/etc/asound.conf": ASOUND,
         "/usr/local/lib/tolk-boot/feeder.py": FEEDER,
@@ -122,7 +123,7 @@ def setup_script() -> str:
         lines += [f"mkdir -p {shlex.quote(str(Path(path).parent))}", f"cat > {path} <<'TOLK_EOF'\n{text}\nTOLK_EOF"]
     lines += [*_checkout_outside_tmp(), *_interpreter_outside_home()]
     lines += [
-        f"{ENTRY} install --entry-point {ENTRY}",
+        f"dpkg -i {INNER_REPO / package.relative_to(REPO)}" if package else f"{ENTRY} install --entry-point {ENTRY}",
         f"cat > /etc/tolk/tolk.toml <<'TOLK_EOF'\n{CONFIG}\nTOLK_EOF",
         "mkdir -p /var/lib/tolk-boot && chmod 0755 /var/lib/tolk-boot",
         *(f"ln -sf /dev/null /etc/systemd/system/{unit}" for unit in MASKED),
@@ -171,8 +172,9 @@ class BootRefused(Exception):
 
 
 class Container:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, package: Path | None = None) -> None:
         self.workdir = workdir
+        self.package = package
         self.console = workdir / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
@@ -180,7 +182,7 @@ class Container:
 
     def boot(self, timeout: float = 60.0) -> None:
         script = self.workdir / "setup.sh"
-        script.write_text(setup_script())
+        script.write_text(setup_script(self.package))
         with self.console.open("wb") as out:
             self.proc = subprocess.Popen(
                 ["unshare", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc",

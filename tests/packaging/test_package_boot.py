@@ -1,0 +1,82 @@
+"""The amd64 package under a real systemd: installed with dpkg on a throwaway overlay of this
+machine (tests/systemd/boot/), booted, the box up as ``tolk``; then purged, leaving nothing."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.bus import PROCESSES
+from tests.helpers import rmtree, short_tmpdir, wait_until
+from tests.systemd.boot.container import BootRefused, Container
+
+UNITS = [f"tolk-{name}.service" for name in PROCESSES]
+
+
+def _namespaces_refused() -> str | None:
+    cmd = ["unshare", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc", "true"]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if result.returncode == 0 else result.stderr.strip() or f"exit {result.returncode}"
+
+
+REFUSED = _namespaces_refused()
+pytestmark = pytest.mark.skipif(REFUSED is not None, reason=f"cannot boot systemd in namespaces here: {REFUSED}")
+
+
+@pytest.fixture(scope="module")
+def box(amd64_deb: Path) -> Iterator[Container]:
+    workdir = short_tmpdir("tkpkg")
+    container = Container(workdir, package=amd64_deb)
+    try:
+        try:
+            container.boot(timeout=300)  # dpkg -i and the bytecode compile run before systemd starts
+        except BootRefused as exc:
+            pytest.fail(f"systemd did not boot with the package installed: {exc}")
+        yield container
+    finally:
+        container.shutdown()
+        rmtree(workdir)
+
+
+def _running(box: Container, unit: str) -> bool:
+    return box.show(unit, "ActiveState") == "active" and box.show(unit, "SubState") == "running"
+
+
+def test_the_installed_package_runs_the_box_as_tolk(box: Container) -> None:
+    assert box.run("systemctl", "is-enabled", "tolk.target").stdout.strip() == "enabled"
+    wait_until(lambda: all(_running(box, u) for u in UNITS), 90, what="all five units active")
+    for unit in UNITS:
+        pid = box.show(unit, "MainPID")
+        assert box.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip() == "tolk", unit
+        cmdline = box.run("cat", f"/proc/{pid}/cmdline").stdout.split("\0")
+        assert "/usr/bin/tolk" in cmdline or "/opt/tolk/bin/tolk" in cmdline, (unit, cmdline)
+    groups = box.run("id", "-nG", "tolk").stdout.split()
+    assert {"tolk", "audio", "video", "systemd-journal"} <= set(groups), groups
+    # The package leaves the engine out: its unit is skipped by its condition, not failed.
+    assert box.show("tolk-engine.service", "ActiveState") != "failed"
+    assert "not installed" in box.journal("-u", "tolk-engine.service")
+    key = box.run("stat", "-c", "%a %U", "/etc/tolk/credentials/dashscope-api-key").stdout.split()
+    assert key == ["600", "root"]
+    wait_until(lambda: "session live" in box.journal("-u", "tolk-session.service"), 30, what="a live session")
+
+
+def test_purge_stops_the_box_and_leaves_nothing(box: Container) -> None:
+    wait_until(lambda: _running(box, "tolk-control.service"), 90, what="control running")
+    box.run("dpkg", "--purge", "tolk", timeout=180)
+    for unit in [*UNITS, "tolk.target"]:
+        assert box.show(unit, "ActiveState") in ("inactive", ""), unit
+    left = box.run(
+        "sh", "-c",
+        "ls -d /opt/tolk /etc/tolk /var/lib/tolk /usr/bin/tolk /lib/systemd/system/tolk* "
+        "/etc/systemd/system/*/tolk* /usr/lib/systemd/journald.conf.d/tolk.conf 2>/dev/null; true",
+    ).stdout.split()  # fmt: skip
+    assert not left, left
+    assert box.run("getent", "passwd", "tolk", check=False).returncode != 0
+    assert box.run("getent", "group", "tolk", check=False).returncode != 0
+    assert box.run("dpkg-query", "-W", "tolk", check=False).returncode != 0
