@@ -24,7 +24,7 @@ def _deb(*args: str) -> str:
 def _contents(deb: Path) -> dict[str, str]:
     """path -> the ls-like line dpkg-deb prints for it."""
     lines = _deb("--contents", str(deb)).splitlines()
-    return {line.split()[5]: line for line in lines}
+    return {line.split()[5].rstrip("/"): line for line in lines}
 
 
 def test_the_package_is_named_and_depends_as_a_debian_12_box_needs(amd64_deb: Path) -> None:
@@ -35,8 +35,6 @@ def test_the_package_is_named_and_depends_as_a_debian_12_box_needs(amd64_deb: Pa
     for needed in ("python3 (>= 3.11)", "python3 (<< 3.12)", "libasound2", "adduser", "init-system-helpers"):
         assert needed in depends, depends
     assert "chromium" not in depends and "chromium" in fields["Suggests"]  # the screen is optional
-    conffiles = _deb("--ctrl-tarfile", str(amd64_deb))  # a tar: check the listed names instead
-    assert conffiles
     info = _deb("--info", str(amd64_deb), "conffiles").split()
     assert info == ["/etc/tolk/tolk.toml"]
     scripts = _deb("--info", str(amd64_deb))
