@@ -91,7 +91,10 @@ def test_config_check_passes_on_the_shipped_config(device: Arm64Root) -> None:
 
 def test_the_demo_translates_through_the_simulator(device: Arm64Root) -> None:
     device.ok("apt-get", "install", "-y", "-q", "--no-install-recommends", "espeak-ng", "sox")  # the demo's voice
-    device.ok("bash", "-c", "cd /var/tmp && timeout 500 tolk run --demo --simulator --out /var/tmp/demo", timeout=560)
+    demo = "cd /var/tmp && timeout 500 tolk run --demo --simulator --out /var/tmp/demo"
+    out = device.ok("bash", "-c", demo, timeout=560)
+    assert "[translation en]" in out and "session: live" in out, out[-3000:]
     with wave.open(str(device.root / "var/tmp/demo/translation.wav")) as wav:
         seconds = wav.getnframes() / wav.getframerate()
-    assert seconds > 1.0, f"{seconds:.2f} s of translated audio"
+    # The simulator answers each utterance with a second of its own speech.
+    assert seconds >= 0.9, f"{seconds:.2f} s of translated audio"

@@ -66,11 +66,17 @@ def test_the_installed_package_runs_the_box_as_tolk(box: Container) -> None:
     wait_until(lambda: "session live" in box.journal("-u", "tolk-session.service"), 30, what="a live session")
 
 
-def test_purge_stops_the_box_and_leaves_nothing(box: Container) -> None:
+def test_remove_stops_the_box_and_keeps_its_config_then_purge_leaves_nothing(box: Container) -> None:
     wait_until(lambda: _running(box, "tolk-control.service"), 90, what="control running")
-    box.run("dpkg", "--purge", "tolk", timeout=180)
+    box.run("dpkg", "--remove", "tolk", timeout=180)
     for unit in [*UNITS, "tolk.target"]:
         assert box.show(unit, "ActiveState") in ("inactive", ""), unit
+    kept = box.run("sh", "-c", "ls -d /etc/tolk/tolk.toml /etc/tolk/credentials/dashscope-api-key; true").stdout
+    assert len(kept.split()) == 2, kept
+    assert box.run("getent", "passwd", "tolk", check=False).returncode == 0
+    assert box.run("sh", "-c", "ls /opt/tolk /usr/bin/tolk 2>/dev/null; true").stdout.strip() == ""
+
+    box.run("dpkg", "--purge", "tolk", timeout=180)
     left = box.run(
         "sh", "-c",
         "ls -d /opt/tolk /etc/tolk /var/lib/tolk /usr/bin/tolk /lib/systemd/system/tolk* "

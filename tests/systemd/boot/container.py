@@ -123,7 +123,10 @@ def setup_script(package: Path | None = None) -> str:
         lines += [f"mkdir -p {shlex.quote(str(Path(path).parent))}", f"cat > {path} <<'TOLK_EOF'\n{text}\nTOLK_EOF"]
     lines += [*_checkout_outside_tmp(), *_interpreter_outside_home()]
     lines += [
-        f"dpkg -i {INNER_REPO / package.relative_to(REPO)}" if package else f"{ENTRY} install --entry-point {ENTRY}",
+        # A container image's policy-rc.d ("exit 101") would veto the maintainer scripts' starts
+        # and stops; a kiosk has none.
+        *([f"rm -f /usr/sbin/policy-rc.d && dpkg -i {INNER_REPO / package.relative_to(REPO)}"] if package
+          else [f"{ENTRY} install --entry-point {ENTRY}"]),
         f"cat > /etc/tolk/tolk.toml <<'TOLK_EOF'\n{CONFIG}\nTOLK_EOF",
         "mkdir -p /var/lib/tolk-boot && chmod 0755 /var/lib/tolk-boot",
         *(f"ln -sf /dev/null /etc/systemd/system/{unit}" for unit in MASKED),
