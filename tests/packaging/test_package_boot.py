@@ -3,6 +3,8 @@ machine (tests/systemd/boot/), booted, the box up as ``tolk``; then purged, leav
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 
 from daemon.bus import PROCESSES
 from tests.helpers import rmtree, short_tmpdir, wait_until
-from tests.systemd.boot.container import BootRefused, Container
+from tests.systemd.boot.container import INNER_REPO, REPO, BootRefused, Container
 
 UNITS = [f"tolk-{name}.service" for name in PROCESSES]
 
@@ -30,7 +32,24 @@ pytestmark = pytest.mark.skipif(REFUSED is not None, reason=f"cannot boot system
 
 
 @pytest.fixture(scope="module")
-def box(amd64_deb: Path) -> Iterator[Container]:
+def upgrade_deb(amd64_deb: Path) -> Path:
+    """The same package as a newer version: what an upgrade installs. Made before the boot: the
+    booted system sees the host's files through an overlay, which may not show later ones."""
+    version = subprocess.run(["dpkg-deb", "-f", str(amd64_deb), "Version"], capture_output=True, text=True,
+                             check=True).stdout.strip() + "+1"  # fmt: skip
+    out = REPO / "build" / "deb-test" / "upgrade"
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(["dpkg-deb", "-R", str(amd64_deb), str(out / "tree")], check=True)
+    control = out / "tree/DEBIAN/control"
+    control.write_text(re.sub(r"^Version: .*$", f"Version: {version}", control.read_text(), flags=re.M))
+    new = out / f"tolk_{version}_amd64.deb"
+    subprocess.run(["dpkg-deb", "-Znone", "--build", str(out / "tree"), str(new)], check=True, capture_output=True)
+    shutil.rmtree(out / "tree")
+    return new
+
+
+@pytest.fixture(scope="module")
+def box(amd64_deb: Path, upgrade_deb: Path) -> Iterator[Container]:
     workdir = short_tmpdir("tkpkg")
     container = Container(workdir, package=amd64_deb)
     try:
@@ -64,6 +83,21 @@ def test_the_installed_package_runs_the_box_as_tolk(box: Container) -> None:
     key = box.run("stat", "-c", "%a %U", "/etc/tolk/credentials/dashscope-api-key").stdout.split()
     assert key == ["600", "root"]
     wait_until(lambda: "session live" in box.journal("-u", "tolk-session.service"), 30, what="a live session")
+
+
+def test_an_upgrade_keeps_config_key_and_state_and_restarts_the_units(box: Container, upgrade_deb: Path) -> None:
+    wait_until(lambda: all(_running(box, u) for u in UNITS), 90, what="all five units active")
+    before = {u: box.show(u, "MainPID") for u in UNITS}
+    config = box.run("cat", "/etc/tolk/tolk.toml").stdout  # the owner's, not the shipped one
+    box.run("sh", "-c", "echo kept > /var/lib/tolk/upgrade-marker")
+    old = box.run("dpkg-query", "-W", "-f", "${Version}", "tolk").stdout
+    box.run("dpkg", "-i", str(INNER_REPO / upgrade_deb.relative_to(REPO)), timeout=300)
+    assert box.run("dpkg-query", "-W", "-f", "${Version}", "tolk").stdout == old + "+1"
+    assert box.run("cat", "/etc/tolk/tolk.toml").stdout == config
+    assert box.run("cat", "/var/lib/tolk/upgrade-marker").stdout.strip() == "kept"
+    assert box.run("stat", "-c", "%a", "/etc/tolk/credentials/dashscope-api-key").stdout.strip() == "600"
+    restarted = lambda: all(_running(box, u) and box.show(u, "MainPID") != before[u] for u in UNITS)  # noqa: E731
+    wait_until(restarted, 90, what="every unit restarted on the new version")
 
 
 def test_remove_stops_the_box_and_keeps_its_config_then_purge_leaves_nothing(box: Container) -> None:

@@ -15,7 +15,7 @@ checkout=${2:-}
 inner=${3:-$checkout}
 base=/mnt   # in this mount namespace only: the host keeps its own /mnt
 mount --make-rprivate /
-mount -t tmpfs -o mode=0755,size=1g tolk-boot "$base"
+mount -t tmpfs -o mode=0755,size=2g tolk-boot "$base"
 mkdir -p "$base"/{upper,work,root}
 mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$base/root"
 root=$base/root
