@@ -11,14 +11,15 @@ from typing import Any
 
 
 class Ids:
-    """Server-side ids in the service's styles (``event_…``, ``resp_…``, ``item_…``)."""
+    """Server-side ids in the service's styles (``event_…``, ``resp_…``, ``item_…``), named after
+    the server that made them (``sim``, ``local``) and its connection, so a log tells them apart."""
 
-    def __init__(self, tag: str) -> None:
-        self._tag = tag
+    def __init__(self, server: str, tag: str) -> None:
+        self._stem = f"{server}{tag}"
         self._counter = itertools.count(1)
 
     def next(self, prefix: str) -> str:
-        return f"{prefix}_sim{self._tag}x{next(self._counter)}"
+        return f"{prefix}_{self._stem}x{next(self._counter)}"
 
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
         return {"event_id": self.next("event"), "type": kind, **fields}

@@ -51,7 +51,7 @@ class Conversation:
         # The Marian pairs are listed once per connection: a pair installed meanwhile serves the next one.
         self.rules = EngineRules(cfg.end_silence_ms, engine.translator.marian_pairs())
         self.segmenter = Segmenter(cfg.end_silence_ms, max_utterance_s=cfg.max_utterance_s)
-        self.ids = events.EngineIds(str(number))
+        self.ids = events.Ids("local", str(number))
         self.session_id = self.ids.next("sess")
         self.jobs: asyncio.Queue[Utterance | _Finish] = asyncio.Queue(MAX_PENDING + 1)
         self.errors_sent = 0

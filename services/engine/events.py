@@ -9,29 +9,17 @@ simulator's builders.
 from __future__ import annotations
 
 import base64
-import itertools
 from typing import Any
 
 from daemon.realtime.events import Ids, encode, error_event, session_object
 
-__all__ = ["EngineIds", "ResponseStream", "encode", "error_event", "session_object", "transcription_events"]
+__all__ = ["Ids", "ResponseStream", "encode", "error_event", "session_object", "transcription_events"]
 
 #: Audio per ``response.audio.delta``: 200 ms of 24 kHz s16 (a player can start on the first).
 DELTA_BYTES = 24000 * 2 // 5
 
 
-class EngineIds(Ids):
-    """Ids in the service's styles (``event_…``, ``resp_…``, ``item_…``), tagged as local."""
-
-    def __init__(self, tag: str) -> None:
-        super().__init__(tag)
-        self._local_counter = itertools.count(1)
-
-    def next(self, prefix: str) -> str:
-        return f"{prefix}_local{self._tag}x{next(self._local_counter)}"
-
-
-def transcription_events(ids: EngineIds, text: str, language: str) -> list[dict[str, Any]]:
+def transcription_events(ids: Ids, text: str, language: str) -> list[dict[str, Any]]:
     """The source text of one utterance: one snapshot, then ``.completed``."""
     item_id = ids.next("item")
     where = {"item_id": item_id, "content_index": 0}
@@ -44,7 +32,7 @@ def transcription_events(ids: EngineIds, text: str, language: str) -> list[dict[
 class ResponseStream:
     """One response's events, built piece by piece as the pipeline produces them."""
 
-    def __init__(self, ids: EngineIds, session: dict[str, Any]) -> None:
+    def __init__(self, ids: Ids, session: dict[str, Any]) -> None:
         self.ids = ids
         self.with_audio = "audio" in session["modalities"]
         self.response_id, self.item_id = ids.next("resp"), ids.next("item")

@@ -58,7 +58,7 @@ class Conversation:
         if self.profile.shape == "nested":  # the speech's rate, as session.updated will say it
             self.rules.session["audio"]["output"]["format"]["sample_rate"] = sim.output_rate
         self._speakers: dict[str, int] = {}  # language heard -> speaker id (3.8 separates speakers)
-        self.ids = responses.Ids(str(record.number))
+        self.ids = responses.Ids("sim", str(record.number))
         self.endpointer = Endpointer(**sim.endpointer_options)
         self.session_id = self.ids.next("sess")
         self.audio_s = 0.0
