@@ -25,6 +25,17 @@ class Ids:
         return {"event_id": self.next("event"), "type": kind, **fields}
 
 
+def usage(audio_in: int = 0, text_in: int = 0, audio_out: int = 0, text_out: int = 0) -> dict[str, Any]:
+    """``response.done``'s usage in the documented shape (the session's parser reads it back)."""
+    return {
+        "total_tokens": audio_in + text_in + audio_out + text_out,
+        "input_tokens": audio_in + text_in,
+        "output_tokens": audio_out + text_out,
+        "input_tokens_details": {"text_tokens": text_in, "audio_tokens": audio_in},
+        "output_tokens_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+    }
+
+
 def encode(event: dict[str, Any]) -> str:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from daemon.realtime.events import Ids, encode, error_event, session_object
+from daemon.realtime.events import Ids, encode, error_event, session_object, usage
 
 __all__ = ["Ids", "ResponseStream", "encode", "error_event", "session_object", "transcription_events"]
 
@@ -96,13 +96,6 @@ class ResponseStream:
             ids.event("response.output_item.done", response_id=self.response_id, output_index=0, item=done_item)
         )
         # Nothing is billed on the box: the usage has the documented shape, and zeros.
-        usage = {
-            "total_tokens": 0,
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "input_tokens_details": {"text_tokens": 0, "audio_tokens": 0},
-            "output_tokens_details": {"text_tokens": 0, "audio_tokens": 0},
-        }
-        done = self.response | {"status": "completed", "output": [done_item], "usage": usage}
+        done = self.response | {"status": "completed", "output": [done_item], "usage": usage()}
         events.append(ids.event("response.done", response=done))
         return events

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from daemon.realtime.events import Ids, encode, error_event, session_object
+from daemon.realtime.events import Ids, encode, error_event, session_object, usage
 from daemon.realtime.profiles import ModelProfile
 from daemon.realtime.rules import SessionView
 from services.simulator.speech import OUTPUT_RATE, Utterance
@@ -167,15 +167,9 @@ def response_events(
     text_tokens = len(transcript.split())
     audio_in_tokens = round(input_audio_s * profile.audio_in_tokens_per_s)
     audio_out_tokens = round(out_audio_s * profile.audio_out_tokens_per_s)
-    usage = {
-        "total_tokens": audio_in_tokens + audio_out_tokens + text_tokens,
-        "input_tokens": audio_in_tokens,
-        "output_tokens": audio_out_tokens + text_tokens,
-        "input_tokens_details": {"text_tokens": 0, "audio_tokens": audio_in_tokens},
-        "output_tokens_details": {"text_tokens": text_tokens, "audio_tokens": audio_out_tokens},
-    }
+    billed = usage(audio_in=audio_in_tokens, audio_out=audio_out_tokens, text_out=text_tokens)
     status = "incomplete" if interrupted else "completed"
-    done = response | {"status": status, "output": [done_item], "usage": usage}
+    done = response | {"status": status, "output": [done_item], "usage": billed}
     events.append(ids.event("response.done", response=done))
     return events
 
