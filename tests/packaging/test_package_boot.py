@@ -39,6 +39,7 @@ def upgrade_deb(amd64_deb: Path) -> Path:
                              check=True).stdout.strip() + "+1"  # fmt: skip
     out = REPO / "build" / "deb-test" / "upgrade"
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     subprocess.run(["dpkg-deb", "-R", str(amd64_deb), str(out / "tree")], check=True)
     control = out / "tree/DEBIAN/control"
     control.write_text(re.sub(r"^Version: .*$", f"Version: {version}", control.read_text(), flags=re.M))
