@@ -13,21 +13,12 @@ import pytest
 
 from daemon.bus import PROCESSES
 from tests.helpers import rmtree, short_tmpdir, wait_until
-from tests.systemd.boot.container import INNER_REPO, REPO, BootRefused, Container
+from tests.systemd.boot.container import INNER_REPO, REPO, BootRefused, Container, booted, namespaces_refused, running
 
 UNITS = [f"tolk-{name}.service" for name in PROCESSES]
 
 
-def _namespaces_refused() -> str | None:
-    cmd = ["unshare", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc", "true"]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return str(exc)
-    return None if result.returncode == 0 else result.stderr.strip() or f"exit {result.returncode}"
-
-
-REFUSED = _namespaces_refused()
+REFUSED = namespaces_refused()
 pytestmark = pytest.mark.skipif(REFUSED is not None, reason=f"cannot boot systemd in namespaces here: {REFUSED}")
 
 
@@ -52,25 +43,19 @@ def upgrade_deb(amd64_deb: Path) -> Path:
 @pytest.fixture(scope="module")
 def box(amd64_deb: Path, upgrade_deb: Path) -> Iterator[Container]:
     workdir = short_tmpdir("tkpkg")
-    container = Container(workdir, package=amd64_deb)
     try:
-        try:
-            container.boot(timeout=300)  # dpkg -i and the bytecode compile run before systemd starts
-        except BootRefused as exc:
-            pytest.fail(f"systemd did not boot with the package installed: {exc}")
-        yield container
+        # dpkg -i and the bytecode compile run before systemd starts: a longer boot.
+        with booted(workdir, package=amd64_deb, timeout=300) as container:
+            yield container
+    except BootRefused as exc:
+        pytest.fail(f"systemd did not boot with the package installed: {exc}")
     finally:
-        container.shutdown()
         rmtree(workdir)
-
-
-def _running(box: Container, unit: str) -> bool:
-    return box.show(unit, "ActiveState") == "active" and box.show(unit, "SubState") == "running"
 
 
 def test_the_installed_package_runs_the_box_as_tolk(box: Container) -> None:
     assert box.run("systemctl", "is-enabled", "tolk.target").stdout.strip() == "enabled"
-    wait_until(lambda: all(_running(box, u) for u in UNITS), 90, what="all five units active")
+    wait_until(lambda: all(running(box, u) for u in UNITS), 90, what="all five units active")
     for unit in UNITS:
         pid = box.show(unit, "MainPID")
         assert box.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip() == "tolk", unit
@@ -87,7 +72,7 @@ def test_the_installed_package_runs_the_box_as_tolk(box: Container) -> None:
 
 
 def test_an_upgrade_keeps_config_key_and_state_and_restarts_the_units(box: Container, upgrade_deb: Path) -> None:
-    wait_until(lambda: all(_running(box, u) for u in UNITS), 90, what="all five units active")
+    wait_until(lambda: all(running(box, u) for u in UNITS), 90, what="all five units active")
     before = {u: box.show(u, "MainPID") for u in UNITS}
     config = box.run("cat", "/etc/tolk/tolk.toml").stdout  # the owner's, not the shipped one
     box.run("sh", "-c", "echo kept > /var/lib/tolk/upgrade-marker")
@@ -97,12 +82,12 @@ def test_an_upgrade_keeps_config_key_and_state_and_restarts_the_units(box: Conta
     assert box.run("cat", "/etc/tolk/tolk.toml").stdout == config
     assert box.run("cat", "/var/lib/tolk/upgrade-marker").stdout.strip() == "kept"
     assert box.run("stat", "-c", "%a", "/etc/tolk/credentials/dashscope-api-key").stdout.strip() == "600"
-    restarted = lambda: all(_running(box, u) and box.show(u, "MainPID") != before[u] for u in UNITS)  # noqa: E731
+    restarted = lambda: all(running(box, u) and box.show(u, "MainPID") != before[u] for u in UNITS)  # noqa: E731
     wait_until(restarted, 90, what="every unit restarted on the new version")
 
 
 def test_remove_stops_the_box_and_keeps_its_config_then_purge_leaves_nothing(box: Container) -> None:
-    wait_until(lambda: _running(box, "tolk-control.service"), 90, what="control running")
+    wait_until(lambda: running(box, "tolk-control.service"), 90, what="control running")
     box.run("dpkg", "--remove", "tolk", timeout=180)
     for unit in [*UNITS, "tolk.target"]:
         assert box.show(unit, "ActiveState") in ("inactive", ""), unit

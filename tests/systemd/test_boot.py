@@ -10,54 +10,32 @@ a capture whose microphone stops delivering is restarted by the watchdog.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from daemon.bus import PROCESSES
 from tests.helpers import rmtree, short_tmpdir, wait_until
-from tests.systemd.boot.container import INNER_REPO, BootRefused, Container
+from tests.systemd.boot.container import INNER_REPO, BootRefused, Container, booted, namespaces_refused, running
 
 UNITS = [f"tolk-{name}.service" for name in PROCESSES]
 
 
-def _namespaces_refused() -> str | None:
-    cmd = ["unshare", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc", "true"]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return str(exc)
-    if result.returncode != 0:
-        return result.stderr.strip() or f"exit {result.returncode}"
-    if not Path("/lib/systemd/systemd").exists():
-        return "no /lib/systemd/systemd"
-    return None
-
-
-REFUSED = _namespaces_refused()
+REFUSED = namespaces_refused()
 pytestmark = pytest.mark.skipif(REFUSED is not None, reason=f"cannot boot systemd in namespaces here: {REFUSED}")
 
 
 @pytest.fixture(scope="module")
 def box() -> Iterator[Container]:
     workdir = short_tmpdir("tkboot")
-    container = Container(workdir)
     try:
-        try:
-            container.boot()
-        except BootRefused as exc:
-            pytest.fail(f"systemd did not boot: {exc}")
-        yield container
+        with booted(workdir) as container:
+            yield container
+    except BootRefused as exc:
+        pytest.fail(f"systemd did not boot: {exc}")
     finally:
-        container.shutdown()
         rmtree(workdir)
-
-
-def running(box: Container, unit: str) -> bool:
-    return box.show(unit, "ActiveState") == "active" and box.show(unit, "SubState") == "running"
 
 
 def main_pids(box: Container) -> dict[str, str]:

@@ -17,6 +17,7 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -263,3 +264,32 @@ def _cgroup_dirs() -> set[Path]:
     for top, dirs, _files in os.walk("/sys/fs/cgroup"):
         found.update(Path(top, d) for d in dirs)
     return found
+
+
+def namespaces_refused() -> str | None:
+    """Why this machine cannot boot a systemd in namespaces; None when it can."""
+    cmd = ["unshare", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc", "true"]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if result.returncode != 0:
+        return result.stderr.strip() or f"exit {result.returncode}"
+    if not Path("/lib/systemd/systemd").exists():
+        return "no /lib/systemd/systemd"
+    return None
+
+
+@contextlib.contextmanager
+def booted(workdir: Path, package: Path | None = None, timeout: float = 60.0) -> Iterator[Container]:
+    """A booted container, shut down afterwards; a boot that fails raises BootRefused."""
+    container = Container(workdir, package=package)
+    try:
+        container.boot(timeout=timeout)
+        yield container
+    finally:
+        container.shutdown()
+
+
+def running(box: Container, unit: str) -> bool:
+    return box.show(unit, "ActiveState") == "active" and box.show(unit, "SubState") == "running"
