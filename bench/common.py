@@ -75,6 +75,14 @@ def proc_usage(pid: int) -> tuple[float, int]:
     return cpu, hwm
 
 
+def proc_pss(pid: int) -> int:
+    """Proportional set size (kB) of a live process: its private pages plus its share of shared ones."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise OSError(f"no Pss for {pid}")
+
+
 def speaker_pcm(name: str, path: Path) -> str:
     return f'pcm.{name} {{\n type file\n slave.pcm null\n file "{path}"\n format raw\n}}\n'
 

@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 
 from daemon.config import EngineConfig
 from services.engine.core import Engine
+from services.engine.loader import ModelLoader
 from services.engine.server import EngineServer
 from tests.helpers import espeak_wav, wav_pcm
 
@@ -71,7 +72,7 @@ async def main(runs: int) -> None:
     started = time.monotonic()
     engine = Engine(EngineConfig(), work)
     print(f"models assembled, verified and loaded in {time.monotonic() - started:.1f} s")
-    server = EngineServer(engine, "127.0.0.1", 0)
+    server = EngineServer(ModelLoader(engine.cfg, work, engine), "127.0.0.1", 0)
     await server.start()
     try:
         for name, text in SENTENCES.items():

@@ -351,6 +351,13 @@ class EngineConfig(_Section):
         description="Folder of extra translation pairs: <source>-<target>/ holding a CTranslate2 Marian model "
         "(e.g. OPUS-MT) with source.spm and target.spm; unset: none.",
     )
+    unload_after_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="The models load on the engine's first connection and are let go this long after its last "
+        "one closed (the box back on the cloud); 0: kept once loaded.",
+    )
 
     @field_validator("listen")
     @classmethod

@@ -1,4 +1,4 @@
-"""systemd's notify protocol: READY, STATUS, WATCHDOG, STOPPING — a no-op outside systemd."""
+"""systemd's notify protocol: READY, STATUS, WATCHDOG, RELOADING, STOPPING — a no-op outside systemd."""
 
 from __future__ import annotations
 
@@ -54,6 +54,10 @@ class Notifier:
 
     def watchdog(self) -> None:
         self._send("WATCHDOG=1")
+
+    def reloading(self, status: str) -> None:
+        """The process is about to run itself afresh (same pid): READY=1 follows."""
+        self._send(f"RELOADING=1\nSTATUS={status}")
 
     def stopping(self, status: str = "stopping") -> None:
         self._send(f"STOPPING=1\nSTATUS={status}")

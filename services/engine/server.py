@@ -2,7 +2,8 @@
 
 The handshake answers like the service (protocol.md 1, 6): 404 ``NotFound`` for another path,
 404 ``ModelNotFound`` for a model the engine does not serve (the LiveTranslate names only: it has
-no Omni). No key is asked for: the engine listens on loopback only.
+no Omni). No key is asked for: the engine listens on loopback only. The models (and the
+conversation code that uses them) load on the first connection (``loader.py``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import json
 import logging
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from services.engine.conversation import Conversation
-from services.engine.core import Engine
+from services.engine.loader import ModelLoader
+
+if TYPE_CHECKING:
+    from services.engine.conversation import Conversation
 
 log = logging.getLogger("tolk.engine")
 
@@ -33,8 +37,8 @@ MAX_FRAME_BYTES = 2**20
 
 
 class EngineServer:
-    def __init__(self, engine: Engine, host: str, port: int) -> None:
-        self.engine = engine
+    def __init__(self, loader: ModelLoader, host: str, port: int) -> None:
+        self.loader = loader
         self.host = host
         self.port = port
         self.connections = 0
@@ -81,7 +85,17 @@ class EngineServer:
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections += 1
         number = self.connections
-        conversation = Conversation(self.engine, ws, number, self._models.pop(id(ws), ""))
+        model = self._models.pop(id(ws), "")
+        try:
+            engine = await self.loader.get()
+        except Exception as exc:
+            # The client is told, as the service tells of its own failures; the next one retries.
+            log.error("connection %d: the engine's models did not load: %s", number, exc)
+            await ws.close(1011, "the local engine's models did not load")
+            return
+        from services.engine.conversation import Conversation
+
+        conversation = Conversation(engine, ws, number, model)
         self.live[number] = conversation
         log.info("connection %d opened", number)
         try:
