@@ -25,9 +25,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import numpy as np
-
 from daemon.config import Config, LanguagesConfig
+from services.session.pause import rms
 from services.session.protocol import BYTES_PER_SAMPLE, INPUT_RATE
 
 #: The most audio held for a re-send: a long utterance plus the pause before it.
@@ -219,12 +218,13 @@ def _text(value: object) -> str:
 
 def _from_first_sound(pcm: bytes) -> bytes:
     """The held audio from just before its first loud frame: the pause before it costs tokens."""
-    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % (2 * _FRAME)], dtype="<i2").astype(np.float64)
-    if not len(samples):
+    size = _FRAME * BYTES_PER_SAMPLE
+    levels = [rms(pcm[i : i + size]) for i in range(0, len(pcm) - len(pcm) % size, size)]
+    if not levels:
         return pcm
-    rms = np.sqrt(np.mean(samples.reshape(-1, _FRAME) ** 2, axis=1))
-    loud = np.flatnonzero(rms > max(200.0, 0.1 * float(rms.max())))
-    if not len(loud):
+    floor = max(200.0, 0.1 * max(levels))
+    loud = next((n for n, level in enumerate(levels) if level > floor), None)
+    if loud is None:
         return pcm
-    start = max(0, int(loud[0]) * _FRAME - int(LEAD_IN_S * INPUT_RATE))
+    start = max(0, loud * _FRAME - int(LEAD_IN_S * INPUT_RATE))
     return pcm[start * BYTES_PER_SAMPLE :]
