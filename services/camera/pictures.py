@@ -16,9 +16,14 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+# numpy and Pillow are imported where a picture is handled, not here: a box without a camera
+# keeps its camera process light (bench/footprint.py).
 
 TILE_PX = 28
 TOKENS_PER_TILE = 0.5
@@ -62,6 +67,8 @@ def fit_size(width: int, height: int, max_tokens: float) -> tuple[int, int]:
 
 def changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
     """The share of thumbnail pixels that changed by more than PIXEL_DELTA (0.0 to 1.0)."""
+    import numpy as np
+
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
     return float(np.count_nonzero(diff > PIXEL_DELTA)) / diff.size
 
@@ -76,6 +83,9 @@ class Picture:
     def __init__(self, *, data: bytes | None = None, pixels: np.ndarray | None = None, bgr: bool = False) -> None:
         if (data is None) == (pixels is None):
             raise ValueError("a Picture is made of encoded data or of pixels")
+        import numpy as np
+        from PIL import Image
+
         self.data = data
         self._image: Image.Image | None = None
         self._thumb: np.ndarray | None = None
@@ -108,6 +118,8 @@ class Picture:
         if self._image is not None:
             return self._image
         assert self.data is not None
+        from PIL import Image
+
         with _decoding():
             image = Image.open(io.BytesIO(self.data)).convert("RGB")
         self._image = image
@@ -116,6 +128,9 @@ class Picture:
     def thumbnail(self) -> np.ndarray:
         """A THUMB_SIZE grayscale array, area-averaged (cheap: JPEGs decode at reduced scale)."""
         if self._thumb is None:
+            import numpy as np
+            from PIL import Image
+
             if self._image is None and self.data is not None:
                 with _decoding():
                     img = Image.open(io.BytesIO(self.data))
@@ -150,6 +165,8 @@ def encode(picture: Picture, max_tokens: float, quality: int, limit: int = MAX_J
     own = picture.jpeg
     if own is not None and (width, height) == picture.size and len(own) <= limit:
         return Encoded(own, width, height, 0)
+    from PIL import Image
+
     image = picture.image()
     while True:
         scaled = image if image.size == (width, height) else image.resize((width, height), Image.Resampling.BILINEAR)
@@ -165,6 +182,8 @@ def encode(picture: Picture, max_tokens: float, quality: int, limit: int = MAX_J
 @contextmanager
 def _decoding() -> Iterator[None]:
     """Turns a decoder's complaint about bad bytes into a FrameError that names it."""
+    from PIL import UnidentifiedImageError
+
     try:
         yield
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:

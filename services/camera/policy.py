@@ -20,12 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Literal
 
 from daemon.config import CameraConfig
 from services.camera.pictures import changed_fraction
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Decision(Enum):

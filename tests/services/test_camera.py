@@ -314,3 +314,19 @@ def test_picamera2_off_a_pi_is_reported_with_its_reason(rundir: Path, sd: Notify
         beat = cam.heartbeat(lambda hb: hb.state == "degraded", "state degraded")
         assert "No module named 'libcamera'" in beat.status and "retrying" in beat.status
         assert cam.proc.poll() is None
+
+
+def _mapped_libraries(pid: int) -> set[str]:
+    return {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if ".so" in line}
+
+
+def test_a_box_without_a_camera_keeps_the_camera_process_light(rundir: Path, sd: NotifySocket) -> None:
+    # No imaging library in the process until a source is set: numpy's, Pillow's, OpenCV's.
+    heavy = ("numpy", "PIL", "cv2", "openblas")
+    with camera(rundir, sd, '[camera]\nsource = "none"\n') as cam:
+        loaded = [lib for lib in _mapped_libraries(cam.proc.pid) if any(h in lib for h in heavy)]
+        assert not loaded, loaded
+        static = static_folder(rundir / "frames")
+        cam.config.write_text(file_config(static))
+        cam.proc.send_signal(signal.SIGHUP)  # a config reload: the camera opens, its libraries load
+        wait_until(lambda: any("PIL" in lib for lib in _mapped_libraries(cam.proc.pid)), 15, what="Pillow loaded")
