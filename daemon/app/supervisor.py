@@ -4,7 +4,9 @@ Each child gets its own ``NOTIFY_SOCKET``, exactly as systemd would give a ``Typ
 so "started" means the child said ``READY=1`` after opening its device or socket. A child that
 exits before that fails the start: everything is stopped and ``tolk run`` exits non-zero.
 SIGINT/SIGTERM are forwarded; a child that dies later is restarted after a pause, like
-``Restart=always``, unless ``restart=False``. The API key in the environment reaches only the
+``Restart=always``, unless ``restart=False``. It follows the config as the units do: a process
+the config comes to need (a camera source set on the admin page) is started when control says
+the config changed (``tolk-camera.path`` does this under systemd). The API key in the environment reaches only the
 children whose units load it as a credential (``KEY_HOLDERS``).
 """
 
@@ -101,6 +103,8 @@ class Supervisor:
         self.failed: str | None = None
         self._watchers: list[asyncio.Task[None]] = []
         self._stop_event = asyncio.Event()
+        #: Started when the config comes to need it, at most one start at a time.
+        self._adding = asyncio.Lock()
 
     # --- notify sockets ----------------------------------------------------------------------
 
@@ -167,6 +171,42 @@ class Supervisor:
         await asyncio.gather(*(self._await_ready(c) for c in order))
         for child in [*order, *([engine] if engine else [])]:
             self._watchers.append(asyncio.create_task(self._watch(child), name=f"run:watch-{child.name}"))
+        self._watchers.append(asyncio.create_task(self._follow_config(), name="run:follow-config"))
+
+    async def _follow_config(self) -> None:
+        """Start what a changed config needs (the processes never needed at start are not running)."""
+        import zmq.asyncio
+
+        from daemon.backend import processes
+        from daemon.bus import Subscriber
+        from daemon.messages import Channel, ConfigChanged
+
+        ctx = zmq.asyncio.Context()
+        sub = Subscriber(ctx, Channel.STATE, ["control"], [ConfigChanged], self.runtime)
+        try:
+            async for _msg in sub:
+                try:
+                    cfg = config_mod.load(self.config_path)
+                except config_mod.ConfigError:
+                    continue  # control refuses such a write; the processes say so themselves
+                for name in processes(cfg):
+                    if name not in self.children and not self.stopping:
+                        await self._add(name)
+        finally:
+            sub.close()
+            ctx.term()
+
+    async def _add(self, name: str) -> None:
+        async with self._adding:
+            child = self.children[name] = Child(name, self.runtime / f"run-{name}.notify")
+            self._bind_notify(child)
+            await self._spawn(child)
+            try:
+                await self._await_ready(child)
+            except StartError as exc:
+                log.error("%s: %s", name, exc)
+            log.info("%s started: the config now needs it", name)
+            self._watchers.append(asyncio.create_task(self._watch(child), name=f"run:watch-{name}"))
 
     async def _watch(self, child: Child) -> None:
         while not self.stopping:
@@ -253,4 +293,4 @@ def run_all(config_path: str | None, restart: bool = True) -> int:
     logs.setup("run", cfg.log.level)
     from daemon.backend import processes
 
-    return asyncio.run(Supervisor(config_path, restart=restart, services=processes(cfg, PROCESSES)).run())
+    return asyncio.run(Supervisor(config_path, restart=restart, services=processes(cfg)).run())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from daemon import backend, logs
 from daemon import config as config_mod
-from daemon import logs
-from daemon.bus import SERVICES, Subscriber
+from daemon.bus import OPTIONAL_PROCESSES, PROCESSES, Subscriber
 from daemon.messages import Command
 from daemon.service import Service, ServiceContext
 from services.control.api import create_app
@@ -26,7 +26,9 @@ class ControlService(Service):
 
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
-        self.aggregator = StatusAggregator(captions_clear_s=ctx.config.control.captions_clear_s)
+        self.aggregator = StatusAggregator(
+            backend.processes(ctx.config), captions_clear_s=ctx.config.control.captions_clear_s
+        )
         self.store = ConfigStore(ctx.config, ctx.config_path, vet=_listen_needs_token)
         self.app = create_app(self.aggregator, self.store, self.bus.publish)
         self.listener: HttpListener | None = None
@@ -50,7 +52,7 @@ class ControlService(Service):
             self.log.info("removed %d unfinished config write(s) left by a crash", removed)
         # Subscribe first: the sockets connect while the listener starts, so the first
         # /api/status already has heartbeats (our own included: control is a process too).
-        self._sub = self.bus.subscribe(SERVICES, *STATE_TOPICS)
+        self._sub = self.bus.subscribe(PROCESSES + OPTIONAL_PROCESSES, *STATE_TOPICS)
         listener = HttpListener(self.app, self.config.control.listen, self.log)
         await listener.open(self.spawn)
         self.listener = listener
@@ -101,6 +103,7 @@ class ControlService(Service):
     async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:
         self.store.replace(new)
         self.aggregator.captions_clear_s = new.control.captions_clear_s
+        self.aggregator.expect(backend.processes(new))
         policy = AccessPolicy.from_config(new)
         if policy.problem() is None:
             logs.redact(policy.token)

@@ -101,7 +101,7 @@ class StatusAggregator:
         self.down_after_s = down_after_s
         self.captions_kept = captions_kept
         self.received = 0
-        # Only the known processes are tracked: a stray publisher cannot grow this map.
+        # Only the expected processes are tracked: a stray publisher cannot grow this map.
         self._processes = {name: _Process(name) for name in processes}
         self._session: SessionStatus | None = None
         self._session_since = 0.0
@@ -113,6 +113,11 @@ class StatusAggregator:
         #: Called with each message after it is folded in, and control's clock reading (the
         #: captions stream and the latency metrics follow the bus this way).
         self.observers: list[Callable[[Message, float], None]] = []
+
+    def expect(self, processes: Iterable[str]) -> None:
+        """The processes the config now runs (``daemon.backend.processes``): what health asks of."""
+        names = list(processes)
+        self._processes = {name: self._processes.get(name) or _Process(name) for name in names}
 
     # --- input -----------------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ def test_the_layout_is_opt_tolk_units_config_and_the_command(amd64_deb: Path) ->
     assert "./usr/bin/tolk -> /opt/tolk/bin/tolk" in files["./usr/bin/tolk"]
     assert "-> /usr/bin/python3" in files["./opt/tolk/bin/python"]
     assert files["./etc/tolk/tolk.toml"].startswith("-rw-r--r-- root/root")
-    units = {p.name for p in (REPO / "systemd").glob("tolk*") if p.suffix in (".service", ".target")}
+    units = {p.name for p in (REPO / "systemd").glob("tolk*") if p.suffix in (".service", ".target", ".path")}
     assert {Path(p).name for p in files if p.startswith("./lib/systemd/system/")} >= units
     assert "./usr/lib/systemd/journald.conf.d/tolk.conf" in files
     assert "./usr/share/doc/tolk/copyright" in files

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.bus import PROCESSES
 from tests.helpers import rmtree, short_tmpdir, wait_until
 from tests.systemd.boot.container import INNER_REPO, REPO, BootRefused, Container, booted, namespaces_refused, running
 
-UNITS = [f"tolk-{name}.service" for name in PROCESSES]
+#: What the boot's config runs: no camera source (its unit skipped), no engine in the package.
+UNITS = [f"tolk-{name}.service" for name in ("capture", "session", "playback", "control")]
 
 
 REFUSED = namespaces_refused()
@@ -55,7 +55,7 @@ def box(amd64_deb: Path, upgrade_deb: Path) -> Iterator[Container]:
 
 def test_the_installed_package_runs_the_box_as_tolk(box: Container) -> None:
     assert box.run("systemctl", "is-enabled", "tolk.target").stdout.strip() == "enabled"
-    wait_until(lambda: all(running(box, u) for u in UNITS), 90, what="all five units active")
+    wait_until(lambda: all(running(box, u) for u in UNITS), 90, what="all four units active")
     for unit in UNITS:
         pid = box.show(unit, "MainPID")
         assert box.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip() == "tolk", unit
@@ -66,13 +66,14 @@ def test_the_installed_package_runs_the_box_as_tolk(box: Container) -> None:
     # The package leaves the engine out: its unit is skipped by its condition, not failed.
     assert box.show("tolk-engine.service", "ActiveState") != "failed"
     assert "not installed" in box.journal("-u", "tolk-engine.service")
+    assert box.show("tolk-camera.service", "ActiveState") == "inactive"  # no camera source
     key = box.run("stat", "-c", "%a %U", "/etc/tolk/credentials/dashscope-api-key").stdout.split()
     assert key == ["600", "root"]
     wait_until(lambda: "session live" in box.journal("-u", "tolk-session.service"), 30, what="a live session")
 
 
 def test_an_upgrade_keeps_config_key_and_state_and_restarts_the_units(box: Container, upgrade_deb: Path) -> None:
-    wait_until(lambda: all(running(box, u) for u in UNITS), 90, what="all five units active")
+    wait_until(lambda: all(running(box, u) for u in UNITS), 90, what="all four units active")
     before = {u: box.show(u, "MainPID") for u in UNITS}
     config = box.run("cat", "/etc/tolk/tolk.toml").stdout  # the owner's, not the shipped one
     box.run("sh", "-c", "echo kept > /var/lib/tolk/upgrade-marker")
@@ -89,7 +90,7 @@ def test_an_upgrade_keeps_config_key_and_state_and_restarts_the_units(box: Conta
 def test_remove_stops_the_box_and_keeps_its_config_then_purge_leaves_nothing(box: Container) -> None:
     wait_until(lambda: running(box, "tolk-control.service"), 90, what="control running")
     box.run("dpkg", "--remove", "tolk", timeout=180)
-    for unit in [*UNITS, "tolk.target"]:
+    for unit in [*UNITS, "tolk-camera.service", "tolk-camera.path", "tolk.target"]:
         assert box.show(unit, "ActiveState") in ("inactive", ""), unit
     kept = box.run("sh", "-c", "ls -d /etc/tolk/tolk.toml /etc/tolk/credentials/dashscope-api-key; true").stdout
     assert len(kept.split()) == 2, kept

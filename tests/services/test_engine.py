@@ -165,17 +165,18 @@ def test_auto_backend_is_local_without_a_key_and_tolk_run_adds_the_engine(monkey
     from daemon import config as config_mod
     from daemon.bus import PROCESSES
 
+    BOX = tuple(n for n in PROCESSES if n != "camera")  # no camera source by default
     monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     cfg = config_mod.Config()
     assert backend.resolve(cfg) == "local"
     assert backend.session_url(cfg) == "ws://127.0.0.1:8790/api-ws/v1/realtime"
-    assert backend.processes(cfg, PROCESSES) == (*PROCESSES, "engine")
+    assert backend.processes(cfg) == (*BOX, "engine")
     monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
     assert backend.resolve(cfg) == "cloud" and backend.session_url(cfg) == config_mod.INTL_URL
     # With a key the engine stands by for the cloud's outages ([service] fallback_after_s), or not.
-    assert backend.processes(cfg, PROCESSES) == (*PROCESSES, "engine")
+    assert backend.processes(cfg) == (*BOX, "engine")
     no_fallback = config_mod.validate({"service": {"fallback_after_s": 0}})
-    assert backend.processes(no_fallback, PROCESSES) == PROCESSES
+    assert backend.processes(no_fallback) == BOX
     forced = config_mod.validate({"service": {"backend": "local"}})
     assert backend.resolve(forced) == "local"

@@ -1,8 +1,9 @@
 """The shipped units under a real systemd: booted as PID 1 in private namespaces on a throwaway
 overlay of this machine (tests/systemd/boot/), installed by the real ``tolk install``.
 
-Shown in order on one boot: the target starts all five units (hardened, as the ``tolk`` user,
-logging structured fields to journald); ``kill -9`` of one is restarted and the others keep
+Shown in order on one boot: the target starts the units its config needs (hardened, as the
+``tolk`` user, logging structured fields to journald; the camera's is skipped without a source,
+and started when the admin page sets one); ``kill -9`` of one is restarted and the others keep
 running; ``systemctl reload tolk.target`` applies a language change without restarting capture;
 a capture whose microphone stops delivering is restarted by the watchdog.
 """
@@ -15,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.bus import PROCESSES
 from tests.helpers import rmtree, short_tmpdir, wait_until
 from tests.systemd.boot.container import INNER_REPO, BootRefused, Container, booted, namespaces_refused, running
 
-UNITS = [f"tolk-{name}.service" for name in PROCESSES]
+#: What the boot's config runs: no camera source, the simulator on loopback (no engine standing by).
+UNITS = [f"tolk-{name}.service" for name in ("capture", "session", "playback", "control")]
 
 
 REFUSED = namespaces_refused()
@@ -42,9 +43,12 @@ def main_pids(box: Container) -> dict[str, str]:
     return {unit: box.show(unit, "MainPID") for unit in UNITS}
 
 
-def test_the_target_starts_all_five_units(box: Container) -> None:
+def test_the_target_starts_the_units_its_config_needs(box: Container) -> None:
     # Type=notify: "active" means the process sent READY=1.
-    wait_until(lambda: all(running(box, u) for u in UNITS), 60, what="all five units active")
+    wait_until(lambda: all(running(box, u) for u in UNITS), 60, what="all four units active")
+    # No camera source: the camera unit is skipped by its condition, not failed, not left idle.
+    assert box.show("tolk-camera.service", "ActiveState") == "inactive"
+    assert box.show("tolk-camera.service", "Result") != "failed"
     for unit in UNITS:
         pid = box.show(unit, "MainPID")
         owner = box.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip()
@@ -59,7 +63,7 @@ def test_the_target_starts_all_five_units(box: Container) -> None:
 
 
 def test_kill_9_of_one_unit_is_restarted_and_the_others_keep_running(box: Container) -> None:
-    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all five units active")
+    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all four units active")
     before = main_pids(box)
     restarts = int(box.show("tolk-session.service", "NRestarts"))
     box.run("systemctl", "kill", "--signal=KILL", "--kill-whom=main", "tolk-session.service")
@@ -76,7 +80,7 @@ def test_kill_9_of_one_unit_is_restarted_and_the_others_keep_running(box: Contai
 
 
 def test_reload_applies_a_language_change_without_restarting_capture(box: Container) -> None:
-    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all five units active")
+    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all four units active")
     before = main_pids(box)
     box.run("sed", "-i", 's/^target = "en"/target = "ja"/', "/etc/tolk/tolk.toml")
     box.run("systemctl", "reload", "tolk.target")
@@ -126,7 +130,7 @@ print(json.dumps({"put": status, "disposition": logs.headers["Content-Dispositio
 
 
 def test_a_key_entered_over_http_is_kept_and_never_in_the_logs_download(box: Container) -> None:
-    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all five units active")
+    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all four units active")
     key = "sk-boot-entered-key-5d2c"
     python = str(INNER_REPO / ".venv/bin/python")
     out = box.run("env", f"KEY={key}", python, "-c", _PUT_KEY_AND_DOWNLOAD, timeout=60).stdout
@@ -140,8 +144,27 @@ def test_a_key_entered_over_http_is_kept_and_never_in_the_logs_download(box: Con
     assert key not in box.journal("-u", "tolk-session.service", "-u", "tolk-control.service")
 
 
+_SET_CAMERA = """
+import json, urllib.request
+request = urllib.request.Request("http://127.0.0.1:8080/api/config", method="PATCH",
+                                 data=json.dumps({"camera": {"source": "v4l2:/dev/video7"}}).encode(),
+                                 headers={"Content-Type": "application/json"})
+print(urllib.request.urlopen(request, timeout=20).status)
+"""
+
+
+def test_a_camera_set_on_the_admin_page_starts_the_camera_unit(box: Container) -> None:
+    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all four units active")
+    assert not running(box, "tolk-camera.service")
+    python = str(INNER_REPO / ".venv/bin/python")
+    assert box.run(python, "-c", _SET_CAMERA, timeout=60).stdout.strip().splitlines()[-1] == "200"
+    # The overlay written by control wakes tolk-camera.path; the unit's condition now passes.
+    wait_until(lambda: running(box, "tolk-camera.service"), 30, what="the camera unit started")
+    assert "/dev/video7" in box.show("tolk-camera.service", "StatusText")  # missing: said, and retried
+
+
 def test_the_screen_unit_waits_for_control_and_skips_a_box_without_a_display(box: Container) -> None:
-    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all five units active")
+    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all four units active")
     assert "tolk-control.service" in box.show("tolk-screen.service", "After").split()
     box.run("systemctl", "start", "tolk-screen.service")
     # This box has no /dev/dri/card*: systemd skips the unit, and nothing else is disturbed.
