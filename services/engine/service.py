@@ -71,6 +71,8 @@ class EngineService(Service):
             self.counters["responses"] = sum(c.responses for c in live)
             self.counters["client_errors"] = sum(c.errors_sent for c in live)
             self.counters["model_loads"] = self.loader.loads
+            if self.loader.last_load_s is not None:
+                self.counters["model_load_s"] = round(self.loader.last_load_s, 2)
             await asyncio.sleep(1.0)
 
     async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:

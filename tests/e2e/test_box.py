@@ -32,7 +32,8 @@ from tests.helpers import (
     wav_pcm,
 )
 
-PROCESSES = ("capture", "camera", "session", "playback", "control")
+#: What the test's config runs: no camera source, so no camera process (until one is set).
+PROCESSES = ("capture", "session", "playback", "control")
 
 
 
@@ -106,6 +107,7 @@ listen = "127.0.0.1:{http_port}"
         status = wait_until(lambda: (s := _status(http_port)) and _all_up(s) and s, 40, 0.2, "all processes up")
         pids = {name: status["processes"][name]["pid"] for name in PROCESSES}
         assert all(_alive(pid) for pid in pids.values())
+        assert "camera" not in status["processes"] and "started camera" not in (rundir / "run.log").read_text()
 
         # Speak: 0.3 s of silence, the sentence, then 1.5 s of silence for end-of-speech.
         feeder = threading.Thread(
@@ -135,6 +137,15 @@ listen = "127.0.0.1:{http_port}"
         status = _status(http_port)
         assert status is not None
         assert any((c.get("source") or {}).get("text") for c in status["captions"]), status["captions"]
+
+        # A camera set on the admin page: tolk run starts the camera process it did not need before.
+        camera_on = {"camera": {"source": "v4l2:/dev/video7"}}  # missing: the process says so, and retries
+        patched = httpx.patch(f"http://127.0.0.1:{http_port}/api/config", json=camera_on)
+        assert patched.status_code == 200, patched.text
+        camera = wait_until(lambda: ((_status(http_port) or {}).get("processes", {}).get("camera") or {}).get("pid"),
+                            30, 0.2, "the camera process started")  # fmt: skip
+        pids["camera"] = camera
+        assert _alive(camera)
 
         # A process killed outright is reported down.
         os.kill(pids["capture"], signal.SIGKILL)

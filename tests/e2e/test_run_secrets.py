@@ -37,6 +37,7 @@ def _environ(pid: int) -> dict[str, str]:
 def test_only_the_session_gets_the_key(rundir: Path) -> None:
     config = rundir / "tolk.toml"
     # The cloud backend with no engine standing by (fallback off): the session is the only user.
+    # A camera source (missing: the process says so and retries) so that the camera runs too.
     config.write_text(
         f"""
 [service]
@@ -45,6 +46,8 @@ backend = "cloud"
 [audio]
 capture_device = "null"
 playback_device = "null"
+[camera]
+source = "v4l2:/dev/video7"
 [control]
 listen = "127.0.0.1:{free_port()}"
 """

@@ -43,7 +43,11 @@ class Control:
 def control(rundir: Path, notify: NotifySocket) -> Iterator[Control]:
     port = free_port()
     cfg = rundir / "tolk.toml"
-    cfg.write_text(f'[languages]\nsource = "zh"\ntarget = "en"\n\n[control]\nlisten = "127.0.0.1:{port}"\n')
+    # The processes FakeProcesses stands in for: a camera source, and no engine standing by.
+    cfg.write_text(
+        f'[languages]\nsource = "zh"\ntarget = "en"\n[service]\nfallback_after_s = 0\n'
+        f'[camera]\nsource = "v4l2:/dev/video7"\n[control]\nlisten = "127.0.0.1:{port}"\n'
+    )
     # A 2 s watchdog: control must pet it every second while its HTTP self-check passes.
     env = service_env(rundir, NOTIFY_SOCKET=notify.path, DASHSCOPE_API_KEY=SECRET, WATCHDOG_USEC="2000000")
     log = rundir / "control.log"
