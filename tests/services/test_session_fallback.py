@@ -87,17 +87,17 @@ def test_a_refused_key_is_not_an_outage(rundir: Path) -> None:
 
 
 def test_the_engine_stands_by_only_for_auto_with_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    base = ("capture", "session")
+    base = ("capture", "session", "playback", "control")  # no camera source by default
     monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
     keyed = config_mod.validate({"service": {"backend": "auto"}})
-    assert backend.resolve(keyed) == "cloud" and backend.processes(keyed, base) == (*base, "engine")
+    assert backend.resolve(keyed) == "cloud" and backend.processes(keyed) == (*base, "engine")
     never = config_mod.validate({"service": {"backend": "auto", "fallback_after_s": 0}})
-    assert backend.processes(never, base) == base
+    assert backend.processes(never) == base
     cloud = config_mod.validate({"service": {"backend": "cloud"}})
-    assert backend.processes(cloud, base) == base
+    assert backend.processes(cloud) == base
     monkeypatch.delenv("DASHSCOPE_API_KEY")
     keyless = config_mod.validate({"service": {"backend": "auto"}})
-    assert backend.resolve(keyless) == "local" and backend.processes(keyless, base) == (*base, "engine")
+    assert backend.resolve(keyless) == "local" and backend.processes(keyless) == (*base, "engine")
 
 
 def test_never_falls_back_to_an_engine_that_cannot_serve_the_pair(rundir: Path) -> None:
