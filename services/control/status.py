@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from daemon import config as config_mod
-from daemon.bus import SERVICES, Subscriber
+from daemon.bus import OPTIONAL_PROCESSES, SERVICES, Subscriber
 from daemon.config import Config
 from daemon.messages import (
     Caption,
@@ -117,7 +117,8 @@ class StatusAggregator:
     def expect(self, processes: Iterable[str]) -> None:
         """The processes the config now runs (``daemon.backend.processes``): what health asks of."""
         names = list(processes)
-        self._processes = {name: self._processes.get(name) or _Process(name) for name in names}
+        seen = [n for n, p in self._processes.items() if n in OPTIONAL_PROCESSES and p.seen_at is not None]
+        self._processes = {name: self._processes.get(name) or _Process(name) for name in [*names, *seen]}
 
     # --- input -----------------------------------------------------------------------------------
 
@@ -149,6 +150,10 @@ class StatusAggregator:
 
     def _heartbeat(self, msg: Heartbeat, now: float) -> None:
         proc = self._processes.get(msg.service)
+        if proc is None and msg.service in OPTIONAL_PROCESSES:
+            # The engine stands by only where the key is (control never holds it): it is
+            # expected from its first heartbeat on, and reported down if it then goes silent.
+            proc = self._processes[msg.service] = _Process(msg.service)
         if proc is None:
             return
         proc.state, proc.status, proc.pid = msg.state, msg.status, msg.pid

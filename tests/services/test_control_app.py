@@ -362,3 +362,20 @@ def test_the_privacy_notice_follows_the_languages_the_camera_and_the_owner() -> 
     own = config_mod.validate({"control": {"notice": "Recorded for quality."}})
     assert notice(own, camera_on=True) == [{"language": "", "text": "Recorded for quality."}]
     assert notice(config_mod.validate({"control": {"notice": ""}}), camera_on=True) == []
+
+
+async def test_the_engine_is_expected_from_its_first_heartbeat_and_missed_when_silent(setup: tuple[Any, ...]) -> None:
+    # Control holds no key, so it cannot tell whether the engine stands by: its heartbeat says so.
+    app, agg, _, clock, _, _ = setup
+    async with client(app) as http:
+        all_alive(agg)
+        assert "engine" not in (await http.get("/api/status")).json()["processes"]
+        assert (await http.get("/health")).status_code == 200
+        agg.handle(Heartbeat(service="engine", pid=200, state="ready", status="serving"))
+        assert (await http.get("/api/status")).json()["processes"]["engine"]["pid"] == 200
+        agg.expect(PROCESSES)  # a config change keeps an engine it has heard
+        clock.now += 3.5
+        for name in PROCESSES:
+            agg.handle(Heartbeat(service=name, state="ready"))
+        down = await http.get("/health")
+        assert down.status_code == 503 and down.json()["reasons"] == ["engine: no heartbeat for 3.5 s"]
