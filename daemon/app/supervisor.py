@@ -6,8 +6,8 @@ exits before that fails the start: everything is stopped and ``tolk run`` exits 
 SIGINT/SIGTERM are forwarded; a child that dies later is restarted after a pause, like
 ``Restart=always``, unless ``restart=False``. It follows the config as the units do: a process
 the config comes to need (a camera source set on the admin page) is started when control says
-the config changed (``tolk-camera.path`` does this under systemd). The API key in the environment reaches only the
-children whose units load it as a credential (``KEY_HOLDERS``).
+the config changed (``tolk-camera.path`` does this under systemd). The API key in the
+environment reaches only the children whose units load it as a credential (``KEY_HOLDERS``).
 """
 
 from __future__ import annotations
@@ -204,8 +204,9 @@ class Supervisor:
             try:
                 await self._await_ready(child)
             except StartError as exc:
-                log.error("%s: %s", name, exc)
-            log.info("%s started: the config now needs it", name)
+                log.error("%s, which the config now needs: %s", name, exc)
+            else:
+                log.info("%s started: the config now needs it", name)
             self._watchers.append(asyncio.create_task(self._watch(child), name=f"run:watch-{name}"))
 
     async def _watch(self, child: Child) -> None:
