@@ -88,8 +88,11 @@ async def _collect(runtime: Path, periods: dict[bytes, int], started: dict[str, 
         async for msg in audio:
             assert isinstance(msg, AudioIn)
             # Muted periods are zero-filled, all alike: they cannot be told apart, so are not timed.
-            if not msg.muted and any(msg.pcm):
-                periods.setdefault(msg.pcm, msg.t)
+            # Timed in 20 ms pieces, each stamped with its own end, whatever capture's period.
+            count = len(msg.pcm) // PERIOD
+            for k in range(count if not msg.muted else 0):
+                if any(piece := msg.pcm[k * PERIOD : (k + 1) * PERIOD]):
+                    periods.setdefault(piece, msg.t - (count - 1 - k) * 20_000_000)
 
     async def state_loop() -> None:
         async for msg in state:

@@ -53,6 +53,7 @@ from services.simulator.faults import Faults  # noqa: E402
 from services.simulator.server import Simulator, running_in_thread  # noqa: E402
 from tests.helpers import PulseMic, alsa_home, free_port, service_env, tolk_cmd  # noqa: E402
 
+PERIOD_NS = 20_000_000  # PERIOD (20 ms) in nanoseconds
 KILLED = ("capture", "session", "playback")
 DROP_AFTER_AUDIO_S = 45.0
 KILL_EVERY_S = 50.0  # at least; a long soak spreads its kills so that processes live long enough to measure
@@ -131,12 +132,16 @@ class _Watch:
 
     async def _bulk(self, sub: Subscriber) -> None:
         async for msg in sub:
-            if isinstance(msg, AudioIn):
-                if not msg.muted and _rms(msg.pcm) > self.loud_rms:
-                    digest = _digest(msg.pcm)
-                    self.heard.append(ledger.Heard(msg.t, digest))
-                    if (offset := _find(self.fed_at, msg.pcm)) is not None:
-                        self.heard_at[digest] = offset
+            if isinstance(msg, AudioIn) and not msg.muted:
+                # Followed in 20 ms periods (as fed and as found at the service), whatever capture's period.
+                count = len(msg.pcm) // PERIOD
+                for k in range(count):
+                    pcm = msg.pcm[k * PERIOD : (k + 1) * PERIOD]
+                    if _rms(pcm) > self.loud_rms:
+                        digest = _digest(pcm)
+                        self.heard.append(ledger.Heard(msg.t - (count - 1 - k) * PERIOD_NS, digest))
+                        if (offset := _find(self.fed_at, pcm)) is not None:
+                            self.heard_at[digest] = offset
             elif isinstance(msg, AudioOut) and msg.response_id:
                 seen = self.audio_out.setdefault(msg.response_id, [msg.t, msg.t, 0])
                 seen[1] = max(seen[1], msg.t)

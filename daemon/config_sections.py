@@ -234,7 +234,13 @@ class TranslationConfig(_Section):
 class AudioConfig(_Section):
     capture_device: str = Field("default", description="ALSA PCM name of the microphone.")
     playback_device: str = Field("default", description="ALSA PCM name of the speaker.")
-    period_ms: int = Field(20, ge=10, le=20, description="Capture period; 10-20 ms keeps latency low.")
+    period_ms: int = Field(
+        100,
+        ge=10,
+        le=100,
+        description="Audio per read from the microphone and per message to the session; 100 ms is what one "
+        "append to the service holds, shorter wakes the box more often for the same latency to the service.",
+    )
     playback_start_ms: int = Field(120, ge=0, le=2000, description="Audio buffered before playback starts.")
     volume: float = Field(1.0, ge=0.0, le=1.0, description="Speaker volume: 0 silent, 1 as the service sends it.")
     echo: Literal["aec", "half-duplex", "off"] = Field(

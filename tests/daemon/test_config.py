@@ -107,7 +107,7 @@ def test_bad_modalities(mods: list[str]) -> None:
     [
         ({"service": {"url": "https://example"}}, "service.url"),
         ({"service": {"url": "wss://h/p?model=x"}}, "service.url"),
-        ({"audio": {"period_ms": 50}}, "audio.period_ms"),
+        ({"audio": {"period_ms": 250}}, "audio.period_ms"),
         ({"camera": {"max_fps": 5}}, "camera.max_fps"),
         ({"camera": {"source": "webcam"}}, "camera.source"),
         ({"control": {"listen": "8080"}}, "control.listen"),
