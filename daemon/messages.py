@@ -62,17 +62,13 @@ class Message:
             _REGISTRY[key] = cls
 
     def to_frames(self) -> list[bytes]:
+        spec = _spec(type(self))
         header: dict[str, Any] = {"v": PROTOCOL_VERSION}
-        payload: bytes | None = None
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == self.payload_field:
-                payload = bytes(value)
-            else:
-                header[f.name] = value
-        frames = [self.topic.encode("ascii"), json.dumps(header, separators=(",", ":")).encode()]
-        if payload is not None:
-            frames.append(payload)
+        for name in spec.header:
+            header[name] = getattr(self, name)
+        frames = [spec.topic, _ENCODER.encode(header).encode()]
+        if self.payload_field is not None:
+            frames.append(bytes(getattr(self, self.payload_field)))
         return frames
 
     @classmethod
@@ -100,7 +96,7 @@ class Message:
             header[target.payload_field] = bytes(frames[2])
         elif len(frames) != 2:
             raise MessageError(f"{target.topic}: unexpected payload frame")
-        known = {f.name for f in dataclasses.fields(target)}
+        known = _spec(target).names
         try:
             msg = target(**{k: v for k, v in header.items() if k in known})
         except TypeError as exc:
@@ -109,13 +105,42 @@ class Message:
         return msg
 
     def _check_types(self) -> None:
-        for f in dataclasses.fields(self):
-            expected = _SIMPLE_TYPES.get(str(f.type))
-            value = getattr(self, f.name)
-            if expected is not None and not isinstance(value, expected):
-                raise MessageError(f"{self.topic}: field {f.name} has {type(value).__name__}, expected {f.type}")
-            if isinstance(value, bool) and str(f.type) == "int":
-                raise MessageError(f"{self.topic}: field {f.name} is a bool, expected int")
+        for name, declared, expected in _spec(type(self)).checks:
+            value = getattr(self, name)
+            if not isinstance(value, expected):
+                raise MessageError(f"{self.topic}: field {name} has {type(value).__name__}, expected {declared}")
+            if isinstance(value, bool) and declared == "int":
+                raise MessageError(f"{self.topic}: field {name} is a bool, expected int")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What encoding and decoding need of a message class, worked out once (dataclasses.fields is slow)."""
+
+    topic: bytes
+    names: frozenset[str]
+    header: tuple[str, ...]  # the fields that go in the JSON header, in order
+    checks: tuple[tuple[str, str, type | tuple[type, ...]], ...]  # (field, declared type, isinstance arg)
+
+
+def _spec(cls: type[Message]) -> _Spec:
+    if (known := _SPECS.get(cls)) is not None:
+        return known
+    fields = dataclasses.fields(cls)
+    checks = tuple((f.name, str(f.type), _SIMPLE_TYPES[str(f.type)]) for f in fields if str(f.type) in _SIMPLE_TYPES)
+    spec = _SPECS[cls] = _Spec(
+        topic=cls.topic.encode("ascii"),
+        names=frozenset(f.name for f in fields),
+        header=tuple(f.name for f in fields if f.name != cls.payload_field),
+        checks=checks,
+    )
+    return spec
+
+
+_SPECS: dict[type[Message], _Spec] = {}
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 _SIMPLE_TYPES: dict[str, type | tuple[type, ...]] = {

@@ -31,7 +31,8 @@ from daemon.bus import Bus
 from daemon.messages import KEY_SECTION, Command, CommandAck, ConfigChanged, Heartbeat, ProcessState
 from daemon.notify import Notifier
 
-HEARTBEAT_S = 1.0
+#: Every process says how it is this often (control's DOWN_AFTER_S is two and a half of these).
+HEARTBEAT_S = 2.0
 STOP_TIMEOUT_S = 8.0
 
 

@@ -1,6 +1,6 @@
 """The HTTP listener: uvicorn serving inside the service's own event loop.
 
-Two things differ from ``uvicorn.run``:
+Three things differ from ``uvicorn.run``:
 
 - uvicorn's ``Server.serve()`` replaces the SIGINT/SIGTERM handlers with its own
   (``capture_signals``, plain ``signal.signal``), which would silently disconnect the
@@ -9,6 +9,7 @@ Two things differ from ``uvicorn.run``:
 - The socket is bound here, before uvicorn starts, so that a port in use is a clear error
   from ``start()`` (uvicorn would ``sys.exit`` inside the event loop) and ``READY=1`` is only
   sent once the socket really listens.
+- uvicorn's main loop ticks every 0.1 s; ``_EmbeddedServer`` waits for ``request_exit()`` instead.
 """
 
 from __future__ import annotations
@@ -67,11 +68,12 @@ def bind(listen: str) -> socket.socket:
 
 
 class _EmbeddedServer(uvicorn.Server):
-    """uvicorn's server without its signal handling (see the module docstring)."""
+    """uvicorn's server without its signal handling and without its tick (see the module docstring)."""
 
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.listening = asyncio.Event()
+        self._exit = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -80,6 +82,16 @@ class _EmbeddedServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         self.listening.set()
+
+    async def main_loop(self) -> None:
+        # uvicorn's own loop wakes ten times a second to look at should_exit (and to renew the Date
+        # header, which is off here); an idle kiosk's control process waits for the word instead.
+        await self.on_tick(0)
+        await self._exit.wait()
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+        self._exit.set()
 
 
 class HttpListener:
@@ -102,6 +114,7 @@ class HttpListener:
             log_config=None,  # the service's logging stays as logs.setup() made it
             access_log=False,
             server_header=False,
+            date_header=False,  # see main_loop
             proxy_headers=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
             timeout_keep_alive=5,
@@ -160,9 +173,9 @@ class HttpListener:
             if self._sock is not None:
                 self._sock.close()
             return
-        server.should_exit = True
+        server.request_exit()
         if not task.done():
-            # uvicorn notices should_exit within 0.1 s and shuts itself down.
+            # uvicorn leaves its main loop at once and shuts itself down.
             await asyncio.wait({task}, timeout=SHUTDOWN_GRACE_S + 1.0)
         if not task.done():
             task.cancel()

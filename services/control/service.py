@@ -17,12 +17,13 @@ from services.control.setup import admin_url
 from services.control.status import STATE_TOPICS, StatusAggregator
 from services.control.store import ConfigStore
 
-#: How often the listener checks itself with a real request (the watchdog wants one within 5 s).
-SELF_CHECK_S = 2.0
+#: How often the listener checks itself with a real request; two missed in a row stop the watchdog's pets.
+SELF_CHECK_S = 4.0
 
 
 class ControlService(Service):
     name = "control"
+    fresh_within_s = 2 * SELF_CHECK_S + 1.0
 
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)

@@ -39,8 +39,8 @@ from services.control.models import (
     UsageInfo,
 )
 
-#: Three missed heartbeats (they come each second) and a process counts as down.
-DOWN_AFTER_S = 3.0
+#: Two missed heartbeats and a half (they come every 2 s) and a process counts as down.
+DOWN_AFTER_S = 5.0
 #: Lifecycle states that mean "not working", however fresh the heartbeat.
 DOWN_STATES = frozenset({"stopping", "stopped", "failed"})
 #: Session states that are healthy: working, or honestly waiting before the next attempt.

@@ -21,6 +21,7 @@ import tomlkit
 from daemon import config as config_mod
 from daemon.bus import Bus
 from daemon.messages import Caption, ConfigChanged, Heartbeat, Message, SessionStatus
+from services.control.status import DOWN_AFTER_S
 from tests.helpers import NotifySocket, free_port, running, service_env, tolk_cmd, wait_until
 
 SECRET = "sk-tolk-test-9f8e7d6c5b4a"
@@ -139,10 +140,10 @@ def test_ready_status_health_and_a_process_going_down(control: Control, rundir: 
 
         fakes.alive.discard("capture")
         t0 = time.monotonic()
-        wait_until(lambda: processes(control)["capture"]["state"] == "down", 6, what="capture shown down")
+        wait_until(lambda: processes(control)["capture"]["state"] == "down", 10, what="capture shown down")
         assert processes(control)["capture"]["up"] is False
         assert processes(control)["session"]["state"] == "ready"
-        assert time.monotonic() - t0 > 2.0  # not before three heartbeats were missed
+        assert time.monotonic() - t0 > DOWN_AFTER_S - 0.5  # not before two heartbeats and a half were missed
         status, body = get_json(f"{control.url}/health")
         assert status == 503
         assert len(body["reasons"]) == 1 and body["reasons"][0].startswith("capture: no heartbeat for ")

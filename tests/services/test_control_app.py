@@ -20,7 +20,7 @@ from daemon.bus import PROCESSES
 from daemon.messages import Caption, ConfigChanged, Heartbeat, Message, SessionStatus, SpeechActivity, Usage
 from services.control.api import create_app
 from services.control.notice import notice
-from services.control.status import StatusAggregator
+from services.control.status import DOWN_AFTER_S, StatusAggregator
 from services.control.status_cli import format_status
 from services.control.store import ConfigStore, write_atomic
 
@@ -69,13 +69,13 @@ async def test_health_names_what_is_wrong(setup: tuple[Any, ...]) -> None:
         ok = await http.get("/health")
         assert (ok.status_code, ok.json()) == (200, {"ok": True, "reasons": []})
 
-        clock.now += 3.5
+        clock.now += DOWN_AFTER_S + 0.5
         for name in PROCESSES:
             if name != "capture":
                 agg.handle(Heartbeat(service=name, state="ready"))
         down = await http.get("/health")
         assert down.status_code == 503
-        assert down.json()["reasons"] == ["capture: no heartbeat for 3.5 s"]
+        assert down.json()["reasons"] == [f"capture: no heartbeat for {DOWN_AFTER_S + 0.5:g} s"]
 
         agg.handle(Heartbeat(service="capture", state="ready"))
         agg.handle(Heartbeat(service="playback", state="failed", status="cannot open hw:1: No such device"))
@@ -374,8 +374,8 @@ async def test_the_engine_is_expected_from_its_first_heartbeat_and_missed_when_s
         agg.handle(Heartbeat(service="engine", pid=200, state="ready", status="serving"))
         assert (await http.get("/api/status")).json()["processes"]["engine"]["pid"] == 200
         agg.expect(PROCESSES)  # a config change keeps an engine it has heard
-        clock.now += 3.5
+        clock.now += DOWN_AFTER_S + 0.5
         for name in PROCESSES:
             agg.handle(Heartbeat(service=name, state="ready"))
         down = await http.get("/health")
-        assert down.status_code == 503 and down.json()["reasons"] == ["engine: no heartbeat for 3.5 s"]
+        assert down.status_code == 503 and down.json()["reasons"] == [f"engine: no heartbeat for {DOWN_AFTER_S + 0.5:g} s"]
