@@ -378,4 +378,5 @@ async def test_the_engine_is_expected_from_its_first_heartbeat_and_missed_when_s
         for name in PROCESSES:
             agg.handle(Heartbeat(service=name, state="ready"))
         down = await http.get("/health")
-        assert down.status_code == 503 and down.json()["reasons"] == [f"engine: no heartbeat for {DOWN_AFTER_S + 0.5:g} s"]
+        assert down.status_code == 503
+        assert down.json()["reasons"] == [f"engine: no heartbeat for {DOWN_AFTER_S + 0.5:g} s"]
