@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from daemon import config as config_mod
 from daemon import logs
 from daemon.bus import Bus
-from daemon.messages import KEY_SECTION, Command, CommandAck, ConfigChanged, Heartbeat, ProcessState
+from daemon.messages import KEY_SECTION, Command, CommandAck, ConfigChanged, Heartbeat, Message, ProcessState
 from daemon.notify import Notifier
 
 HEARTBEAT_S = 1.0
@@ -80,6 +80,10 @@ class Service(ABC):
     def status(self) -> str:
         """One human line, shown by ``systemctl status`` and /api/status."""
         return self.state
+
+    def heartbeat_parts(self) -> list[Message]:
+        """Typed state sent with each heartbeat, beside its counters (capture: ``EchoState``)."""
+        return []
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -216,6 +220,8 @@ class _Runner:
                     counters=dict(svc.counters),
                 )
             )
+            for part in svc.heartbeat_parts():
+                svc.bus.publish(part)
 
     async def _heartbeats(self, svc: Service) -> None:
         notifier = svc.ctx.notifier

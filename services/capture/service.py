@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from typing import ClassVar
 
@@ -31,7 +32,9 @@ from daemon.messages import (
     AudioResume,
     AudioSettled,
     Command,
+    EchoState,
     Heartbeat,
+    Message,
     PlaybackState,
     RenderedAudio,
     SpeechActivity,
@@ -77,7 +80,6 @@ class CaptureService(Service):
         for key in (
             *pipeline_mod.COUNTERS,
             *reader_mod.COUNTERS,
-            *aec_mod.COUNTERS,
             "reopens",
             "open_failures",
             "gaps",
@@ -93,6 +95,7 @@ class CaptureService(Service):
         self.reference = RenderReference()
         self.ring = AudioRing(self.config.service.backlog_s, self.config.audio.period_ms)
         self.echo: aec_mod.EchoCanceller | None = None
+        self.echo_figures = EchoState()
         self._aec_failed = ""
         self._reader: Reader | None = None
         self._configure_gate()
@@ -169,6 +172,9 @@ class CaptureService(Service):
         else:
             self.keeper.retry_now()
 
+    def heartbeat_parts(self) -> list[Message]:
+        return [dataclasses.replace(self.echo_figures, t=time.monotonic_ns())]  # a copy: the thread adds on
+
     def status(self) -> str:
         device = self.config.audio.capture_device
         if self._pcm is None:
@@ -186,7 +192,7 @@ class CaptureService(Service):
         if why := self.gate.reason(now):
             line += f", muted ({why})"
         if self.echo is not None:
-            erle = self.counters.get("aec_erle_db")
+            erle = self.echo_figures.erle_db
             line += ", echo cancelled " + ("(ERLE not measured yet)" if erle is None else f"(ERLE {erle:g} dB)")
         elif self._aec_failed:
             line += f", half duplex: echo canceller unavailable ({self._aec_failed})"
@@ -274,7 +280,7 @@ class CaptureService(Service):
         echo = None
         if wanted:
             try:
-                echo = aec_mod.EchoCanceller(self.reference, self.counters, type(self).canceller_factory)
+                echo = aec_mod.EchoCanceller(self.reference, self.echo_figures, type(self).canceller_factory)
             except (ImportError, RuntimeError, OSError) as exc:
                 self._aec_failed = str(exc) or type(exc).__name__
                 self.log.error("echo canceller unavailable (%s): the microphone is half duplex instead", exc)
@@ -283,8 +289,8 @@ class CaptureService(Service):
                 self.log.info("echo cancellation on: the box's own voice is removed from the microphone")
         self.echo = echo
         if echo is None:
-            self.counters["aec_active"] = 0
-            self.counters.pop("aec_erle_db", None)  # a figure for a canceller no longer running
+            self.echo_figures.cancelling = False
+            self.echo_figures.erle_db = None  # a figure for a canceller no longer running
         if self._reader is not None:
             self._reader.pipeline.echo = echo
 
