@@ -38,7 +38,7 @@ ERLE_MIN_S = 0.5
 ERLE_CONFIRM_S = 0.3
 
 #: The box's voice after a quiet spell goes out as silence for at least this long, then until the
-#: canceller shows it has locked on, but no longer than ONSET_GUARD_MAX_MS (see above).
+#: canceller shows it has locked on, but no longer than ONSET_GUARD_MAX_MS (docs/echo.md).
 ONSET_GUARD_MS = 400
 ONSET_GUARD_MAX_MS = 1000
 #: Quiet from the speaker this long makes its next sound an onset.
@@ -100,12 +100,12 @@ class EchoCanceller:
         self._pending = np.zeros(0, dtype=np.int16)  # microphone samples short of a 10 ms frame
         self._ready = np.zeros(0, dtype=np.int16)  # cleaned samples not yet handed out
         self._far_active = False
-        #: The last period was only the residue of the box's voice (see above): silence to the VAD.
+        #: The last period was only the residue of the box's voice: silence to the VAD.
         self.residual_only = False
         self._far_quiet_ms = float(ONSET_AFTER_QUIET_MS)  # the first sound is an onset
         self._guard_ms: float | None = None  # how long the current guard has held; None: no guard
         self._period_samples = 0
-        self._locked = False  # the canceller has shown it removes the box's voice (see above)
+        self._locked = False  # the canceller has shown it removes the box's voice
         self._lock_run = 0
         self._mic_energy = 0.0
         self._out_energy = 0.0

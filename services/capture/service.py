@@ -1,21 +1,11 @@
 """The capture process: opens the microphone, runs the reader thread, keeps the device alive.
 
-Start-up policy: ``start()`` tries the device once. If it opens, ``READY=1`` follows with the
-device really open. If it does not (a USB microphone not plugged in yet, a wrong name),
-``start()`` still returns: the state is ``degraded``, the status names the device and ALSA's
-reason, and ``run()`` keeps retrying with backoff. Refusing to start would have systemd
-restart the unit in a loop and hold back ``tolk.target``, so the screen, the HTTP API and
-``/health`` could not say what is wrong; a microphone plugged in later is picked up within
-seconds either way. The watchdog is only petted while audio really arrives.
-
-A gap in the audio (a device that stalled, was unplugged, or was reopened) is counted and shown
-in the status line for a minute, so ``/api/status`` says what happened after it is over.
-Speech start/stop from the VAD goes out as ``SpeechActivity`` on the state socket.
-
-With ``[audio] echo = "aec"`` playback's ``RenderedAudio`` (what the speaker plays, and when)
-is kept as the echo canceller's reference and the canceller runs before everything else (see
-``aec``). A canceller that cannot be set up falls back to half duplex, with an error: the box
-must never translate its own voice.
+A microphone that is missing at start does not stop the start (``degraded``, the status names
+the device and ALSA's reason; retried with backoff), and a gap in the audio is counted and shown
+for a minute; why: docs/audio.md. Speech start/stop goes out as ``SpeechActivity``. With
+``[audio] echo = "aec"`` playback's ``RenderedAudio`` is the echo canceller's reference (``aec``);
+a canceller that cannot be set up falls back to half duplex: the box must never translate its
+own voice.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """What waits to be sent: microphone audio re-cut into appends, and the latest camera frame.
 
 Capture publishes small periods (10-20 ms); the service wants ``chunk_ms`` per append. While
-the session is not live (connecting, offline, backing off) chunks wait in a bounded backlog of
-a few seconds, oldest dropped first and counted, so a Wi-Fi blip loses the least useful audio
-and memory never grows.
-
-Audio sent is not yet audio the service acted on: a connection lost mid-utterance takes the
-service's half of that utterance with it. So each chunk sent stays *unsettled* until the
-service answered it whole (``settle_answered``, at ``response.done``) or it is quiet audio
-nothing depends on; a lost connection puts the unsettled chunks back at the head of the
-backlog (``requeue_unsettled``) and the next connection hears the utterance from its start.
-Each chunk carries capture's ``seq`` of its last period: ``settled_seq`` is how far capture's
-audio needs no replay after a crash (see docs/session.md).
+the session is not live chunks wait in a bounded backlog, oldest dropped first and counted.
+A chunk sent stays *unsettled* until the service answered it whole (``settle_answered``) or it
+is quiet audio nothing depends on; a lost connection puts the unsettled chunks back at the head
+of the backlog (``requeue_unsettled``). ``settled_seq`` is how far capture's audio needs no
+replay after a crash. Why and how: docs/session.md.
 """
 
 from __future__ import annotations
