@@ -53,8 +53,6 @@ class Outgoing:
         self._unsettled: deque[Chunk] = deque()
         self._unsettled_loud = 0
         self.settled_seq = 0  # every capture period up to this seq needs no replay
-        self.requeued = 0
-        self.resend_dropped = 0  # sent once, on a connection that died, and too old to send again
         self._ready = asyncio.Event()
         self._image: VideoFrame | None = None
         self._image_sent_ns = 0
@@ -104,9 +102,7 @@ class Outgoing:
 
     def _drop_oldest(self) -> None:
         chunk = self._chunks.popleft()
-        if chunk.sent:
-            self.resend_dropped += 1
-        else:
+        if not chunk.sent:
             self.dropped += 1  # the service never got it at all
         self.settled_seq = max(self.settled_seq, chunk.seq)  # given up: a replay would only be staler
 
@@ -134,14 +130,7 @@ class Outgoing:
         while len(self._unsettled) > self.max_chunks:
             self._settle_oldest()
 
-    def __len__(self) -> int:
-        return len(self._chunks)
-
     # --- settling ------------------------------------------------------------------------------
-
-    @property
-    def unsettled(self) -> int:
-        return len(self._unsettled)
 
     def insert_before(self, periods: list[tuple[bytes, int]]) -> None:
         """Older audio (capture's replay: pcm, seq) ahead of everything waiting, re-cut into chunks."""
@@ -193,7 +182,6 @@ class Outgoing:
         while self._unsettled:
             self._chunks.appendleft(dataclasses.replace(self._unsettled.pop(), sent=True))
         self._unsettled_loud = 0
-        self.requeued += count
         while len(self._chunks) > self.max_chunks:
             self._drop_oldest()
         if self._chunks:
@@ -223,6 +211,3 @@ class Outgoing:
         self._image = None
         self._image_sent_ns = now
         return frame
-
-    def has_image(self) -> bool:
-        return self._image is not None
