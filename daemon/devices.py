@@ -1,25 +1,52 @@
-"""The sound devices: the names to put in ``[audio] capture_device`` / ``playback_device``.
+"""The one listing of the box's devices, for ``tolk devices`` and ``GET /api/devices`` alike.
 
-alsa-lib's own device hints (what ``arecord -L`` / ``aplay -L`` print), with each one's
-description and direction, plus the sound cards. Prefer ``plughw:CARD=…`` (or ``default``) over
-``hw:…``: ``plug`` converts rate and channels in alsa-lib, so any USB microphone gives tolk its
-16 kHz mono. ``tolk devices`` (daemon/app/devices.py) lists these beside the cameras.
+Sound: alsa-lib's own device hints (what ``arecord -L`` / ``aplay -L`` print), with each one's
+description and direction, plus the PCMs a config file defines without a hint, and the sound
+cards: the names to put in ``[audio] capture_device`` / ``playback_device``. Prefer
+``plughw:CARD=…`` (or ``default``) over ``hw:…``: ``plug`` converts rate and channels in
+alsa-lib, so any USB microphone gives tolk its 16 kHz mono. Cameras: ``daemon/cameras.py``.
+Blocking (alsa-lib reads its config files, the camera probe asks drivers): a server calls it
+from a worker thread.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import alsaaudio
+
+from daemon.cameras import CameraInfo, list_cameras
 
 
 @dataclass(frozen=True)
 class Device:
-    kind: str  # "capture", "playback" (or another lister's kind, e.g. "camera")
+    kind: str  # "capture" or "playback" (or "camera" where a listing shows cameras alike)
     name: str
     description: str = ""
+
+
+@dataclass(frozen=True)
+class Listing:
+    cards: list[str]
+    sound: list[Device]  # capture and playback
+    cameras: list[CameraInfo]
+    problems: list[str] = field(default_factory=list)  # what could not be listed, and why
+
+    def names(self, kind: str) -> list[str]:
+        """The PCM names of one direction, ``default`` first (alsa-lib always defines it)."""
+        return ["default", *dict.fromkeys(d.name for d in self.sound if d.kind == kind and d.name != "default")]
+
+
+def list_devices() -> Listing:
+    problems: list[str] = []
+    try:
+        cards, sound = alsaaudio.cards(), audio_devices()
+    except alsaaudio.ALSAAudioError as exc:
+        problems.append(f"cannot list ALSA devices: {exc}")
+        cards, sound = [], []
+    return Listing(cards, sound, list_cameras(), problems)
 
 
 def _hints() -> list[tuple[str, str, str | None]]:

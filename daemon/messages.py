@@ -231,6 +231,25 @@ class SpeechActivity(Message):
 
 
 @dataclass(kw_only=True)
+class EchoState(Message):
+    """Capture's echo canceller (``[audio] echo = "aec"``), sent with each of its heartbeats.
+
+    Seconds and counts are cumulative since capture started; docs/echo.md says what each measures.
+    """
+
+    topic = "echo"
+    cancelling: bool = False  # false on another echo setting, or when the canceller could not start
+    erle_db: float | None = None  # over the last seconds when only the box spoke; None until measured
+    far_s: float = 0.0  # the box spoke
+    double_talk_s: float = 0.0  # of that, someone spoke over it
+    double_talk_ratio: float = 0.0
+    onset_guard_s: float = 0.0  # sent as silence at the start of answers
+    residual_s: float = 0.0  # only the echo's residue was left: silence to the VAD
+    resyncs: int = 0  # the reference laid anew on the microphone's timeline
+    reference_late_s: float = 0.0  # the speaker's reference that came after its time had passed
+
+
+@dataclass(kw_only=True)
 class PlaybackState(Message):
     """``started``: the first sample reached the device; ``drained``: the device played everything;
     ``interrupted``: a barge-in stopped ``response_id``, and the rest of it will not play.

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from daemon import config as config_mod
 from daemon import logs
 from daemon.bus import Bus
-from daemon.messages import KEY_SECTION, Command, CommandAck, ConfigChanged, Heartbeat, ProcessState
+from daemon.messages import KEY_SECTION, Command, CommandAck, ConfigChanged, Heartbeat, Message, ProcessState
 from daemon.notify import Notifier
 
 #: Every process says how it is this often (control's DOWN_AFTER_S is two and a half of these).
@@ -81,6 +81,10 @@ class Service(ABC):
     def status(self) -> str:
         """One human line, shown by ``systemctl status`` and /api/status."""
         return self.state
+
+    def heartbeat_parts(self) -> list[Message]:
+        """Typed state sent with each heartbeat, beside its counters (capture: ``EchoState``)."""
+        return []
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -217,6 +221,8 @@ class _Runner:
                     counters=dict(svc.counters),
                 )
             )
+            for part in svc.heartbeat_parts():
+                svc.bus.publish(part)
 
     async def _heartbeats(self, svc: Service) -> None:
         notifier = svc.ctx.notifier

@@ -1,32 +1,35 @@
-"""``tolk devices``: every device the box can use, sound (daemon/devices.py) and cameras."""
+"""``tolk devices``: every device the box can use, as the one listing has them (daemon/devices.py)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict
 
-import alsaaudio
-
-from daemon.devices import Device, audio_devices
-
-
-def camera_devices() -> list[Device]:
-    from services.camera.devices import camera_devices as cameras  # V4L2 and picamera2 probes, when asked
-
-    return cameras()
+from daemon.cameras import CameraInfo
+from daemon.devices import Device, list_devices
 
 
-LISTERS: list[Callable[[], list[Device]]] = [audio_devices, camera_devices]
+def _camera_lines(cameras: list[CameraInfo]) -> list[Device]:
+    """The cameras as the source values to write, with what each is or why it cannot serve."""
+    lines = [
+        Device("camera", c.source, f"{c.name}: {c.detail}" if c.usable else f"{c.name}, not usable: {c.detail}")
+        for c in cameras
+    ]
+    if not any(c.source.startswith("v4l2:") for c in cameras):
+        lines.insert(0, Device("camera", "v4l2:/dev/videoN", "no V4L2 webcam found (/dev/video*)"))
+    lines.append(Device("camera", "file:/path", "a still image, a folder of images or a video (tests, demos)"))
+    return lines
 
 
 def main(as_json: bool = False) -> int:
-    devices = [d for lister in LISTERS for d in lister()]
-    cards = alsaaudio.cards()
+    listing = list_devices()
+    devices = [*listing.sound, *_camera_lines(listing.cameras)]
     if as_json:
-        print(json.dumps({"cards": cards, "devices": [asdict(d) for d in devices]}, indent=1))
+        print(json.dumps({"cards": listing.cards, "devices": [asdict(d) for d in devices]}, indent=1))
         return 0
-    print("sound cards: " + (", ".join(cards) if cards else "none"))
+    print("sound cards: " + (", ".join(listing.cards) if listing.cards else "none"))
+    for problem in listing.problems:
+        print(f"  ({problem})")
     for kind in dict.fromkeys(d.kind for d in devices):
         print(f"\n{kind}:")
         for d in (d for d in devices if d.kind == kind):

@@ -195,6 +195,7 @@ class ClientRules:
     _ids: set[str] = field(default_factory=set)
     _id_order: deque[str] = field(default_factory=deque)
     _image_times: deque[float] = field(default_factory=lambda: deque(maxlen=IMAGES_PER_S))
+    _before_update: tuple[dict[str, Any], bool, bool] | None = None
 
     def __post_init__(self) -> None:
         if not self.session:
@@ -334,7 +335,14 @@ class ClientRules:
         explicit_voice = self.explicit_voice or "voice" in session
         if not self.omni:
             _check_combination(self.profile, merged, explicit_voice)
+        self._before_update = (self.session, self.explicit_voice, self.updated)
         self.session, self.explicit_voice, self.updated = merged, explicit_voice, True
+
+    def undo_update(self) -> None:
+        """Back to the session before the last ``session.update`` taken (a server refusing it after all)."""
+        if self._before_update is not None:
+            self.session, self.explicit_voice, self.updated = self._before_update
+            self._before_update = None
 
 
 def _check_session_field(key: str, value: Any, profile: ModelProfile) -> None:

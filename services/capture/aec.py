@@ -4,7 +4,7 @@ WebRTC's AEC3 (through ``livekit``) on 10 ms frames: the speaker's signal of tho
 (``RenderReference``) as the far end, then the microphone's frame, echo removed. Also here: the
 onset guard (silence at the start of an answer until the canceller has locked on) and the
 residue rule (what the canceller took most of is silence to the VAD). Why each exists, the
-counters it reports and the measurements behind the constants: docs/echo.md.
+figures it reports (``EchoState``) and the measurements behind the constants: docs/echo.md.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from daemon.messages import EchoState
 from services.capture.reference import RATE, RenderReference, position
 
 FRAME = RATE // 100  # WebRTC's APM works on 10 ms
@@ -37,7 +38,7 @@ ERLE_MIN_S = 0.5
 ERLE_CONFIRM_S = 0.3
 
 #: The box's voice after a quiet spell goes out as silence for at least this long, then until the
-#: canceller shows it has locked on, but no longer than ONSET_GUARD_MAX_MS (see above).
+#: canceller shows it has locked on, but no longer than ONSET_GUARD_MAX_MS (docs/echo.md).
 ONSET_GUARD_MS = 400
 ONSET_GUARD_MAX_MS = 1000
 #: Quiet from the speaker this long makes its next sound an onset.
@@ -51,19 +52,6 @@ RESIDUAL_DB = 20.0
 #: output quieter than QUIET_OUT_RMS, while the box speaks), the box's speech is half duplex.
 LOCK_PERIODS = 5
 QUIET_OUT_RMS = 50.0
-
-#: Counted from zero (``aec_erle_db`` joins them once measured).
-COUNTERS = (
-    "aec_active",
-    "aec_far_s",
-    "aec_double_talk_s",
-    "aec_double_talk_ratio",
-    "aec_resyncs",
-    "aec_onset_guard_s",
-    "aec_residual_s",
-    "aec_reference_late_s",
-)
-
 
 class Canceller(Protocol):
     def process(self, mic: np.ndarray, far: np.ndarray) -> np.ndarray:
@@ -100,24 +88,24 @@ class EchoCanceller:
     def __init__(
         self,
         reference: RenderReference,
-        counters: dict[str, float],
+        figures: EchoState,
         factory: CancellerFactory = WebRtcCanceller,
     ) -> None:
         self.reference = reference
-        self.counters = counters
+        self.figures = figures  # what capture reports with its heartbeat
         self.canceller = factory()
-        counters["aec_active"] = 1
+        figures.cancelling = True
         self._cursor: int | None = None
         self._off_ms = 0.0  # how long the stamps have differed from the count by more than RESYNC_MS
         self._pending = np.zeros(0, dtype=np.int16)  # microphone samples short of a 10 ms frame
         self._ready = np.zeros(0, dtype=np.int16)  # cleaned samples not yet handed out
         self._far_active = False
-        #: The last period was only the residue of the box's voice (see above): silence to the VAD.
+        #: The last period was only the residue of the box's voice: silence to the VAD.
         self.residual_only = False
         self._far_quiet_ms = float(ONSET_AFTER_QUIET_MS)  # the first sound is an onset
         self._guard_ms: float | None = None  # how long the current guard has held; None: no guard
         self._period_samples = 0
-        self._locked = False  # the canceller has shown it removes the box's voice (see above)
+        self._locked = False  # the canceller has shown it removes the box's voice
         self._lock_run = 0
         self._mic_energy = 0.0
         self._out_energy = 0.0
@@ -146,13 +134,13 @@ class EchoCanceller:
             out_sq += _energy(cleaned)
             frames += 1
         self._ready = np.concatenate([self._ready, *out])
-        self.counters["aec_reference_late_s"] = round(self.reference.late_samples / RATE, 3)
+        self.figures.reference_late_s = round(self.reference.late_samples / RATE, 3)
         self._far_active = frames > 0 and math.sqrt(far_sq / (frames * FRAME)) > FAR_ACTIVE_RMS
         self._mic_energy, self._out_energy = mic_sq, out_sq
         self._period_samples = frames * FRAME
         self.residual_only = self._far_active and out_sq * 10 ** (RESIDUAL_DB / 10) < mic_sq
         if self.residual_only:
-            self.counters["aec_residual_s"] = round(self.counters["aec_residual_s"] + len(mic) / RATE, 3)
+            self.figures.residual_s = round(self.figures.residual_s + len(mic) / RATE, 3)
         # Periods that are not whole 10 ms frames (say 15 ms) leave a remainder for the next
         # one: the stream then runs that much behind, once, starting with a little silence.
         handed, self._ready = self._ready[: len(mic)], self._ready[len(mic) :]
@@ -192,18 +180,18 @@ class EchoCanceller:
         if self._far_quiet_ms >= ONSET_AFTER_QUIET_MS:
             self._guard_ms = None  # the answer ended before the canceller showed anything
             return False
-        self.counters["aec_onset_guard_s"] = round(self.counters["aec_onset_guard_s"] + period_ms / 1000, 3)
+        self.figures.onset_guard_s = round(self.figures.onset_guard_s + period_ms / 1000, 3)
         return True
 
     def account(self, speaking: bool, seconds: float) -> None:
         """The VAD's verdict on the cleaned period: double talk, or a moment for measuring ERLE."""
         if not self._far_active:
             return
-        c = self.counters
-        c["aec_far_s"] = round(c["aec_far_s"] + seconds, 3)
+        f = self.figures
+        f.far_s = round(f.far_s + seconds, 3)
         if speaking:
-            c["aec_double_talk_s"] = round(c["aec_double_talk_s"] + seconds, 3)
-        c["aec_double_talk_ratio"] = round(c["aec_double_talk_s"] / c["aec_far_s"], 4)
+            f.double_talk_s = round(f.double_talk_s + seconds, 3)
+        f.double_talk_ratio = round(f.double_talk_s / f.far_s, 4)
         if speaking:
             self._unconfirmed.clear()  # the start of what the VAD now hears as speech
             self._unconfirmed_s = 0.0
@@ -225,7 +213,7 @@ class EchoCanceller:
         self._erle_out = self._erle_out * keep + out_energy
         self._erle_s += seconds
         if self._erle_s >= ERLE_MIN_S and self._erle_mic > 0:
-            self.counters["aec_erle_db"] = round(10 * math.log10(self._erle_mic / max(self._erle_out, 1.0)), 1)
+            self.figures.erle_db = round(10 * math.log10(self._erle_mic / max(self._erle_out, 1.0)), 1)
 
     def _align(self, start: int, period_ms: float) -> None:
         expected = None if self._cursor is None else self._cursor + len(self._pending)
@@ -237,7 +225,7 @@ class EchoCanceller:
             self._off_ms += period_ms
             if off <= RESYNC_AT_ONCE_MS * RATE // 1000 and self._off_ms < RESYNC_AFTER_MS:
                 return
-            self.counters["aec_resyncs"] += 1
+            self.figures.resyncs += 1
         self._off_ms = 0.0
         self._cursor = start - len(self._pending)
 

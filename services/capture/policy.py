@@ -1,18 +1,8 @@
 """What reaches the session: every period (``always``) or speech only (``speech``, the default).
 
-The service bills 12.5 tokens for every second of audio it is sent, silence included; a kiosk
-standing in a quiet hall all day would pay for hours of nothing. In ``speech`` mode a period is
-sent when the VAD hears speech, together with:
-
-- a pre-roll: the ``preroll_ms`` before speech was detected (kept in a small ring), so the first
-  syllable, which the VAD needs a window or two to recognise, is never clipped;
-- trailing silence: ``trailing_ms`` after the VAD says speech stopped, so the service's own
-  end-of-speech detection sees the pause it waits for and translates the sentence at once;
-- a keep-alive: in a long silence, one ``keepalive_ms`` append of zeros every ``keepalive_s``,
-  so an idle connection is not dropped by the service (about 0.5 % of streaming everything at
-  the defaults). It goes out flagged ``muted``: it is not what the microphone heard.
-
-Periods not sent are simply not published: nothing downstream wakes up for them.
+The service bills every second it is sent, silence included. In ``speech`` mode a period goes
+when the VAD hears speech, with a pre-roll before it, trailing silence after it, and in long
+silences a ``muted`` keep-alive append; periods not sent are not published (docs/audio.md).
 """
 
 from __future__ import annotations

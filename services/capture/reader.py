@@ -1,20 +1,9 @@
 """The capture thread: wait for the device in poll(), read what it has, hand on 20 ms periods.
 
-It owns the PCM it was given and (through the pipeline) the bus's bulk publisher: ZeroMQ
-sockets belong to one thread. pyalsaaudio and poll() release the GIL, so the event loop keeps
-running while this thread waits. It never exits the process: when the device fails, or stays
-silent for ``STALL_S``, it closes the PCM and tells the event loop why, which reopens it with
-backoff. On the way it
-
-- converts what the device took (rate, channels) to 16 kHz mono when they differ (soxr);
-- tells a device with a clock from one without (alsa-lib's ``file``/``null`` PCMs hand out audio
-  as fast as it is read): a clockless one is held to real time, or it would flood the bus and
-  bill the service for hours of silence per minute. A full buffer at the first read does not
-  settle it: a sound server may have kept what was said while the service started, so the
-  reader drains first (``ClockProbe``), and only a device that stays full is clockless;
-- recovers from overruns: ALSA's own (-EPIPE, the ring buffer overflowed while we were late) and
-  a backlog a sound server kept for us (a device whose ring buffer is full after a read): the
-  stale audio is dropped and counted, so a busy moment never leaves the stream seconds behind.
+It owns the PCM and (through the pipeline) the bus's bulk publisher: ZeroMQ sockets belong to
+one thread. It never exits the process: a failed or silent device is closed and the event loop
+told why. On the way it converts to 16 kHz mono, holds a clockless device (alsa-lib's
+``file``/``null``) to real time, and drops a backlog after an overrun; docs/audio.md says why.
 """
 
 from __future__ import annotations

@@ -1,27 +1,18 @@
 """The capture process: opens the microphone, runs the reader thread, keeps the device alive.
 
-Start-up policy: ``start()`` tries the device once. If it opens, ``READY=1`` follows with the
-device really open. If it does not (a USB microphone not plugged in yet, a wrong name),
-``start()`` still returns: the state is ``degraded``, the status names the device and ALSA's
-reason, and ``run()`` keeps retrying with backoff. Refusing to start would have systemd
-restart the unit in a loop and hold back ``tolk.target``, so the screen, the HTTP API and
-``/health`` could not say what is wrong; a microphone plugged in later is picked up within
-seconds either way. The watchdog is only petted while audio really arrives.
-
-A gap in the audio (a device that stalled, was unplugged, or was reopened) is counted and shown
-in the status line for a minute, so ``/api/status`` says what happened after it is over.
-Speech start/stop from the VAD goes out as ``SpeechActivity`` on the state socket.
-
-With ``[audio] echo = "aec"`` playback's ``RenderedAudio`` (what the speaker plays, and when)
-is kept as the echo canceller's reference and the canceller runs before everything else (see
-``aec``). A canceller that cannot be set up falls back to half duplex, with an error: the box
-must never translate its own voice.
+A microphone that is missing at start does not stop the start (``degraded``, the status names
+the device and ALSA's reason; retried with backoff), and a gap in the audio is counted and shown
+for a minute; why: docs/audio.md. Speech start/stop goes out as ``SpeechActivity``. With
+``[audio] echo = "aec"`` playback's ``RenderedAudio`` is the echo canceller's reference (``aec``);
+a canceller that cannot be set up falls back to half duplex: the box must never translate its
+own voice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from typing import ClassVar
 
@@ -31,7 +22,9 @@ from daemon.messages import (
     AudioResume,
     AudioSettled,
     Command,
+    EchoState,
     Heartbeat,
+    Message,
     PlaybackState,
     RenderedAudio,
     SpeechActivity,
@@ -77,7 +70,6 @@ class CaptureService(Service):
         for key in (
             *pipeline_mod.COUNTERS,
             *reader_mod.COUNTERS,
-            *aec_mod.COUNTERS,
             "reopens",
             "open_failures",
             "gaps",
@@ -93,6 +85,7 @@ class CaptureService(Service):
         self.reference = RenderReference()
         self.ring = AudioRing(self.config.service.backlog_s, self.config.audio.period_ms)
         self.echo: aec_mod.EchoCanceller | None = None
+        self.echo_figures = EchoState()
         self._aec_failed = ""
         self._reader: Reader | None = None
         self._configure_gate()
@@ -169,6 +162,9 @@ class CaptureService(Service):
         else:
             self.keeper.retry_now()
 
+    def heartbeat_parts(self) -> list[Message]:
+        return [dataclasses.replace(self.echo_figures, t=time.monotonic_ns())]  # a copy: the thread adds on
+
     def status(self) -> str:
         device = self.config.audio.capture_device
         if self._pcm is None:
@@ -186,7 +182,7 @@ class CaptureService(Service):
         if why := self.gate.reason(now):
             line += f", muted ({why})"
         if self.echo is not None:
-            erle = self.counters.get("aec_erle_db")
+            erle = self.echo_figures.erle_db
             line += ", echo cancelled " + ("(ERLE not measured yet)" if erle is None else f"(ERLE {erle:g} dB)")
         elif self._aec_failed:
             line += f", half duplex: echo canceller unavailable ({self._aec_failed})"
@@ -274,7 +270,7 @@ class CaptureService(Service):
         echo = None
         if wanted:
             try:
-                echo = aec_mod.EchoCanceller(self.reference, self.counters, type(self).canceller_factory)
+                echo = aec_mod.EchoCanceller(self.reference, self.echo_figures, type(self).canceller_factory)
             except (ImportError, RuntimeError, OSError) as exc:
                 self._aec_failed = str(exc) or type(exc).__name__
                 self.log.error("echo canceller unavailable (%s): the microphone is half duplex instead", exc)
@@ -283,8 +279,8 @@ class CaptureService(Service):
                 self.log.info("echo cancellation on: the box's own voice is removed from the microphone")
         self.echo = echo
         if echo is None:
-            self.counters["aec_active"] = 0
-            self.counters.pop("aec_erle_db", None)  # a figure for a canceller no longer running
+            self.echo_figures.cancelling = False
+            self.echo_figures.erle_db = None  # a figure for a canceller no longer running
         if self._reader is not None:
             self._reader.pipeline.echo = echo
 

@@ -180,6 +180,10 @@ def _echo_metrics(status: StatusAggregator) -> Iterator[Metric]:
     for name, help_text, value in (
         ("tolk_echo_far_seconds", "Seconds the box spoke with the canceller running.", echo.far_s),
         ("tolk_echo_double_talk_seconds", "Of those, seconds someone spoke over the box.", echo.double_talk_s),
+        ("tolk_echo_onset_guard_seconds", "Seconds sent as silence while the canceller locked on.", echo.onset_guard_s),
+        ("tolk_echo_residual_seconds", "Seconds only the echo's residue was left.", echo.residual_s),
+        ("tolk_echo_resyncs", "Times the speaker's reference was laid anew on the microphone's time.", echo.resyncs),
+        ("tolk_echo_reference_late_seconds", "Seconds of reference that came late.", echo.reference_late_s),
     ):
         family = CounterMetricFamily(name, help_text)
         family.add_metric([], value)

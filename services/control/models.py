@@ -79,6 +79,9 @@ class EchoInfo(BaseModel):
     onset_guard_s: float = Field(
         0.0, description="Seconds sent as silence at the start of answers while the canceller locks on."
     )
+    residual_s: float = Field(0.0, description="Seconds only the echo's residue was left (silence to the VAD).")
+    resyncs: int = Field(0, description="Times the speaker's reference was laid anew on the microphone's timeline.")
+    reference_late_s: float = Field(0.0, description="Seconds of the speaker's reference that came too late to use.")
 
 
 class CaptionText(BaseModel):

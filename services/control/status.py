@@ -19,6 +19,7 @@ from daemon.config import Config
 from daemon.messages import (
     Caption,
     CommandAck,
+    EchoState,
     Heartbeat,
     Message,
     PlaybackState,
@@ -60,6 +61,7 @@ STATE_TOPICS: tuple[type[Message], ...] = (
     SpeechActivity,
     PlaybackState,
     CommandAck,
+    EchoState,
 )
 
 
@@ -109,6 +111,7 @@ class StatusAggregator:
         self._speaking: bool | None = None
         self._playback: PlaybackState | None = None
         self._playback_at = 0.0
+        self._echo: EchoState | None = None  # capture's canceller, as it last said
         self._utterances: OrderedDict[str, _Utterance] = OrderedDict()
         #: Called with each message after it is folded in, and control's clock reading (the
         #: captions stream and the latency metrics follow the bus this way).
@@ -145,6 +148,8 @@ class StatusAggregator:
             self._words_at = now  # speech started, or the quiet starts now
         elif isinstance(msg, PlaybackState):
             self._playback, self._playback_at = msg, now
+        elif isinstance(msg, EchoState):
+            self._echo = msg
         for observer in self.observers:
             observer(msg, now)
 
@@ -301,17 +306,19 @@ class StatusAggregator:
         return proc is not None and self._process_problem(proc, self.clock()) is None
 
     def echo_info(self) -> EchoInfo | None:
-        capture = self._processes.get("capture")
-        c = capture.counters if capture is not None else {}
-        if "aec_active" not in c:
+        echo = self._echo
+        if echo is None:
             return None
         return EchoInfo(
-            cancelling=bool(c["aec_active"]),
-            erle_db=c.get("aec_erle_db"),
-            far_s=c.get("aec_far_s", 0.0),
-            double_talk_s=c.get("aec_double_talk_s", 0.0),
-            double_talk_ratio=c.get("aec_double_talk_ratio", 0.0),
-            onset_guard_s=c.get("aec_onset_guard_s", 0.0),
+            cancelling=echo.cancelling,
+            erle_db=echo.erle_db,
+            far_s=echo.far_s,
+            double_talk_s=echo.double_talk_s,
+            double_talk_ratio=echo.double_talk_ratio,
+            onset_guard_s=echo.onset_guard_s,
+            residual_s=echo.residual_s,
+            resyncs=echo.resyncs,
+            reference_late_s=echo.reference_late_s,
         )
 
     def playback_info(self) -> PlaybackInfo | None:

@@ -1,9 +1,9 @@
-"""One client connection to the engine: validate what arrives, hear utterances, answer with translations.
+"""One client connection to the engine: hear utterances, answer with translations.
 
-The reader checks each client event (``rules.py``); a bad one is answered with an ``error`` and
-the connection goes on. Audio feeds the end-of-speech detector on the event loop (it is cheap);
-each ended utterance goes to one responder task, in order, which runs the models on the engine's
-worker thread and streams the response: text first, then each sentence's speech as soon as it is
+The connection's loop is the shared one (``daemon.realtime.server``); here is what the engine
+does in it. Audio feeds the end-of-speech detector on the event loop (it is cheap); each ended
+utterance goes to the responder, in order, which runs the models on the engine's worker thread
+and streams the response: text first, then each sentence's speech as soon as it is
 synthesized, then the source transcription. ``session.finish`` is answered after the last
 utterance (flushed), with ``session.finished``.
 """
@@ -15,13 +15,12 @@ import contextlib
 import functools
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from daemon import engine_languages as eng_lang
+from daemon.realtime import server
 from daemon.realtime.rules import Rejected
 from services.engine import events
 from services.engine.core import Engine
@@ -33,72 +32,39 @@ from services.engine.tts import sentences
 log = logging.getLogger("tolk.engine")
 #: Utterances waiting for the models; past this, the oldest waiting one is dropped (said in the log).
 MAX_PENDING = 4
-DISCONNECT_WITHIN_S = 10.0
 
 
-@dataclass
-class _Finish:
-    pass
-
-
-class Conversation:
+class Conversation(server.Conversation[Utterance]):
     def __init__(self, engine: Engine, ws: ServerConnection, number: int, model: str) -> None:
-        self.engine = engine
-        self.ws = ws
-        self.number = number
-        self.model = model
         cfg = engine.cfg
         # The Marian pairs are listed once per connection: a pair installed meanwhile serves the next one.
-        self.rules = EngineRules(cfg.end_silence_ms, engine.translator.marian_pairs())
+        self.rules: EngineRules = EngineRules(cfg.end_silence_ms, engine.translator.marian_pairs())
+        super().__init__(ws, number, model, self.rules, "local", MAX_PENDING + 1)
+        self.engine = engine
         self.segmenter = Segmenter(cfg.end_silence_ms, max_utterance_s=cfg.max_utterance_s)
-        self.ids = events.Ids("local", str(number))
-        self.session_id = self.ids.next("sess")
-        self.jobs: asyncio.Queue[Utterance | _Finish] = asyncio.Queue(MAX_PENDING + 1)
         self.errors_sent = 0
         self.responses = 0
         #: end of speech → first synthesized audio of the latest response (the benchmark reads it)
         self.first_audio_s: float | None = None
 
-    async def run(self) -> None:
-        await self.send(self._session_event("session.created"))
-        responder = asyncio.create_task(self._respond(), name=f"engine:respond-{self.number}")
-        try:
-            async for raw in self.ws:
-                await self._on_frame(raw)
-        except ConnectionClosed:
-            pass
-        finally:
-            responder.cancel()
-            await asyncio.gather(responder, return_exceptions=True)
-
-    async def send(self, event: dict[str, Any]) -> None:
-        await self.ws.send(events.encode(event))
-
-    def _session_event(self, kind: str) -> dict[str, Any]:
-        return self.ids.event(kind, session=events.session_object(self.session_id, self.model, self.rules.session))
-
     # --- what the client sends ---------------------------------------------------------------
 
-    async def _on_frame(self, raw: str | bytes) -> None:
-        try:
-            accepted = self.rules.check(raw, asyncio.get_running_loop().time())
-        except Rejected as exc:
-            self.errors_sent += 1
-            log.info("connection %d: refused a client event: %s", self.number, exc)
-            await self.send(events.error_event(self.ids, str(exc), exc.code, exc.param, exc.event_id))
-            return
-        kind = accepted.event["type"]
-        if kind == "session.update":
-            self.segmenter.end_silence_ms = self.rules.end_silence_ms
-            await self.send(self._session_event("session.updated"))
-        elif kind == "input_audio_buffer.append":
-            for utterance in self.segmenter.feed(accepted.payload):
-                self._queue(utterance)
-        elif kind == "session.finish":
-            if (pending := self.segmenter.flush()) is not None:
-                self._queue(pending)
-            await self.jobs.put(_Finish())
-        # input_image_buffer.append: validated and accepted; the engine has no use for pictures.
+    def rejected(self, raw: str | bytes, exc: Rejected) -> None:
+        self.errors_sent += 1
+        log.info("connection %d: refused a client event: %s", self.number, exc)
+
+    async def session_update(self, event: dict[str, Any]) -> None:
+        self.segmenter.end_silence_ms = self.rules.end_silence_ms
+        await super().session_update(event)
+
+    async def audio(self, pcm: bytes) -> None:
+        for utterance in self.segmenter.feed(pcm):
+            self._queue(utterance)
+
+    async def finish_asked(self) -> None:
+        if (pending := self.segmenter.flush()) is not None:
+            self._queue(pending)
+        await super().finish_asked()
 
     def _queue(self, utterance: Utterance) -> None:
         if self.jobs.qsize() >= MAX_PENDING:
@@ -109,17 +75,10 @@ class Conversation:
 
     # --- what the engine says ----------------------------------------------------------------
 
-    async def _respond(self) -> None:
-        while True:
-            job = await self.jobs.get()
-            if isinstance(job, _Finish):
-                await self.send(self.ids.event("session.finished"))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.ws.wait_closed(), DISCONNECT_WITHIN_S)
-                await self.ws.close()
-                return
-            self.first_audio_s = None
-            await self._reply(job)
+    async def reply(self, utterance: Utterance) -> bool:
+        self.first_audio_s = None
+        await self._reply(utterance)
+        return True
 
     async def _reply(self, utterance: Utterance) -> None:
         engine, rules = self.engine, self.rules

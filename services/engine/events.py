@@ -3,7 +3,7 @@
 Unlike the simulator, which knows its whole reply at once, the engine streams: the opening
 events go as soon as the translated text exists, each sentence's speech follows as soon as it is
 synthesized, and the closing events end it. The ids, ``error`` and session objects are the
-simulator's builders.
+shared builders (``daemon.realtime.events``).
 """
 
 from __future__ import annotations

@@ -8,23 +8,19 @@ conversation code that uses them) load on the first connection (``loader.py``).
 
 from __future__ import annotations
 
-import json
 import logging
 from http import HTTPStatus
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from daemon.realtime.server import RealtimeServer, refuse
 from services.engine.loader import ModelLoader
 
 if TYPE_CHECKING:
     from services.engine.conversation import Conversation
 
-log = logging.getLogger("tolk.engine")
-
-PATH = "/api-ws/v1/realtime"
 MODELS = frozenset(
     {
         "qwen3-livetranslate-flash-realtime",
@@ -32,48 +28,22 @@ MODELS = frozenset(
         "qwen3.5-livetranslate-flash-realtime",
     }
 )
-#: Client events are small; one image is at most 500 KB (plus base64 and JSON).
-MAX_FRAME_BYTES = 2**20
 
 
-class EngineServer:
+class EngineServer(RealtimeServer["Conversation"]):
+    log = logging.getLogger("tolk.engine")
+
     def __init__(self, loader: ModelLoader, host: str, port: int) -> None:
+        super().__init__(host, port)
         self.loader = loader
-        self.host = host
-        self.port = port
         self.connections = 0
-        self.live: dict[int, Conversation] = {}
         self._models: dict[int, str] = {}
-        self._server: Server | None = None
 
-    @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}{PATH}"
-
-    async def start(self) -> None:
-        self._server = await serve(
-            self._handle,
-            self.host,
-            self.port,
-            process_request=self._handshake,
-            max_size=MAX_FRAME_BYTES,
-            compression=None,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
-        parts = urlsplit(request.path)
-        if parts.path != PATH:
-            return _refuse(connection, HTTPStatus.NOT_FOUND, "NotFound", f"no endpoint at {parts.path}")
-        model = parse_qs(parts.query).get("model", [""])[0]
+    def admit(
+        self, connection: ServerConnection, request: Request, model: str, query: dict[str, list[str]]
+    ) -> Response | None:
         if model not in MODELS:
-            return _refuse(
+            return refuse(
                 connection,
                 HTTPStatus.NOT_FOUND,
                 "ModelNotFound",
@@ -82,7 +52,7 @@ class EngineServer:
         self._models[id(connection)] = model
         return None
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def open(self, ws: ServerConnection) -> Conversation | None:
         self.connections += 1
         number = self.connections
         model = self._models.pop(id(ws), "")
@@ -90,27 +60,17 @@ class EngineServer:
             engine = await self.loader.get()
         except Exception as exc:
             # The client is told, as the service tells of its own failures; the next one retries.
-            log.error("connection %d: the engine's models did not load: %s", number, exc)
+            self.log.error("connection %d: the engine's models did not load: %s", number, exc)
             await ws.close(1011, "the local engine's models did not load")
-            return
+            return None
         from services.engine.conversation import Conversation
 
-        conversation = Conversation(engine, ws, number, model)
-        self.live[number] = conversation
-        log.info("connection %d opened", number)
-        try:
-            await conversation.run()
-        finally:
-            self.live.pop(number, None)
-            log.info(
-                "connection %d closed (%d responses, %d client errors)",
-                number,
-                conversation.responses,
-                conversation.errors_sent,
-            )
+        return Conversation(engine, ws, number, model)
 
-
-def _refuse(connection: ServerConnection, status: int, code: str, message: str) -> Response:
-    response = connection.respond(status, json.dumps({"code": code, "message": message}) + "\n")
-    response.headers["Content-Type"] = "application/json"
-    return response
+    def closed(self, conversation: Conversation) -> None:
+        self.log.info(
+            "connection %d closed (%d responses, %d client errors)",
+            conversation.number,
+            conversation.responses,
+            conversation.errors_sent,
+        )

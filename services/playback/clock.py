@@ -1,13 +1,8 @@
 """How much the speaker still has to play, from ALSA and from the wall clock.
 
-The echo contract needs the moment the device has really played everything: the frames written
-minus what the device still holds. A real device says what it holds (``buffer_size - avail``).
-alsa-lib's ``file``/``null`` PCMs (tests, the demo) have no clock: they take every write at once
-and always report an empty buffer, so ``drained`` would come the instant the last write returned
-while a listener would still hear a second of speech. For those the writer keeps a clock of its
-own (frames written against time since the first one) and is held to it: it writes no further
-ahead than a real device's buffer would let it, and counts a period it was too late for as an
-underrun, as a real device would.
+A real device says what it holds (``buffer_size - avail``); alsa-lib's ``file``/``null`` PCMs
+take every write at once and always report an empty buffer, so for those the writer keeps a
+clock of its own and is held to it (docs/audio.md): ``drained`` must mean the listener heard it.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """The playback process: one player for the process's lifetime, fed from the session's audio.
 
 The event loop receives ``AudioOut`` and queues it; the writer thread owns the PCM (see
-``writer``). ``PlaybackState`` ``started``/``drained`` say when the speaker really talks,
-which capture uses to mute the microphone. The device policy is capture's: ``start()`` tries
-once and returns either way (``degraded``, the status names the device and ALSA's reason),
-``run()`` retries with backoff, a device that fails in use is reopened; audio that arrives
-while there is no device is dropped and counted, never queued without bound.
+``writer``). ``PlaybackState`` ``started``/``drained`` say when the speaker really talks, which
+capture uses to mute the microphone. The device policy (degraded, not refused; reopened with
+backoff; audio without a device dropped and counted) is capture's: docs/audio.md.
 """
 
 from __future__ import annotations

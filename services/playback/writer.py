@@ -1,23 +1,9 @@
 """The playback thread: a jitter buffer in front of one ALSA PCM.
 
-Per stretch of speech:
-
-1. Start threshold: wait until ``playback_start_ms`` of audio is queued (or the first chunk has
-   waited that long, or the response ended, so a short reply still plays). Network bursts that
-   arrive faster than real time build up behind it and are absorbed.
-2. Play: write period by period, volume applied, converted to what the device took. ``started``
-   is said as the first sample is handed to the device (just before the write).
-3. Gaps: when the queue runs dry mid-response (the next delta is late) and the device is about
-   to run out, a period of silence is written instead of letting the device underrun: a short
-   pause instead of a click and a restart. Counted as ``gap_fills``. Without the response's end
-   marker, ``MAX_FILL_S`` of silence ends the stretch.
-4. End: after the response's end marker (an empty ``AudioOut``), wait until the device has
-   played everything — frames written minus what it still holds (``DeviceClock``) — and say
-   ``drained``. Capture keeps the microphone muted until then plus a tail.
-
-A flush (barge-in) drops what is queued and stops writing; the little the device holds plays
-out (at most its buffer) and ``drained`` follows. Between stretches the thread sleeps on the
-queue: no silence is written while idle.
+Per stretch of speech: wait for ``playback_start_ms`` of audio (or the response's end), play
+period by period (``started`` as the first sample is handed over), fill a late delta's gap with
+silence rather than let the device underrun, and after the end marker say ``drained`` once the
+device has played everything. A flush (barge-in) drops what is queued. docs/audio.md.
 """
 
 from __future__ import annotations

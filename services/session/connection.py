@@ -1,4 +1,4 @@
-"""Opening the WebSocket to the realtime service, and deciding what a failure means.
+"""Opening the WebSocket to the realtime service, what a failure means, and one open connection.
 
 The network is behind ``connect_service`` (the only place that calls websockets' client) so
 the session loop itself only sees a connection or a ``ConnectFailure`` that says whether a
@@ -7,14 +7,20 @@ retry can help (a refused key cannot: no retry storm against the account).
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
 
 from daemon.backend import is_loopback
+from services.session import protocol
 
-__all__ = ["ConnectFailure", "connect_service", "is_loopback", "service_url"]
+__all__ = ["ConnectFailure", "Link", "ServiceRejected", "connect_service", "is_loopback", "service_url"]
 
 #: Handshake statuses after which only a person can help (key, account, model name).
 _FATAL_STATUS = {
@@ -39,6 +45,36 @@ class ConnectFailure(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ServiceRejected(Exception):
+    """The service answered a handshake step with an ``error`` event."""
+
+    def __init__(self, step: str, error: protocol.ServiceError) -> None:
+        super().__init__(f"the service refused {step}: {error}")
+        self.step = step
+        self.error = error
+
+
+@dataclass(eq=False)
+class Link:
+    """One open connection and what the session knows of it (a new one for each connection)."""
+
+    ws: ClientConnection
+    opened: float = field(default_factory=time.monotonic)
+    live: bool = False  # session.updated came: audio may go
+    ending: bool = False  # the session finishes or closes it: its close is no failure
+    stalled: str = ""  # why a watcher gave it up; "" while none did
+    answers: int = 0  # responses done on it
+    audio_sent: bool = False  # the service takes an image only after audio
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # session.finished came
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.ws.send(protocol.encode(event))
+
+    @property
+    def open(self) -> bool:
+        return self.ws.state is State.OPEN
 
 
 def service_url(url: str, model: str) -> str:

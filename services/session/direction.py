@@ -1,23 +1,10 @@
 """Conversation mode: which way each utterance is translated.
 
-Two people face to face, languages A (``[languages] source``) and B (``target``). The session
-keeps one connection, configured for the current direction (A → B, or B → A after a switch).
-The direction comes from, in order: a button held or pressed (``direction`` command), the
-staff's fixed ``[languages] direction``, or automatically from the language the service
-reports in each utterance's source transcription ("follow the last language heard"):
-
-- transcription in the current source language: right direction; the utterance is kept and
-  the audio held for re-sending starts afresh. With ``expect_turns`` (the default) the session
-  then expects the other person to answer: when that translation is done it switches ahead
-  to the other direction, so that a plain exchange of turns never needs a re-send;
-- transcription in the current target language: the wrong direction. That utterance's source
-  caption and its response (captions and audio) are suppressed, the session switches with a
-  ``session.update``, and the audio sent since the previous utterance is sent again, so the
-  utterance is translated once, the right way. Only one re-send per utterance: a re-sent
-  utterance is never bounced back.
-
-Cost (bench/conversation.py): a turn that changes side pays its audio twice in input tokens,
-the suppressed response's output tokens, and the time to re-send and re-translate it.
+Two sides, A (``[languages] source``) and B (``target``), on one connection configured for the
+current direction. The direction comes from a button (``direction`` command), the staff's fixed
+``[languages] direction``, or the language the service reports in each utterance's source
+transcription; an utterance heard the wrong way is suppressed and re-sent once after the switch.
+How and what it costs: docs/session.md.
 """
 
 from __future__ import annotations

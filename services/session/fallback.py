@@ -1,17 +1,8 @@
 """``[service] backend = "auto"`` with a key: the box's own engine while the cloud is unreachable.
 
-A kiosk stands where Wi-Fi fails. Once connections to the cloud have failed for
-``[service] fallback_after_s`` without one going live, the session connects to the local engine
-(which stands by under ``auto``, see ``daemon.backend.standby``) and says so in its status, which
-the screen shows. While on the engine it checks the cloud as often as it waited before falling
-back (between 1 and ``PROBE_EVERY_S`` seconds; a TCP and, for ``wss``, TLS handshake: no
-session is opened, nothing is billed) and goes back to it at the next pause once it answers.
-
-Only failures that say the cloud is out of reach count: a refused key (fatal) or throttling
-means the cloud answered, and falling back would hide a problem staff must fix. The engine is
-never used for a pair it cannot translate (``daemon.engine_languages``): the status says so
-instead, and the cloud is retried as before. Nothing outlives its reason: the engine failing
-or refusing sends the next attempt to the cloud, and so does ``restart-session``.
+Only failures that say the cloud is out of reach count (a refused key or throttling means it
+answered); the engine is never used for a pair it cannot translate; its failing or refusing, and
+``restart-session``, send the next attempt to the cloud. docs/session.md has the whole story.
 """
 
 from __future__ import annotations

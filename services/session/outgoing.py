@@ -1,17 +1,11 @@
 """What waits to be sent: microphone audio re-cut into appends, and the latest camera frame.
 
 Capture publishes small periods (10-20 ms); the service wants ``chunk_ms`` per append. While
-the session is not live (connecting, offline, backing off) chunks wait in a bounded backlog of
-a few seconds, oldest dropped first and counted, so a Wi-Fi blip loses the least useful audio
-and memory never grows.
-
-Audio sent is not yet audio the service acted on: a connection lost mid-utterance takes the
-service's half of that utterance with it. So each chunk sent stays *unsettled* until the
-service answered it whole (``settle_answered``, at ``response.done``) or it is quiet audio
-nothing depends on; a lost connection puts the unsettled chunks back at the head of the
-backlog (``requeue_unsettled``) and the next connection hears the utterance from its start.
-Each chunk carries capture's ``seq`` of its last period: ``settled_seq`` is how far capture's
-audio needs no replay after a crash (see docs/session.md).
+the session is not live chunks wait in a bounded backlog, oldest dropped first and counted.
+A chunk sent stays *unsettled* until the service answered it whole (``settle_answered``) or it
+is quiet audio nothing depends on; a lost connection puts the unsettled chunks back at the head
+of the backlog (``requeue_unsettled``). ``settled_seq`` is how far capture's audio needs no
+replay after a crash. Why and how: docs/session.md.
 """
 
 from __future__ import annotations
@@ -59,8 +53,6 @@ class Outgoing:
         self._unsettled: deque[Chunk] = deque()
         self._unsettled_loud = 0
         self.settled_seq = 0  # every capture period up to this seq needs no replay
-        self.requeued = 0
-        self.resend_dropped = 0  # sent once, on a connection that died, and too old to send again
         self._ready = asyncio.Event()
         self._image: VideoFrame | None = None
         self._image_sent_ns = 0
@@ -110,9 +102,7 @@ class Outgoing:
 
     def _drop_oldest(self) -> None:
         chunk = self._chunks.popleft()
-        if chunk.sent:
-            self.resend_dropped += 1
-        else:
+        if not chunk.sent:
             self.dropped += 1  # the service never got it at all
         self.settled_seq = max(self.settled_seq, chunk.seq)  # given up: a replay would only be staler
 
@@ -140,14 +130,7 @@ class Outgoing:
         while len(self._unsettled) > self.max_chunks:
             self._settle_oldest()
 
-    def __len__(self) -> int:
-        return len(self._chunks)
-
     # --- settling ------------------------------------------------------------------------------
-
-    @property
-    def unsettled(self) -> int:
-        return len(self._unsettled)
 
     def insert_before(self, periods: list[tuple[bytes, int]]) -> None:
         """Older audio (capture's replay: pcm, seq) ahead of everything waiting, re-cut into chunks."""
@@ -199,7 +182,6 @@ class Outgoing:
         while self._unsettled:
             self._chunks.appendleft(dataclasses.replace(self._unsettled.pop(), sent=True))
         self._unsettled_loud = 0
-        self.requeued += count
         while len(self._chunks) > self.max_chunks:
             self._drop_oldest()
         if self._chunks:
@@ -229,6 +211,3 @@ class Outgoing:
         self._image = None
         self._image_sent_ns = now
         return frame
-
-    def has_image(self) -> bool:
-        return self._image is not None

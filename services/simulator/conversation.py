@@ -1,9 +1,8 @@
-"""One client connection to the simulator: validate what arrives, answer as the service does.
+"""One client connection to the simulator: answer as the service does, record what the client did.
 
-The reader checks every client event against the documented rules (``rules.py``), answers a
-bad one with an ``error`` and records it as a violation. Ended utterances and ``session.finish``
-go to one responder task in order, so a response is never interleaved with another or with
-``session.finished``.
+The connection's loop is the shared one (``daemon.realtime.server``); every client event is held
+to the documented rules there, and here a bad one is also recorded as a violation. Faults
+(``faults.py``) act here: a stall, drops and closes, delays, malformed frames, a refused update.
 """
 
 from __future__ import annotations
@@ -11,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soxr
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
-from daemon.realtime.rules import ClientRules, Rejected, SessionView
+from daemon.realtime import server
+from daemon.realtime.rules import Accepted, ClientRules, Rejected, SessionView
 from services.simulator import responses
 from services.simulator.faults import Faults
 from services.simulator.speech import (
@@ -36,34 +34,24 @@ if TYPE_CHECKING:
     from services.simulator.server import ConnectionLog, Simulator
 
 log = logging.getLogger("tolk.simulator")
-#: "The client must disconnect after receiving session.finished."
-DISCONNECT_WITHIN_S = 10.0
 MAX_PENDING_RESPONSES = 16
 
 
-@dataclass
-class _Finish:
-    pass
-
-
-class Conversation:
+class Conversation(server.Conversation[Utterance]):
     def __init__(self, sim: Simulator, ws: ServerConnection, faults: Faults, record: ConnectionLog) -> None:
+        rules = ClientRules.for_model(record.model)  # the handshake let only known models in
+        super().__init__(ws, record.number, record.model, rules, "sim", MAX_PENDING_RESPONSES)
         self.sim = sim
-        self.ws = ws
         self.faults = faults
         self.record = record
-        self.rules = ClientRules.for_model(record.model)  # the handshake let only known models in
-        self.profile = self.rules.profile
-        self.omni = self.rules.omni
+        self.profile = rules.profile
+        self.omni = rules.omni
         if self.profile.shape == "nested":  # the speech's rate, as session.updated will say it
-            self.rules.session["audio"]["output"]["format"]["sample_rate"] = sim.output_rate
+            rules.session["audio"]["output"]["format"]["sample_rate"] = sim.output_rate
         self._speakers: dict[str, int] = {}  # language heard -> speaker id (3.8 separates speakers)
-        self.ids = responses.Ids("sim", str(record.number))
         self.endpointer = Endpointer(**sim.endpointer_options)
-        self.session_id = self.ids.next("sess")
         self.audio_s = 0.0
         self.audio_since_response_s = 0.0
-        self.jobs: asyncio.Queue[Utterance | _Finish] = asyncio.Queue(MAX_PENDING_RESPONSES)
         self.silent = False  # a stall fault struck: read on, never answer
         self.errored = False
         self.replies = 0
@@ -74,23 +62,12 @@ class Conversation:
             async for raw in self.ws:
                 self.sim.record_frame(self.record, raw)
             return
-        await self.send(
-            self.ids.event(
-                "session.created",
-                session=responses.session_object(self.session_id, self.record.model, self.rules.session),
-            )
-        )
-        responder = asyncio.create_task(self._respond(), name=f"simulator:respond-{self.record.number}")
         dropper = asyncio.create_task(self._drop_after(), name=f"simulator:drop-{self.record.number}")
         try:
-            async for raw in self.ws:
-                await self._on_frame(raw)
-        except ConnectionClosed:
-            pass
+            await super().run()
         finally:
-            responder.cancel()
             dropper.cancel()
-            await asyncio.gather(responder, dropper, return_exceptions=True)
+            await asyncio.gather(dropper, return_exceptions=True)
 
     async def _drop_after(self) -> None:
         if self.faults.drop_after_s is None:
@@ -105,48 +82,26 @@ class Conversation:
         if isinstance(event, dict):
             self.record.sent.append(event["type"])
             del self.record.sent[:-1000]
-            await self.ws.send(responses.encode(event))
-        else:
-            await self.ws.send(event)
+        await super().send(event)
 
     # --- what the client sends ---------------------------------------------------------------
 
-    async def _on_frame(self, raw: str | bytes) -> None:
-        before = (self.rules.session, self.rules.explicit_voice, self.rules.updated)
-        try:
-            accepted = self.rules.check(raw, asyncio.get_running_loop().time())
-        except Rejected as exc:
-            self.sim.violation(self.record, str(exc))
-            self.sim.record_frame(self.record, raw, rejected=str(exc))
-            await self.send(responses.error_event(self.ids, str(exc), exc.code, exc.param, exc.event_id))
-            return
-        event = accepted.event
-        self.sim.record_event(self.record, event, accepted.payload)
-        kind = event["type"]
-        if kind == "session.update":
-            await self._session_update(event, before)
-        elif kind == "input_audio_buffer.append":
-            await self._audio(accepted.payload)
-        elif kind == "session.finish":
-            await self.jobs.put(_Finish())
+    def rejected(self, raw: str | bytes, exc: Rejected) -> None:
+        self.sim.violation(self.record, str(exc))
+        self.sim.record_frame(self.record, raw, rejected=str(exc))
 
-    async def _session_update(self, event: dict[str, Any], before: tuple[dict[str, Any], bool, bool]) -> None:
-        if self.faults.reject_update is not None:
-            self.rules.session, self.rules.explicit_voice, self.rules.updated = before
-            await self.send(
-                responses.error_event(
-                    self.ids, self.faults.reject_update, self.faults.reject_code, "session", event["event_id"]
-                )
-            )
-            return
-        await self.send(
-            self.ids.event(
-                "session.updated",
-                session=responses.session_object(self.session_id, self.record.model, self.rules.session),
-            )
-        )
+    def accepted(self, accepted: Accepted) -> None:
+        self.sim.record_event(self.record, accepted.event, accepted.payload)
 
-    async def _audio(self, pcm: bytes) -> None:
+    async def session_update(self, event: dict[str, Any]) -> None:
+        refusal = self.faults.reject_update
+        if refusal is None:
+            await super().session_update(event)
+            return
+        self.rules.undo_update()
+        await self.send(responses.error_event(self.ids, refusal, self.faults.reject_code, "session", event["event_id"]))
+
+    async def audio(self, pcm: bytes) -> None:
         seconds = len(pcm) / 32000
         self.audio_s += seconds
         self.audio_since_response_s += seconds
@@ -154,9 +109,7 @@ class Conversation:
             try:
                 self.jobs.put_nowait(utterance)
             except asyncio.QueueFull:
-                log.warning(
-                    "connection %d: too many responses pending; utterance dropped", self.record.number
-                )
+                log.warning("connection %d: too many responses pending; utterance dropped", self.record.number)
         await self._audio_faults()
 
     async def _audio_faults(self) -> None:
@@ -180,19 +133,13 @@ class Conversation:
 
     # --- what the simulator says -------------------------------------------------------------
 
-    async def _respond(self) -> None:
-        while True:
-            job = await self.jobs.get()
-            if isinstance(job, _Finish):
-                await self._finish()
-                return
-            if self.faults.delay_s:
-                await asyncio.sleep(self.faults.delay_s)
-            if self.faults.malformed:
-                for frame in responses.MALFORMED_FRAMES:
-                    await self.send(frame)
-            if not await self._reply(job):
-                return
+    async def reply(self, utterance: Utterance) -> bool:
+        if self.faults.delay_s:
+            await asyncio.sleep(self.faults.delay_s)
+        if self.faults.malformed:
+            for frame in responses.MALFORMED_FRAMES:
+                await self.send(frame)
+        return await self._reply(utterance)
 
     def _answer_audio(self, utterance: Utterance) -> bytes:
         voice = self.sim.voice
@@ -248,20 +195,18 @@ class Conversation:
         elif self._rng.random() < 0.3:
             await asyncio.sleep(self._rng.uniform(0.15, 0.4))  # a gap, then a bunch back to back
 
-    async def _finish(self) -> None:
-        """Flush what was heard, say ``session.finished``, and expect the client to go."""
+    async def finish(self) -> None:
+        """Flush what was heard (its transcription), then ``session.finished``."""
         pending = self.endpointer.flush()
         view = self.rules.view()
         if pending is not None and view.transcribe:
             heard = self._heard(pending, view)
             for event in responses.transcription_events(self.ids, pending, heard, self.profile.captions):
                 await self.send(event)
-        await self.send(self.ids.event("session.finished"))
         self.record.finished = True
-        try:
-            await asyncio.wait_for(self.ws.wait_closed(), DISCONNECT_WITHIN_S)
-        except TimeoutError:
-            self.sim.violation(
-                self.record, f"client still connected {DISCONNECT_WITHIN_S:.0f} s after session.finished"
-            )
-            await self.ws.close()
+        await super().finish()
+
+    def lingered(self) -> None:
+        self.sim.violation(
+            self.record, f"client still connected {server.DISCONNECT_WITHIN_S:.0f} s after session.finished"
+        )

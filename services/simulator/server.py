@@ -1,11 +1,12 @@
-"""The simulator's WebSocket server: the handshake, per-connection logs, and the recording.
+"""The simulator's server: what its handshake refuses, per-connection logs, and the recording.
 
-``Simulator`` runs in the caller's event loop (``async with Simulator(...) as sim``), or in a
-thread of its own for tests that drive processes synchronously (``running_in_thread``). What
-it saw is kept for assertions: ``events`` (every client event, payloads replaced by their
-decoded byte length), ``audio_in`` (the audio appended, in arrival order), ``appends``,
-``violations`` (every documented rule the client broke), ``attempts`` (handshakes, refused ones
-included) and ``connections``. Memory stays bounded: past the caps the oldest are dropped.
+The endpoint itself is the shared one (``daemon.realtime.server``). ``Simulator`` runs in the
+caller's event loop (``async with Simulator(...) as sim``), or in a thread of its own for tests
+that drive processes synchronously (``running_in_thread``). What it saw is kept for assertions:
+``events`` (every client event, payloads replaced by their decoded byte length), ``audio_in``
+(the audio appended, in arrival order), ``appends``, ``violations`` (every documented rule the
+client broke), ``attempts`` (handshakes, refused ones included) and ``connections``. Memory
+stays bounded: past the caps the oldest are dropped.
 """
 
 from __future__ import annotations
@@ -21,18 +22,17 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from daemon.realtime.profiles import UnknownModel, profile_for
+from daemon.realtime.server import RealtimeServer, refuse
 from services.simulator.conversation import Conversation
 from services.simulator.faults import Faults, FaultSpecError
 
 log = logging.getLogger("tolk.simulator")
 
-PATH = "/api-ws/v1/realtime"
 MAX_EVENTS = 200_000
 MAX_AUDIO_BYTES = 64 * 2**20  # about 35 minutes of 16 kHz audio
 MAX_VIOLATIONS = 10_000
@@ -94,7 +94,10 @@ class Recorder:
         self.audio.close()
 
 
-class Simulator:
+class Simulator(RealtimeServer[Conversation]):
+    log = log
+    max_frame_bytes = 2**22
+
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -110,12 +113,11 @@ class Simulator:
         voice: bytes | None = None,
         output_rate: int = 24000,
     ) -> None:
-        self.host = host
+        super().__init__(host, port)
         #: The speech's sample rate on qwen3.8 (its session.updated names it; the others are 24 kHz).
         self.output_rate = output_rate
         #: 24 kHz mono s16le speech the answers are cut from; None: a tone per answer.
         self.voice = voice
-        self.port = port
         self.faults = faults or Faults()
         self.api_key = api_key
         self.pace_s = pace_s
@@ -125,7 +127,6 @@ class Simulator:
             "end_silence_ms": end_silence_ms,
         }
         self.record_path = Path(record) if record else None
-        self.attempts = 0
         self.refused = 0
         self.responses = 0
         self.appends = 0
@@ -135,38 +136,20 @@ class Simulator:
         self.audio_in = bytearray()
         self.connections: list[ConnectionLog] = []
         self._handshakes: dict[int, ConnectionLog] = {}
-        self._live: dict[int, Conversation] = {}
         self._down_until = 0.0
         self._outages = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: Server | None = None
         self._recorder: Recorder | None = None
-
-    @property
-    def url(self) -> str:
-        """The endpoint to put in ``[service] url`` (the client adds ``?model=``)."""
-        return f"ws://{self.host}:{self.port}{PATH}"
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self.record_path is not None:
             self._recorder = Recorder(self.record_path)
-        self._server = await serve(
-            self._handle,
-            self.host,
-            self.port,
-            process_request=self._handshake,
-            max_size=2**22,
-            compression=None,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        await super().start()
         log.info("simulator listening on %s (faults: %s)", self.url, self.faults.describe())
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        await super().stop()
         if self._recorder is not None:
             self._recorder.close()
             self._recorder = None
@@ -180,63 +163,48 @@ class Simulator:
 
     # --- handshake and connections -----------------------------------------------------------
 
-    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
-        self.attempts += 1
-        parts = urlsplit(request.path)
-        query = parse_qs(parts.query)
-        if parts.path != PATH:
-            return _refuse(connection, HTTPStatus.NOT_FOUND, "NotFound", f"no endpoint at {parts.path}")
-        model = query.get("model", [""])[0]
+    def admit(
+        self, connection: ServerConnection, request: Request, model: str, query: dict[str, list[str]]
+    ) -> Response | None:
         try:
             profile_for(model)  # every profile the box knows, and their dated snapshots
         except UnknownModel:
-            return _refuse(connection, HTTPStatus.NOT_FOUND, "ModelNotFound", f"model {model!r} not found")
+            return refuse(connection, HTTPStatus.NOT_FOUND, "ModelNotFound", f"model {model!r} not found")
         faults = self.faults
         if "faults" in query:
             try:
                 faults = Faults.parse(query["faults"][0])
             except FaultSpecError as exc:
-                return _refuse(connection, HTTPStatus.BAD_REQUEST, "InvalidParameter", str(exc))
+                return refuse(connection, HTTPStatus.BAD_REQUEST, "InvalidParameter", str(exc))
         if self._loop is not None and self._loop.time() < self._down_until:
             self.refused += 1
-            return _refuse(connection, 503, "ServiceUnavailable", "outage (simulated)", faults.retry_after_s)
-        if faults.refuse_status is not None and (
-            faults.refuse_times is None or self.refused < faults.refuse_times
-        ):
+            return refuse(connection, 503, "ServiceUnavailable", "outage (simulated)", faults.retry_after_s)
+        if faults.refuse_status is not None and (faults.refuse_times is None or self.refused < faults.refuse_times):
             self.refused += 1
-            code = {401: "InvalidApiKey", 403: "AccessDenied", 429: "Throttling.RateQuota"}.get(
-                faults.refuse_status
-            )
-            return _refuse(
+            code = {401: "InvalidApiKey", 403: "AccessDenied", 429: "Throttling.RateQuota"}.get(faults.refuse_status)
+            return refuse(
                 connection, faults.refuse_status, code or "Refused", "refused (simulated)", faults.retry_after_s
             )
         authorization = request.headers.get("Authorization")
         if self.api_key is not None and authorization != f"Bearer {self.api_key}":
-            return _refuse(connection, HTTPStatus.UNAUTHORIZED, "InvalidApiKey", "invalid API key")
+            return refuse(connection, HTTPStatus.UNAUTHORIZED, "InvalidApiKey", "invalid API key")
         record = ConnectionLog(len(self.connections) + 1, model, authorization, faults)
         self._handshakes[id(connection)] = record
         return None
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def open(self, ws: ServerConnection) -> Conversation:
         record = self._handshakes.pop(id(ws))
         record.opened_ns = time.monotonic_ns()
         self.connections.append(record)
-        log.info("connection %d opened", record.number)
-        conversation = Conversation(self, ws, record.faults, record)
-        self._live[record.number] = conversation
-        try:
-            await conversation.run()
-        finally:
-            self._live.pop(record.number, None)
-            record.closed_ns = time.monotonic_ns()
-            record.close_code = ws.close_code
-            record.utterances, record.replies = conversation.endpointer.utterances, conversation.replies
-            log.info(
-                "connection %d closed (%d events, %d violations)",
-                record.number,
-                record.events,
-                len(record.violations),
-            )
+        return Conversation(self, ws, record.faults, record)
+
+    def closed(self, conversation: Conversation) -> None:
+        record = conversation.record
+        record.closed_ns = time.monotonic_ns()
+        record.close_code = conversation.ws.close_code
+        record.utterances, record.replies = conversation.endpointer.utterances, conversation.replies
+        violations = len(record.violations)
+        log.info("connection %d closed (%d events, %d violations)", record.number, record.events, violations)
 
     # --- recording ---------------------------------------------------------------------------
 
@@ -264,7 +232,7 @@ class Simulator:
             self._recorder.write(entry, pcm)
 
     def _mark(self, record: ConnectionLog, size: int) -> None:
-        conversation = self._live.get(record.number)
+        conversation = self.live.get(record.number)
         if conversation is None or len(record.marks) >= MAX_EVENTS:
             return
         heard, replies = conversation.endpointer.utterances, conversation.replies
@@ -317,7 +285,7 @@ class Simulator:
 
     async def inject(self, frames: list[str | bytes]) -> int:
         """Send raw frames on every open connection, as they are; how many connections got them."""
-        conversations = list(self._live.values())
+        conversations = list(self.live.values())
         for conversation in conversations:
             for frame in frames:
                 await conversation.send(frame)
@@ -327,16 +295,6 @@ class Simulator:
         """``inject`` from another thread (tests that run the simulator with ``running_in_thread``)."""
         assert self._loop is not None, "the simulator is not running"
         return asyncio.run_coroutine_threadsafe(self.inject(frames), self._loop).result(timeout_s)
-
-
-def _refuse(
-    connection: ServerConnection, status: int, code: str, message: str, retry_after_s: float | None = None
-) -> Response:
-    response = connection.respond(status, json.dumps({"code": code, "message": message}) + "\n")
-    response.headers["Content-Type"] = "application/json"
-    if retry_after_s is not None:
-        response.headers["Retry-After"] = f"{retry_after_s:g}"
-    return response
 
 
 @contextmanager

@@ -175,8 +175,10 @@ listen = "127.0.0.1:{http_port}"
 def test_a_process_that_cannot_start_fails_tolk_run(rundir: Path) -> None:
     config = rundir / "tolk.toml"
     busy = free_port()
+    # The engine (no key: the local backend) on a port of its own, not the default another box may hold.
     config.write_text(
         f'[control]\nlisten = "127.0.0.1:{busy}"\n[audio]\ncapture_device = "null"\nplayback_device = "null"\n'
+        f'[engine]\nlisten = "127.0.0.1:{free_port()}"\n'
     )
     import socket
 

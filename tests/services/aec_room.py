@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from daemon.messages import AudioIn
+from daemon.messages import AudioIn, EchoState
 from daemon.vad import SpeechDetector, make_vad
-from services.capture import aec as aec_mod
 from services.capture.aec import EchoCanceller
 from services.capture.mute import MuteGate
 from services.capture.pipeline import CapturePipeline
@@ -127,8 +126,9 @@ class SessionSink:
         self.pcm += msg.pcm
 
 
-def run_capture(voices: Voices, scene: Scene, echo: str, vad: str = "webrtc") -> tuple[np.ndarray, dict[str, float]]:
-    """The scene through the capture pipeline with ``[audio] echo`` = ``echo``: what the session gets."""
+def run_capture(voices: Voices, scene: Scene, echo: str, vad: str = "webrtc") -> tuple[np.ndarray, EchoState]:
+    """The scene through the capture pipeline with ``[audio] echo`` = ``echo``: what the session
+    gets, and the canceller's figures."""
     counters: dict[str, float] = {
         k: 0
         for k in (
@@ -140,7 +140,6 @@ def run_capture(voices: Voices, scene: Scene, echo: str, vad: str = "webrtc") ->
             "utterances",
             "keepalives",
             "vad_windows",
-            *aec_mod.COUNTERS,
         )
     }
     gate = MuteGate()
@@ -155,8 +154,9 @@ def run_capture(voices: Voices, scene: Scene, echo: str, vad: str = "webrtc") ->
         lambda speaking, t: None,
     )
     reference = RenderReference()
+    figures = EchoState()
     if echo == "aec":
-        pipeline.echo = EchoCanceller(reference, counters)
+        pipeline.echo = EchoCanceller(reference, figures)
     jitter = np.random.default_rng(3)
     period_ns = PERIOD_MS * 1_000_000
     render_at_ns = T0_NS + int(BOX_AT_S * 1e9)  # when the box's first sample plays
@@ -180,7 +180,7 @@ def run_capture(voices: Voices, scene: Scene, echo: str, vad: str = "webrtc") ->
             gate.speaker_drained(box_end_ns)
         mic_stamp = end_ns + int(jitter.normal(0, 1e6))  # the reader's stamp jitters too
         pipeline.period(mic[k * PERIOD : (k + 1) * PERIOD].tobytes(), mic_stamp, period_ns)
-    return np.frombuffer(bytes(sink.pcm), dtype="<i2").astype(np.float64), counters
+    return np.frombuffer(bytes(sink.pcm), dtype="<i2").astype(np.float64), figures
 
 
 # --- measures --------------------------------------------------------------------------------

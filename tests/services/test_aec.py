@@ -95,19 +95,19 @@ def test_double_talk_keeps_the_talkers_words(voices: Voices, recogniser: SpeechT
 @pytest.mark.parametrize("delay_ms", [30, 120])
 def test_aec_removes_the_box_voice_and_keeps_the_talker(voices: Voices, delay_ms: int) -> None:
     scene = make_scene(voices, Room(delay_ms=delay_ms, gain=0.5))
-    out, counters = run_capture(voices, scene, "aec")
+    out, figures = run_capture(voices, scene, "aec")
     erle = erle_db(scene, out)
     correlation = talker_envelope_correlation(scene, out)
     kept = talker_kept_db(scene, out)
     print(
         f"\naec, room delay {delay_ms} ms: ERLE {erle:.1f} dB; double talk: envelope correlation "
-        f"{correlation:.3f}, talker level {kept:+.1f} dB; counters {counters}"
+        f"{correlation:.3f}, talker level {kept:+.1f} dB; {figures}"
     )
     assert erle >= 25, f"the box's voice is only {erle:.1f} dB quieter"
     assert correlation >= 0.8, f"the talker's speech is garbled during double talk ({correlation:.3f})"
     assert kept >= -6, f"the talker lost {-kept:.1f} dB during double talk"
-    assert counters["aec_far_s"] > 5 and 0 < counters["aec_double_talk_ratio"] < 1
-    assert counters["aec_resyncs"] == 0, "the reference was laid anew while the stamps only jittered"
+    assert figures.far_s > 5 and 0 < figures.double_talk_ratio < 1
+    assert figures.resyncs == 0, "the reference was laid anew while the stamps only jittered"
 
 
 def test_half_duplex_loses_the_overlapping_sentence(voices: Voices) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from daemon.messages import EchoState
 from daemon.vad import SpeechDetector, make_vad
-from services.capture import aec as aec_mod
 from services.capture.aec import ECHO_TAIL_MS, EchoCanceller
 from services.capture.mute import MuteGate
 from services.capture.pipeline import COUNTERS, CapturePipeline
@@ -61,7 +61,7 @@ def _speech_starts(talker: np.ndarray, box_s: float, said_at_s: float, said_ms: 
 def _run(
     talker: np.ndarray, box_s: float, said_at_s: float, said_ms: int, residue_db: float | None = None,
     onset_frames: int = 0,
-) -> tuple[list[float], dict[str, float]]:
+) -> tuple[list[float], EchoState]:
     total = int(RATE * 4.0)
     box = np.zeros(total, dtype=np.int32)
     t = np.arange(int(RATE * box_s)) / RATE
@@ -71,7 +71,8 @@ def _run(
     part = talker[: RATE * said_ms // 1000]
     at = int(RATE * said_at_s)
     said[at : at + len(part)] = part
-    counters = {k: 0.0 for k in (*COUNTERS, *aec_mod.COUNTERS)}
+    counters = {k: 0.0 for k in COUNTERS}
+    figures = EchoState()
     starts: list[float] = []
     pipeline = CapturePipeline(
         SessionSink(),  # type: ignore[arg-type]
@@ -83,7 +84,7 @@ def _run(
     )
     reference = RenderReference(source_rate=RATE)
     reference.add(box[: 5 * PERIOD].astype("<i2").tobytes(), T0_NS, RATE)
-    pipeline.echo = EchoCanceller(reference, counters, factory=lambda: ExactCanceller(residue_db, onset_frames))
+    pipeline.echo = EchoCanceller(reference, figures, factory=lambda: ExactCanceller(residue_db, onset_frames))
     pipeline.echo._locked = True  # a canceller that has long found the room (no onset guard's limitless start)
     far = box.astype("<i2")
     mic = np.clip(box + said, -32768, 32767).astype("<i2")
@@ -93,7 +94,7 @@ def _run(
         reference.add(far[ahead * PERIOD : (ahead + 1) * PERIOD].tobytes(), T0_NS + ahead * 20_000_000, RATE)
         end_ns = T0_NS + (k + 1) * 20_000_000
         pipeline.period(mic[k * PERIOD : (k + 1) * PERIOD].tobytes(), end_ns, 20_000_000)
-    return starts, counters
+    return starts, figures
 
 
 def test_a_burst_as_short_as_a_leak_is_not_speech_while_the_box_speaks(talker: np.ndarray) -> None:
@@ -119,9 +120,9 @@ def test_erle_is_what_the_canceller_takes_out_of_the_box_alone(talker: np.ndarra
     # The first 200 ms of the box's voice leak whole (the canceller finding the room): the onset
     # guard sends them as silence, and they are not the canceller's figure either.
     _, alone = _run(talker, box_s=2.5, said_at_s=0.0, said_ms=0, residue_db=30, onset_frames=20)
-    assert alone["aec_onset_guard_s"] >= 0.4, alone
+    assert alone.onset_guard_s >= 0.4, alone
     starts, talked_over = _run(talker, box_s=2.5, said_at_s=2.0, said_ms=1000, residue_db=30)
     assert starts, "the person was heard"
-    assert alone["aec_erle_db"] == pytest.approx(30, abs=1), alone
-    assert talked_over["aec_erle_db"] == pytest.approx(30, abs=2), talked_over
-    assert talked_over["aec_double_talk_s"] > 0, talked_over
+    assert alone.erle_db == pytest.approx(30, abs=1), alone
+    assert talked_over.erle_db == pytest.approx(30, abs=2), talked_over
+    assert talked_over.double_talk_s > 0, talked_over

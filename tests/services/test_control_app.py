@@ -17,7 +17,16 @@ import tomlkit
 
 from daemon import config as config_mod
 from daemon.bus import PROCESSES
-from daemon.messages import Caption, ConfigChanged, Heartbeat, Message, SessionStatus, SpeechActivity, Usage
+from daemon.messages import (
+    Caption,
+    ConfigChanged,
+    EchoState,
+    Heartbeat,
+    Message,
+    SessionStatus,
+    SpeechActivity,
+    Usage,
+)
 from services.control.api import create_app
 from services.control.notice import notice
 from services.control.status import DOWN_AFTER_S, StatusAggregator
@@ -149,25 +158,27 @@ async def test_status_reports_the_echo_canceller(setup: tuple[Any, ...]) -> None
     measured; and a canceller that could not start is said plainly."""
     app, agg, _, _, _, _ = setup
     all_alive(agg)
-    counters = {"aec_active": 1, "aec_far_s": 0.3, "aec_double_talk_s": 0.0, "aec_onset_guard_s": 0.3}
     async with client(app) as http:
         assert (await http.patch("/api/config", json={"audio": {"echo": "aec"}})).status_code == 200
         assert (await http.get("/api/status")).json()["echo"] is None  # capture has not said yet
-        agg.handle(Heartbeat(service="capture", pid=100, state="running", counters=counters))
+        agg.handle(EchoState(cancelling=True, far_s=0.3, onset_guard_s=0.3))
         early = (await http.get("/api/status")).json()
         assert early["echo"]["cancelling"] is True and early["echo"]["erle_db"] is None
         assert "ERLE not measured yet" in format_status(early, "u")
-        counters |= {"aec_erle_db": 38.5, "aec_far_s": 12.0, "aec_double_talk_s": 3.0, "aec_double_talk_ratio": 0.25}
-        agg.handle(Heartbeat(service="capture", pid=100, state="running", counters=counters))
+        agg.handle(
+            EchoState(cancelling=True, erle_db=38.5, far_s=12.0, double_talk_s=3.0, double_talk_ratio=0.25,
+                      onset_guard_s=0.3, resyncs=1)
+        )  # fmt: skip
         measured = (await http.get("/api/status")).json()
         assert measured["config"]["echo"] == "aec"
         assert measured["echo"] == {
             "cancelling": True, "erle_db": 38.5, "far_s": 12.0, "double_talk_s": 3.0,
-            "double_talk_ratio": 0.25, "onset_guard_s": 0.3,
+            "double_talk_ratio": 0.25, "onset_guard_s": 0.3, "residual_s": 0.0, "resyncs": 1,
+            "reference_late_s": 0.0,
         }  # fmt: skip
         line = "echo:    cancelled, ERLE 38.5 dB; the box spoke 12 s, someone over it 3 s"
         assert line in format_status(measured, "u")
-        agg.handle(Heartbeat(service="capture", pid=100, state="running", counters={"aec_active": 0}))
+        agg.handle(EchoState(cancelling=False))
         failed = (await http.get("/api/status")).json()
     assert failed["echo"]["cancelling"] is False
     assert "echo:    NOT cancelled" in format_status(failed, "u")

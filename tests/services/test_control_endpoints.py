@@ -23,6 +23,7 @@ from daemon.messages import (
     Caption,
     Command,
     CommandAck,
+    EchoState,
     Heartbeat,
     Message,
     PlaybackState,
@@ -118,13 +119,13 @@ async def test_a_command_the_process_refuses_is_a_409_with_its_reason(
 async def test_metrics_in_prometheus_text(parts: tuple[Any, ...]) -> None:
     app, agg, _ = parts
     counters = {
-        "capture": {"chunks": 500, "overruns": 2, "reopens": 1, "aec_active": 1, "aec_erle_db": 41.5,
-                    "aec_far_s": 20.0, "aec_double_talk_s": 4.5},
+        "capture": {"chunks": 500, "overruns": 2, "reopens": 1},
         "session": {"chunks_sent": 100, "backlog_dropped": 7, "reconnects": 3},
         "playback": {"chunks_played": 90, "dropped_chunks": 4, "underruns": 5, "latency_ms_p50": 42.0},
     }
     for name in PROCESSES:
         agg.handle(Heartbeat(service=name, state="running", counters=counters.get(name, {})))
+    agg.handle(EchoState(cancelling=True, erle_db=41.5, far_s=20.0, double_talk_s=4.5))
     agg.handle(SessionStatus(state="live"))
     agg.handle(Usage(input_audio_tokens=1250, output_audio_tokens=600, output_text_tokens=40, tokens_per_hour=9000))
     # One utterance: speech ends, 1.2 s later the first caption, 2.0 s later the speaker starts.

@@ -203,15 +203,18 @@ def test_the_talker_speaks_over_the_box(rundir: Path, mic: PulseMic, echo: str) 
         reported = reported["echo"]
         assert not reported["cancelling"] and reported["erle_db"] is None, reported
         assert metrics == {"tolk_echo_cancelling": 0.0, "tolk_echo_far_seconds_total": 0.0,
-                           "tolk_echo_double_talk_seconds_total": 0.0}, metrics  # fmt: skip
+                           "tolk_echo_double_talk_seconds_total": 0.0, "tolk_echo_onset_guard_seconds_total": 0.0,
+                           "tolk_echo_residual_seconds_total": 0.0, "tolk_echo_resyncs_total": 0.0,
+                           "tolk_echo_reference_late_seconds_total": 0.0}, metrics  # fmt: skip
 
 
 def _device_trouble(status: dict[str, Any]) -> str:
-    """What went wrong at the devices, from the processes' counters."""
+    """What went wrong at the devices, from the processes' counters and capture's echo figures."""
     capture, playback = (status["processes"][name]["counters"] for name in ("capture", "playback"))
+    echo = status["echo"] or {}
     return (
-        f"capture overruns {capture.get('overruns')}, reference re-laid {capture.get('aec_resyncs')} "
-        f"time(s), {capture.get('aec_reference_late_s')} s of it late; "
+        f"capture overruns {capture.get('overruns')}, reference re-laid {echo.get('resyncs')} "
+        f"time(s), {echo.get('reference_late_s')} s of it late; "
         f"playback underruns {playback.get('underruns')}, gap fills {playback.get('gap_fills')}"
     )
 

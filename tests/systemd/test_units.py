@@ -79,3 +79,31 @@ def test_the_screen_comes_after_control_and_only_when_enabled() -> None:
     assert unit["Service"]["ExecStart"] == "/usr/local/bin/tolk screen" and unit["Service"]["Restart"] == "always"
     assert unit["Unit"]["ConditionPathExistsGlob"] == "/dev/dri/card*"  # no display: skipped
     assert "tolk-screen.service" not in _unit("tolk.target")["Unit"]["Wants"]  # enabled by the owner
+
+
+#: Settings a process unit may set its own way (what it needs: devices, network, limits, order);
+#: every other line of the process units is the shared lifecycle and sandbox, word for word.
+PER_PROCESS = frozenset(
+    {
+        "Description", "After", "Wants", "Before", "ExecCondition", "ExecStart", "SyslogIdentifier",
+        "WatchdogSec", "TimeoutStartSec", "MemoryDenyWriteExecute", "SupplementaryGroups", "DeviceAllow",
+        "PrivateNetwork", "PrivateDevices", "IPAddressDeny", "RestrictAddressFamilies", "LimitRTPRIO",
+        "LimitMEMLOCK", "MemoryMax", "LoadCredential",
+    }
+)  # fmt: skip
+
+
+def _shared_lines(name: str) -> list[str]:
+    lines = (UNITS / f"tolk-{name}.service").read_text().splitlines()
+    settings = [line for line in lines if "=" in line and not line.startswith("#")]
+    return [line for line in settings if line.split("=", 1)[0] not in PER_PROCESS]
+
+
+def test_the_process_units_share_their_lifecycle_and_sandbox_word_for_word() -> None:
+    """One literal unit per process (no template: the names stay what operators type), kept from
+    drifting apart: a setting added to one unit is added to all, or named here as its own."""
+    first, *others = PROCESSES + OPTIONAL_PROCESSES
+    shared = _shared_lines(first)
+    assert len(shared) > 40, shared
+    for name in others:
+        assert _shared_lines(name) == shared, name

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from daemon.cameras import SourceError
 from services.camera.pictures import Picture
 
-
-class SourceError(Exception):
-    """A camera that cannot be opened or stopped working; the message says why, for the status."""
+__all__ = ["Frame", "FrameSource", "SourceError", "SourceSpec", "open_source"]
 
 
 @dataclass

@@ -1,49 +1,20 @@
 """``picamera2``: the Raspberry Pi camera, through libcamera.
 
-picamera2 is an optional extra and is imported only here, only when this source is opened or
-the cameras are listed: off a Pi (or without Raspberry Pi OS's libcamera bindings) the import
-fails with ``No module named 'libcamera'``, and that reason is what the status and
-``tolk devices`` show.
+picamera2 is an optional extra and is imported only when this source is opened, or the cameras
+are listed (``daemon.cameras``, in a child process): off a Pi (or without Raspberry Pi OS's
+libcamera bindings) the import fails with ``No module named 'libcamera'``, and that reason is
+what the status and ``tolk devices`` show.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
-from types import ModuleType
-from typing import Any
 
+from daemon.cameras import camera_infos, load_picamera2
 from services.camera.pictures import Picture, fit_size
 from services.camera.sources import Frame, SourceError
 
 CAMERA_FPS = 10
-
-
-def load_picamera2() -> ModuleType:
-    """The picamera2 module, or SourceError saying why it cannot be used here."""
-    try:
-        return importlib.import_module("picamera2")
-    except ModuleNotFoundError as exc:
-        if exc.name == "picamera2":
-            raise SourceError(
-                "picamera2 is not installed (tolk's 'picamera' extra; "
-                "on Raspberry Pi OS: apt install python3-picamera2)"
-            ) from None
-        raise SourceError(
-            f"picamera2 cannot load: {exc} (libcamera and its Python bindings come with Raspberry Pi OS: "
-            "apt install python3-picamera2)"
-        ) from None
-    except (ImportError, OSError, RuntimeError) as exc:
-        raise SourceError(f"picamera2 cannot load: {exc}") from None
-
-
-def camera_infos(module: ModuleType) -> list[dict[str, Any]]:
-    """libcamera's list of cameras (model, location, id) as picamera2 reports it."""
-    try:
-        infos: list[dict[str, Any]] = module.Picamera2.global_camera_info()
-    except (RuntimeError, OSError) as exc:
-        raise SourceError(f"libcamera cannot list cameras: {exc}") from None
-    return infos
 
 
 class PiCameraSource:

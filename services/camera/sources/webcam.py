@@ -8,10 +8,9 @@ budget is sent without re-encoding. A camera that offers no MJPEG is read as pix
 
 from __future__ import annotations
 
-import errno
-import os
 import time
 
+from daemon.cameras import device_problem
 from services.camera.pictures import Picture, fit_size
 from services.camera.sources import Frame, SourceError
 
@@ -20,20 +19,6 @@ from services.camera.sources import Frame, SourceError
 CAMERA_FPS = 10
 #: JPEG's end-of-image marker: some drivers hand over a whole buffer with padding after it.
 _EOI = b"\xff\xd9"
-
-
-def device_problem(device: str) -> str | None:
-    """Why ``device`` cannot be opened, in words, or None when it can be."""
-    try:
-        fd = os.open(device, os.O_RDWR | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            return f"{device} does not exist (camera unplugged?)"
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            return f"{device}: permission denied (is the user in the 'video' group?)"
-        return f"{device}: {exc.strerror}"
-    os.close(fd)
-    return None
 
 
 class WebcamSource:
