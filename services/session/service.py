@@ -21,9 +21,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from daemon import config as config_mod
-from daemon import logs
+from daemon import fleet, logs
 from daemon.backend import session_url
-from daemon.backoff import FLEET_SPREAD, Backoff
+from daemon.backoff import FLEET_SPREAD, Backoff, box_rng
 from daemon.messages import (
     KEY_SECTION,
     AudioIn,
@@ -31,6 +31,7 @@ from daemon.messages import (
     AudioResume,
     AudioSettled,
     Command,
+    FleetBudget,
     PlaybackState,
     SessionStatus,
     SpeechActivity,
@@ -43,6 +44,7 @@ from services.session.events import ServiceRejected
 from services.session.fallback import CloudFallback
 from services.session.lifetime import ConnectionLifetime
 from services.session.outgoing import Outgoing
+from services.session.pacing import FleetPacing
 from services.session.resume import RESUME_REPEAT_S, RESUME_WAIT_S, AudioIntake
 from services.session.visitor import VisitorChoice
 
@@ -98,7 +100,9 @@ class SessionService(ConnectionLifetime):
         self.outgoing = Outgoing(self.config.service.chunk_ms, self.config.service.backlog_s)
         self.intake = AudioIntake(self.outgoing)
         self._settled_published = -1
-        self.backoff = Backoff(max_s=30.0, spread=FLEET_SPREAD)
+        # Jitter of this box's own (its box id), and its turn in the fleet's budget (pacing.py).
+        self.backoff = Backoff(max_s=30.0, spread=FLEET_SPREAD, rng=box_rng(fleet.box_id(self.config)))
+        self.pacing = FleetPacing(self.config)
         self.fallback = CloudFallback()
         self.short_lived = 0
         self._ws: ClientConnection | None = None
@@ -120,6 +124,7 @@ class SessionService(ConnectionLifetime):
         self._commands = self.bus.subscribe(["control"], Command)
         self._playback = self.bus.subscribe(["playback"], PlaybackState)
         self._speech = self.bus.subscribe(["capture"], SpeechActivity)
+        self._fleet = self.bus.subscribe(["mqtt"], FleetBudget)
 
     async def run(self) -> None:
         self.spawn(self._read_audio(), "audio-in")
@@ -129,6 +134,7 @@ class SessionService(ConnectionLifetime):
         self.spawn(self._follow_playback(), "barge-in")
         self.spawn(self._repeat_status(), "status")
         self.spawn(self.visitor.follow(self._speech), "visitor")
+        self.spawn(self.pacing.follow(self._fleet), "fleet-budget")
         await self._connect_loop()
 
     # --- state ---------------------------------------------------------------------------------
@@ -244,6 +250,7 @@ class SessionService(ConnectionLifetime):
         """One connection, from handshake to close. Returns when it closed cleanly."""
         service = self.config.service
         url = self.fallback.url(self.config)  # the cloud, or the box's own engine ([service] backend)
+        await self.pacing.turn(lambda why: self.set_state("backoff", why))
         self.set_state("connecting", url)
         ws = await connect_service(url, service.model, key, service.connect_timeout_s)
         self._ws = ws
