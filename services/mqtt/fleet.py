@@ -70,8 +70,8 @@ class FleetRoster:
             if isinstance(value, dict):
                 value = value["sessions_per_minute"]
             per_minute = float(value)
-            if isinstance(value, bool) or not math.isfinite(per_minute) or not 0 < per_minute <= MAX_PER_MINUTE:
-                raise ValueError(f"{value!r} is not between 0 and {MAX_PER_MINUTE:g}")
+            if isinstance(value, bool) or not math.isfinite(per_minute) or not 1 <= per_minute <= MAX_PER_MINUTE:
+                raise ValueError(f"{value!r} is not between 1 and {MAX_PER_MINUTE:g}")
         except (ValueError, KeyError, TypeError) as exc:
             kept = f"{self.per_minute:g} sessions a minute" if self.per_minute else "no budget"
             self.problem = (

@@ -1,14 +1,15 @@
 """The fleet's budget of new sessions: when this box may open its next one.
 
 The service allows few new sessions a minute per account (10 on qwen3.8, protocol.md 8b), and a
-fleet shares one account. When staff set a budget (``[mqtt] fleet_topic``), the mqtt process
-forwards it with the fleet's size N and this box's rank r among the boxes (``FleetBudget``).
-The minute is then cut into B turns of 60/B s (B sessions a minute), and the boxes take the
-turns in rank order: box r may open a session in turns r, r+N, r+2N, … (counted from the epoch
-on the wall clock, which every box keeps by NTP), at most one per turn. Each turn belongs to
-one box, and B turns start in a minute, so the fleet stays within its budget whatever happens
-at once (a venue-wide outage ends and every box reconnects). The price: a box that lost its
-connection waits up to N·60/B s for its turn (50 boxes at 10 a minute: 5 minutes).
+fleet shares one account. When staff set a budget of B a minute (``[mqtt] fleet_topic``), the mqtt
+process forwards it with the fleet's size N and this box's rank r among the boxes
+(``FleetBudget``). Time is cut into turns of 60/(B - 1/2) s, counted from the epoch on the wall
+clock every box keeps by NTP, and the boxes take the turns in rank order: box r owns turns r,
+r+N, r+2N, … and may open one session in the first half of each. Each turn belongs to one box,
+and openings are at least half a turn apart across a turn's edge, so no 60 s ever holds more
+than B of them, whatever happens at once (a venue-wide outage ends and every box reconnects).
+The price: a box that lost its connection may wait up to N turns (50 boxes at 10 a minute: about
+5 minutes) for its next one.
 
 Without a budget nothing waits here. A box configured with a fleet topic waits at most
 ``FIRST_WORD_S`` at start for the mqtt process's first word, so that a fleet booting together
@@ -32,6 +33,10 @@ from daemon.messages import FleetBudget
 FRESH_S = 30.0
 #: At start, how long a box with a fleet topic waits for the budget before its first session.
 FIRST_WORD_S = 20.0
+#: The share of its turn in which a box may open a session.
+OPEN_SHARE = 0.5
+#: Budgets below this are not taken (a turn would be longer than any box should wait).
+MIN_PER_MINUTE = 1.0
 
 
 class FleetPacing:
@@ -65,13 +70,13 @@ class FleetPacing:
         if (budget := self._current()) is None:
             left = self._first_word_by - self.clock()
             return (left, "waiting for the fleet's session budget") if left > 0 else (0.0, "")
-        turn_s = 60.0 / budget.sessions_per_minute
+        turn_s = 60.0 / (budget.sessions_per_minute - OPEN_SHARE)
         boxes = max(1, budget.boxes)
         cycle_s = turn_s * boxes
         offset = min(max(0, budget.rank), boxes - 1) * turn_s
         now = self.wall()
         start = math.floor((now - offset) / cycle_s) * cycle_s + offset  # this box's latest turn
-        if now < start + turn_s and self._last_open < start:
+        if now < start + turn_s * OPEN_SHARE and self._last_open < start:
             return 0.0, ""
         left = start + cycle_s - now
         why = (
@@ -95,6 +100,6 @@ class FleetPacing:
 
     def _current(self) -> FleetBudget | None:
         budget = self._budget
-        if budget is None or budget.sessions_per_minute <= 0 or self.clock() - self._heard_at > FRESH_S:
+        if budget is None or budget.sessions_per_minute < MIN_PER_MINUTE or self.clock() - self._heard_at > FRESH_S:
             return None
         return budget
