@@ -98,7 +98,7 @@ class MqttService(Service):
         if link is None:
             return
         self.requests = requests = Requests(self.topics, link, self.bus.publish, self.log)
-        link.subscribe(self.topics.subscriptions(self.config.mqtt.discovery))
+        link.subscribe(self.topics.subscriptions())
         self._link_tasks = [
             self.spawn(link.run(), "link"),
             self.spawn(self._dispatch(link, requests), "incoming"),
@@ -193,16 +193,22 @@ class MqttService(Service):
         self.view.expect(backend.processes(new))
         if KEY_SECTION in changed:
             self.guard.add(config_mod.api_key(new)[0])
-        if "mqtt" in changed:
+        if _link_settings(old) != _link_settings(new):
             await self._relink(old, new)
-        elif old.service.model != new.service.model:
-            self._publish_discovery()  # the selects offer the new model's languages
+        elif old.mqtt.discovery and not new.mqtt.discovery:
+            self._withdraw_discovery()
+        elif new.mqtt.discovery != old.mqtt.discovery or new.service.model != old.service.model:
+            self._publish_discovery()  # announced again; the selects offer the model's languages
         self._publish_state(force=True)
+
+    def _withdraw_discovery(self) -> None:
+        if self.link is not None:
+            self.link.publish(self.topics.discovery, "", retain=True)  # an empty config removes the device
 
     async def _relink(self, old: config_mod.Config, new: config_mod.Config) -> None:
         """Another broker, prefix or identity: leave cleanly, then join again as the config says."""
-        if self.link is not None and old.mqtt.discovery and not new.mqtt.discovery:
-            self.link.publish(self.topics.discovery, "", retain=True)  # an empty config removes the device
+        if old.mqtt.discovery and Topics.of(old).discovery != Topics.of(new).discovery:
+            self._withdraw_discovery()  # it comes back under its new id: none left behind unavailable
         await self._close_link()
         self.link, self.requests = None, None
         self.topics = Topics.of(new)
@@ -219,3 +225,8 @@ class MqttService(Service):
             return
         self.log.info("joining %s as %s", new.mqtt.broker, self.topics.prefix)
         self._open_link()
+
+
+def _link_settings(cfg: config_mod.Config) -> dict[str, Any]:
+    """What the link is built from: a change of any of it means joining the broker again."""
+    return cfg.mqtt.model_dump(exclude={"captions", "discovery"})

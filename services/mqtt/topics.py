@@ -88,11 +88,10 @@ class Topics:
     def fleet_member(self) -> str | None:
         return f"{self.fleet}/boxes/{self.box}" if self.fleet else None
 
-    def subscriptions(self, discovery: bool) -> list[str]:
-        """What the box listens to on the broker."""
-        wanted = [self.config_set, self.command]
-        if discovery:
-            wanted.append(self.ha_status)
+    def subscriptions(self) -> list[str]:
+        """What the box listens to on the broker (Home Assistant's birth even with discovery off:
+        the box ignores it then, and needs no new subscription when discovery is turned on)."""
+        wanted = [self.config_set, self.command, self.ha_status]
         if self.fleet_budget and self.fleet_boxes:
             wanted += [self.fleet_budget, self.fleet_boxes]
         return wanted

@@ -20,10 +20,14 @@ from pathlib import Path
 
 import httpx
 
+from daemon.bus import Bus
+from daemon.messages import Caption
 from services.simulator import Simulator, running_in_thread
-from tests.helpers import free_port, running, service_env, tolk_cmd, wait_until
+from tests.helpers import espeak_wav, free_port, running, service_env, tolk_cmd, wait_until, wav_pcm
 from tests.services.mqtt_rig import BOX_PASSWORD, Broker, Watcher, needs_mosquitto
 from tests.services.mqtt_rig import broker as broker  # the fixture
+from tests.services.session_rig import PERIOD, SessionTap, feed_until, publish
+from tests.services.session_rig import capture as capture  # the fixture
 
 KEY = "sk-fleet-test-4b8e21c9d7"
 BOX = "box-one"
@@ -293,4 +297,65 @@ def test_a_clean_stop_says_offline_itself(rundir: Path, broker: Broker) -> None:
         offline = watcher.wait_for(lambda s: s.topic == f"{PREFIX}/availability", since=mark)
         assert offline.payload == b"offline" and offline.retain
     finally:
+        watcher.close()
+
+
+def test_captions_only_when_allowed_and_settings_change_live(
+    rundir: Path, broker: Broker, capture: Bus, tmp_path: Path
+) -> None:
+    speech = wav_pcm(espeak_wav("ni hao, this is the kiosk speaking", tmp_path / "speech.wav"))
+    speech = speech[: len(speech) - len(speech) % PERIOD] + bytes(PERIOD * 50)  # then 1 s of quiet
+    _store_key(rundir)
+    watcher = Watcher(broker)
+    tap = SessionTap(rundir)
+    try:
+        with running_in_thread(api_key=KEY) as sim:
+            config = _box_config(rundir, broker, sim.url, f"127.0.0.1:{free_port()}")
+            with _box(rundir, config, "session", "mqtt") as procs:
+                watcher.on(DISCOVERY)
+                feed_until(capture, sim, lambda: sim.appends > 0)
+
+                def say() -> Caption:
+                    before = {c.utterance for c in tap.of(Caption) if c.final}
+                    publish(capture, speech)
+                    feed_until(capture, sim, lambda: speech in bytes(sim.audio_in))
+                    final = tap.wait_for(
+                        lambda m: isinstance(m, Caption) and m.final and m.kind == "translation"
+                        and m.utterance not in before,
+                        what="a final translation",
+                    )  # fmt: skip
+                    assert isinstance(final, Caption)
+                    return final
+
+                private = say()  # captions are off by default: this one stays in the box
+
+                # Turned on by whoever runs the box (the file, then a reload): no reconnect for it.
+                config.write_text(config.read_text().replace("[mqtt]\n", "[mqtt]\ncaptions = true\n"))
+                mark = watcher.mark()
+                procs["mqtt"].send_signal(signal.SIGHUP)
+                wait_until(lambda: "config changed: mqtt" in (rundir / "mqtt.log").read_text(), 15)
+                shared = say()
+                caption = watcher.on(f"{PREFIX}/captions", since=mark, where=lambda c: c["kind"] == "translation")
+                assert caption == {
+                    "utterance": shared.utterance, "kind": "translation", "language": "en", "text": shared.text
+                }  # fmt: skip
+                assert not watcher.wait_for(lambda s: s.topic == f"{PREFIX}/captions").retain
+                captions = [s.json() for s in watcher.everything() if s.topic == f"{PREFIX}/captions"]
+                assert private.utterance not in {c["utterance"] for c in captions}  # it came before: never sent
+                assert not [s for s in watcher.everything()[mark:] if s.topic == f"{PREFIX}/availability"]
+                state = watcher.on(f"{PREFIX}/state", since=mark, where=lambda d: d["tokens_per_hour"] > 0)
+                assert state["session"]["state"] == "live"
+
+                # Another identity: the box leaves under the old one and comes back under the new.
+                mark = watcher.mark()
+                config.write_text(config.read_text().replace(f'box_id = "{BOX}"', 'box_id = "box-two"'))
+                procs["mqtt"].send_signal(signal.SIGHUP)
+                gone = watcher.wait_for(lambda s: s.topic == DISCOVERY, since=mark, what="the old device withdrawn")
+                assert gone.payload == b"" and gone.retain
+                watcher.wait_for(lambda s: s.topic == f"{PREFIX}/availability" and s.payload == b"offline", since=mark)
+                back = watcher.on("homeassistant/device/tolk_box-two/config", since=mark)
+                assert back["state_topic"] == "tolk/box-two/state"
+                watcher.wait_for(lambda s: s.topic == "tolk/box-two/availability" and s.payload == b"online")
+    finally:
+        tap.close()
         watcher.close()
