@@ -152,8 +152,9 @@ class BrokerLink:
             self.log.warning("broker %s: %s; again in %.1f s", self.url, why, self.retry_in_s)
             await asyncio.sleep(self.retry_in_s)
 
-    def publish(self, topic: str, payload: str, *, retain: bool = False, qos: int = 1, correlation: bytes | None = None
-                ) -> None:  # fmt: skip
+    def publish(
+        self, topic: str, payload: str, *, retain: bool = False, qos: int = 1, correlation: bytes | None = None
+    ) -> None:
         """Publish now if connected (else nothing: the service republishes what is current on connect)."""
         if not self.up.is_set():
             return

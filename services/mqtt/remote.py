@@ -35,8 +35,9 @@ QUEUE_MAX = 16
 
 
 class Requests:
-    def __init__(self, topics: Topics, link: BrokerLink, publish: Callable[[Message], None],
-                 log: logging.Logger) -> None:  # fmt: skip
+    def __init__(
+        self, topics: Topics, link: BrokerLink, publish: Callable[[Message], None], log: logging.Logger
+    ) -> None:
         self.topics = topics
         self.link = link
         self.publish = publish

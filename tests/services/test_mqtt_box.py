@@ -26,7 +26,7 @@ from services.simulator import Simulator, running_in_thread
 from tests.helpers import espeak_wav, free_port, running, service_env, tolk_cmd, wait_until, wav_pcm
 from tests.services.mqtt_rig import BOX_PASSWORD, Broker, Watcher, needs_mosquitto
 from tests.services.mqtt_rig import broker as broker  # the fixture
-from tests.services.session_rig import PERIOD, SessionTap, feed_until, publish
+from tests.services.session_rig import PERIOD, SessionTap, feed_until, publish, write_config
 from tests.services.session_rig import capture as capture  # the fixture
 
 KEY = "sk-fleet-test-4b8e21c9d7"
@@ -37,32 +37,12 @@ DISCOVERY = f"homeassistant/device/tolk_{BOX}/config"
 pytestmark = needs_mosquitto
 
 
-def _box_config(rundir: Path, broker: Broker, sim_url: str, listen: str, extra_mqtt: str = "") -> Path:
-    config = rundir / "tolk.toml"
-    config.write_text(
-        f"""
-[languages]
-source = "zh"
-target = "en"
-
-[service]
-url = "{sim_url}"
-connect_timeout_s = 3
-fallback_after_s = 0  # no engine standing by: the box's processes are the five (and mqtt)
-
-[audio]
-capture_device = "tolk_test_no_such_device"
-
-[control]
-listen = "{listen}"
-
-{broker.box_config(BOX, extra_mqtt)}
-
-[log]
-level = "debug"
-"""
+def _box_config(rundir: Path, broker: Broker, sim_url: str, listen: str) -> Path:
+    """No microphone (capture waits for it, and still carries out mute), no engine standing by."""
+    tables = f'[audio]\ncapture_device = "tolk_test_no_such_device"\n[control]\nlisten = "{listen}"\n'
+    return write_config(
+        rundir / "tolk.toml", sim_url, extra=tables + broker.box_config(BOX), service="fallback_after_s = 0"
     )
-    return config
 
 
 def _store_key(rundir: Path) -> None:
