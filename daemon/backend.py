@@ -65,9 +65,12 @@ def processes(cfg: config_mod.Config) -> tuple[str, ...]:
 
     The camera only with a source (a process with nothing to do costs its memory); the engine as
     the backend, or standing by for the cloud where it is installed (a box without it skips its
-    unit: only a box that must translate offline without it is broken, and says so).
+    unit: only a box that must translate offline without it is broken, and says so); the fleet's
+    link to its MQTT broker when ``[mqtt] broker`` is set.
     """
     names = tuple(n for n in PROCESSES if n != "camera" or cfg.camera.source != "none")
     if resolve(cfg) == "local" or (standby(cfg) and engine_installed()):
         names += ("engine",)
+    if cfg.mqtt.broker is not None:
+        names += ("mqtt",)
     return names

@@ -3,11 +3,14 @@
 Devices (a microphone, a speaker, a camera) retry from 0.5 s up to a few seconds, jittered ±20 %;
 the session's reconnects go up to 30 s and are jittered downwards from the ceiling (half fixed,
 half random), so that a fleet of kiosks coming back after a venue-wide outage never reconnects in
-step and never waits longer than the ceiling.
+step and never waits longer than the ceiling. A box's random factors come from its own seed,
+derived from its box id (``box_rng``): the spread across a fleet is the same at every outage,
+and two boxes never draw the same sequence.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 DEVICE_SPREAD = (0.8, 1.2)
@@ -39,3 +42,9 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+def box_rng(box_id: str) -> random.Random:
+    """The jitter source of the box ``box_id`` (daemon.fleet): deterministic per box, distinct across boxes."""
+    seed = hashlib.sha256(f"tolk jitter {box_id}".encode()).digest()[:8]
+    return random.Random(int.from_bytes(seed, "big"))

@@ -26,8 +26,9 @@ from daemon.messages import Channel, Message, MessageError, topic_of
 DEFAULT_RUNTIME_DIR = Path("/run/tolk")
 #: The box's processes, in start order: the one list (``tolk run``, the units, control's view).
 PROCESSES: tuple[str, ...] = ("capture", "camera", "session", "playback", "control")
-#: Run only when the config needs them: the local engine when [service] backend resolves to local.
-OPTIONAL_PROCESSES: tuple[str, ...] = ("engine",)
+#: Run only when the config needs them: the local engine when [service] backend resolves to local,
+#: the fleet's link (mqtt) when [mqtt] broker is set.
+OPTIONAL_PROCESSES: tuple[str, ...] = ("engine", "mqtt")
 #: The processes whose state control follows.
 SERVICES = PROCESSES
 # Bulk: about 4 s of 20 ms chunks; state: plenty for bursts of captions.

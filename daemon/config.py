@@ -29,6 +29,7 @@ from daemon.config_sections import (  # the sections are part of this module's A
     EngineConfig,
     LanguagesConfig,
     LogConfig,
+    MqttConfig,
     OutputConfig,
     ServiceConfig,
     TranslationConfig,
@@ -47,6 +48,7 @@ __all__ = [
     "EngineConfig",
     "LanguagesConfig",
     "LogConfig",
+    "MqttConfig",
     "OutputConfig",
     "ServiceConfig",
     "TranslationConfig",
@@ -75,6 +77,7 @@ class Config(_Section):
     camera: CameraConfig = Field(default_factory=CameraConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="after")

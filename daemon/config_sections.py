@@ -376,5 +376,97 @@ class EngineConfig(_Section):
         return value
 
 
+#: MQTT topic names the box writes under or reads: levels of safe characters, no wildcards.
+_TOPIC = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_BOX_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MQTT_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
+
+
+def _check_topic(value: str | None) -> str | None:
+    if value is not None and (len(value) > 200 or not _TOPIC.match(value)):
+        raise ValueError(
+            f"{value!r} is not a topic the box can use: levels of letters, digits, '_', '-' and '.', "
+            "separated by '/', no wildcards (+ #) and no leading or trailing '/'"
+        )
+    return value
+
+
+class MqttConfig(_Section):
+    broker: str | None = Field(
+        None,
+        description='The fleet\'s MQTT broker: "mqtts://host:8883" (TLS), or "mqtt://host:1883" on loopback '
+        "(or anywhere with allow_plain); unset: the box joins no broker (no mqtt process).",
+    )
+    allow_plain: bool = Field(
+        False, description="Allow a plain mqtt:// broker off loopback (its password and commands travel in clear)."
+    )
+    username: str | None = Field(None, max_length=256, description="The box's user on the broker; unset: none.")
+    password_file: Path | None = Field(
+        None, description='File holding the broker password; unset: the systemd credential "mqtt-password", if any.'
+    )
+    ca_file: Path | None = Field(
+        None, description="CA certificate(s) the mqtts:// broker's certificate must chain to; unset: the system's."
+    )
+    box_id: str | None = Field(
+        None, description="This box's id in topics and in Home Assistant; unset: derived from /etc/machine-id."
+    )
+    prefix: str | None = Field(None, description="Where the box's topics live; unset: tolk/<box id>.")
+    captions: bool = Field(
+        False, description="Publish the captions (what people said) on <prefix>/captions: private, off unless set."
+    )
+    discovery: bool = Field(True, description="Announce the box to Home Assistant (MQTT device discovery).")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix.")
+    fleet_topic: str | None = Field(
+        None,
+        description="Where the fleet shares its budget of new sessions: <fleet_topic>/budget (retained, set by "
+        "staff) and <fleet_topic>/boxes/<id> (each box); unset: no fleet budget, reconnects only jittered.",
+    )
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in MQTT_SCHEMES or not parts.hostname or port == -1:
+            raise ValueError(f"{value!r} is not a broker URL: use mqtts://host:8883 (or mqtt://127.0.0.1:1883)")
+        if parts.username or parts.password:
+            raise ValueError(f"{value!r} carries credentials: set [mqtt] username and password_file instead")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{value!r}: a broker URL is scheme://host:port, nothing after it")
+        return value
+
+    @field_validator("box_id")
+    @classmethod
+    def _box_id(cls, value: str | None) -> str | None:
+        if value is not None and not _BOX_ID.match(value):
+            raise ValueError(f"{value!r} is not a box id: 1-64 letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("prefix", "discovery_prefix", "fleet_topic")
+    @classmethod
+    def _topics(cls, value: str | None) -> str | None:
+        return _check_topic(value)
+
+    @model_validator(mode="after")
+    def _plain_only_to_loopback(self) -> MqttConfig:
+        broker = self.broker
+        if broker is not None and broker.startswith("mqtt://") and not self.allow_plain and not is_loopback(broker):
+            # The password and every command would cross the network in clear text.
+            raise ValueError(
+                f"broker = {broker!r} is plain MQTT to another host: use mqtts://, or set allow_plain = true "
+                "if the network itself is trusted"
+            )
+        return self
+
+    @property
+    def secure(self) -> bool:
+        return self.broker is not None and self.broker.startswith("mqtts://")
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"

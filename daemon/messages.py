@@ -412,4 +412,60 @@ class CommandAck(Message):
     detail: str = ""
 
 
+# --- the fleet (the mqtt process) ------------------------------------------------------------
+# Topics are ZeroMQ prefix filters: none may begin with another's name ("config", "command").
+
+
+@dataclass(kw_only=True)
+class RemotePatch(Message):
+    """A config change from the fleet's broker, shaped as a ``PATCH /api/config`` body: control
+    validates and stores it as it does that request, and answers with a ``RemoteAnswer``."""
+
+    topic = "remote.patch"
+    id: str = ""
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class RemoteCommand(Message):
+    """An operator's command from the fleet's broker: control sends it to the process that carries
+    it out, as for the HTTP API, and answers with that process's word in a ``RemoteAnswer``."""
+
+    topic = "remote.command"
+    id: str = ""
+    name: CommandName | Literal[""] = ""
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class RemoteAnswer(Message):
+    """Control's answer to a ``RemotePatch`` or ``RemoteCommand`` of the same ``id``.
+
+    ``ok`` false: nothing changed; ``error`` says what kind of refusal, ``problems`` one line per
+    reason (as the HTTP API's error bodies). ``changed``: the config sections a patch changed.
+    """
+
+    topic = "remote.answer"
+    id: str = ""
+    ok: bool = True
+    detail: str = ""
+    error: str = ""
+    problems: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class FleetBudget(Message):
+    """The fleet's budget of new sessions, for the session (``[mqtt] fleet_topic``; repeated).
+
+    ``sessions_per_minute`` 0: no budget is set. ``boxes``: the fleet's size, ``rank``: this
+    box's place among them by box id (services/session/pacing.py shares the minute out by it).
+    """
+
+    topic = "fleet.budget"
+    sessions_per_minute: float = 0.0
+    boxes: int = 1
+    rank: int = 0
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = tuple(_REGISTRY.values())

@@ -34,21 +34,34 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
 def _installed(name: str, config_path: str | None) -> int:
     """0 when the process has work here; else 1 and why (the units' ExecCondition=, so that a box
-    installed without the engine, or without a camera, skips the unit instead of running it idle)."""
+    installed without the engine, or without a camera or a broker, skips the unit instead of running it idle)."""
     from daemon.backend import engine_installed
 
     if name == "engine" and not engine_installed():
         print("tolk: the local engine is not installed (the engine extra: pip install 'tolk[engine]')")
         return 1
-    if name == "camera":
-        try:
-            cfg = config_mod.load(config_path)
-        except config_mod.ConfigError:
-            return 0  # the service itself says what is wrong with the config, and fails
-        if cfg.camera.source == "none":
-            print('tolk: no camera ([camera] source = "none"): the camera process does not run')
-            return 1
+    if name not in _CONFIGURED:
+        return 0
+    try:
+        cfg = config_mod.load(config_path)
+    except config_mod.ConfigError:
+        return 0  # the service itself says what is wrong with the config, and fails
+    why = _CONFIGURED[name](cfg)
+    if why:
+        print(f"tolk: {why}")
+        return 1
     return 0
+
+
+#: Processes that run only when the config gives them work: why not, or "" when it does.
+_CONFIGURED = {
+    "camera": lambda cfg: (
+        'no camera ([camera] source = "none"): the camera process does not run' if cfg.camera.source == "none" else ""
+    ),
+    "mqtt": lambda cfg: (
+        "no broker ([mqtt] broker is unset): the mqtt process does not run" if cfg.mqtt.broker is None else ""
+    ),
+}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

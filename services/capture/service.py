@@ -105,6 +105,7 @@ class CaptureService(Service):
         if self.operator_mute.load():
             self.gate.operator = True
             self.log.info("microphone muted by the operator (kept from before this start)")
+        self.counters["operator_muted"] = float(self.gate.operator)  # the fleet's view shows it (mqtt)
         self._pcm = self._try_open()
         if self._pcm is None:
             self.log.warning("starting without a microphone; it is retried in the background")
@@ -351,6 +352,7 @@ class CaptureService(Service):
             assert isinstance(msg, Command)
             if msg.name in ("mute", "unmute"):
                 muted = self.gate.operator = msg.name == "mute"
+                self.counters["operator_muted"] = float(muted)
                 what = "muted" if muted else "unmuted"
                 try:
                     self.operator_mute.save(muted)

@@ -36,7 +36,7 @@ from services.control.routes import box_router
 from services.control.security import AccessGuard, AccessPolicy
 from services.control.setup import SetupCode
 from services.control.status import StatusAggregator
-from services.control.store import ConfigStore, OverlayUnreadable, PatchRejected
+from services.control.store import ConfigStore, OverlayUnreadable, PatchRejected, apply_patch
 
 #: A config change is a few hundred bytes; anything near this limit is a mistake or an attack.
 MAX_BODY_BYTES = 64 * 1024
@@ -167,13 +167,11 @@ def create_app(
         changes: dict[str, Any] = Body(..., examples=[_PATCH_EXAMPLE]),  # noqa: B008
     ) -> Any:
         try:
-            _, changed = await store.patch(changes)
+            await apply_patch(store, publish, changes)
         except PatchRejected as exc:
             return refused(422, "config refused", *exc.problems)
         except OverlayUnreadable as exc:
             return refused(500, "stored config unreadable", str(exc))
-        if changed:
-            publish(ConfigChanged(sections=sorted(changed)))
         return store.public()
 
     @app.put(
@@ -224,7 +222,8 @@ def create_app(
             publish(ConfigChanged(sections=[KEY_SECTION]))
         return Response(status_code=204)
 
-    desk = CommandDesk(publish, command_timeout_s)
+    # Shared with the fleet's requests (remote.py): one way to send a command and hear its answer.
+    app.state.desk = desk = CommandDesk(publish, command_timeout_s)
     status.observers.append(desk.observe)  # the processes' answers come in with their states
     app.include_router(box_router(lambda: store.current, desk, devices, BoxMetrics(status)))
     mount_pages(app, CaptionHub(status, lambda: store.current, setup))

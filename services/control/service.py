@@ -7,11 +7,12 @@ import asyncio
 from daemon import backend, logs
 from daemon import config as config_mod
 from daemon.bus import OPTIONAL_PROCESSES, PROCESSES, Subscriber
-from daemon.messages import Command
+from daemon.messages import Command, RemoteCommand, RemotePatch
 from daemon.service import Service, ServiceContext
 from services.control.api import create_app
 from services.control.buttons import DirectionButtons
 from services.control.http_server import HttpListener, ListenError
+from services.control.remote import REMOTE_SOURCES, RemoteDesk
 from services.control.security import AccessPolicy, TokenMissing
 from services.control.setup import admin_url
 from services.control.status import STATE_TOPICS, StatusAggregator
@@ -32,8 +33,10 @@ class ControlService(Service):
         )
         self.store = ConfigStore(ctx.config, ctx.config_path, vet=_listen_needs_token)
         self.app = create_app(self.aggregator, self.store, self.bus.publish)
+        self.remote = RemoteDesk(self.store, self.app.state.desk, self.bus.publish)
         self.listener: HttpListener | None = None
         self._sub: Subscriber | None = None
+        self._requests: Subscriber | None = None
         self._listen_problem = ""
         self.buttons: DirectionButtons | None = None
 
@@ -54,6 +57,7 @@ class ControlService(Service):
         # Subscribe first: the sockets connect while the listener starts, so the first
         # /api/status already has heartbeats (our own included: control is a process too).
         self._sub = self.bus.subscribe(PROCESSES + OPTIONAL_PROCESSES, *STATE_TOPICS)
+        self._requests = self.bus.subscribe(REMOTE_SOURCES, RemotePatch, RemoteCommand)
         listener = HttpListener(self.app, self.config.control.listen, self.log)
         await listener.open(self.spawn)
         self.listener = listener
@@ -77,8 +81,9 @@ class ControlService(Service):
             self.log.info("direction buttons on GPIO %s", pins)
 
     async def run(self) -> None:
-        assert self._sub is not None
+        assert self._sub is not None and self._requests is not None
         self.spawn(self.aggregator.consume(self._sub), "bus-states")
+        self.spawn(self.remote.serve(self._requests), "fleet-requests")
         while True:
             listener = self.listener
             if listener is None or not listener.serving():
@@ -91,6 +96,7 @@ class ControlService(Service):
                 self.count("self_check_failures")
             self.counters["http_requests"] = listener.requests
             self.counters["config_writes"] = self.store.writes
+            self.counters["fleet_requests"] = self.remote.handled
             self.counters["bus_messages"] = self.aggregator.received
             self.counters["bus_rejected"] = self._sub.rejected
             await asyncio.sleep(SELF_CHECK_S)

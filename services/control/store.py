@@ -28,6 +28,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
 from daemon import config as config_mod
+from daemon.messages import ConfigChanged, Message
 
 OVERLAY_HEADER = (
     "Changes made through tolk's HTTP API (PATCH /api/config), layered over the config file.\n"
@@ -211,3 +212,14 @@ class ConfigStore:
             return config_mod.validate(config_mod.deep_merge(base, overlay), "PATCH /api/config")
         except config_mod.ConfigError as exc:
             raise PatchRejected(exc.problems) from None
+
+
+async def apply_patch(store: ConfigStore, publish: Callable[[Message], None], changes: Mapping[str, Any]) -> set[str]:
+    """The one way a change from outside the box's config file is applied (``PATCH /api/config``,
+    the fleet's broker): validated and stored by ``store``, then announced on the bus, so that each
+    process applies what concerns it. The sections that changed; raises PatchRejected or
+    OverlayUnreadable with nothing changed."""
+    _, changed = await store.patch(changes)
+    if changed:
+        publish(ConfigChanged(sections=sorted(changed)))
+    return changed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ from services.session.connection import (
 from services.session.direction import Direction
 from services.session.events import EventHandler
 from services.session.fallback import CloudFallback
+from services.session.pacing import FleetPacing
 from services.session.pause import Activity
 from services.session.retry import RetryPolicy, Wait
 from services.session.sender import Sender
@@ -66,6 +68,8 @@ class ConnectionLifetime:
         direction: Direction,
         activity: Activity,
         ids: protocol.EventIds,
+        pacing: FleetPacing | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.process = process  # config, counters, log, tasks
         self.status = status
@@ -75,7 +79,8 @@ class ConnectionLifetime:
         self.activity = activity
         self.ids = ids
         self.fallback = CloudFallback()
-        self.retry = RetryPolicy(self.fallback)
+        self.retry = RetryPolicy(self.fallback, rng)
+        self.pacing = pacing
         self.reconnects = 0
         self.session_id = ""
         self.link: Link | None = None  # the connection now open, if any
@@ -136,6 +141,8 @@ class ConnectionLifetime:
         """One connection, from handshake to close. Returns when it closed cleanly."""
         service = self.process.config.service
         url = self.fallback.url(self.process.config)  # the cloud, or the box's own engine
+        if self.pacing is not None:
+            await self.pacing.turn(lambda why: self.status.set_state("backoff", why))
         self.status.set_state("connecting", url)
         link = self.link = Link(await connect_service(url, service.model, key, service.connect_timeout_s))
         tasks: list[asyncio.Task[None]] = []

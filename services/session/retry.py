@@ -10,6 +10,7 @@ own engine (``fallback.py``); the engine failing hands back.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from daemon.backoff import FLEET_SPREAD, Backoff
@@ -41,9 +42,9 @@ class Wait:
 
 
 class RetryPolicy:
-    def __init__(self, fallback: CloudFallback) -> None:
+    def __init__(self, fallback: CloudFallback, rng: random.Random | None = None) -> None:
         self.fallback = fallback
-        self.backoff = Backoff(max_s=30.0, spread=FLEET_SPREAD)
+        self.backoff = Backoff(max_s=30.0, spread=FLEET_SPREAD, rng=rng)
         self.short_lived = 0  # connections in a row that closed within STABLE_S, unanswered
 
     def reset(self) -> None:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 
 from daemon import config as config_mod
-from daemon import logs
+from daemon import fleet, logs
 from daemon.backend import session_url
+from daemon.backoff import box_rng
 from daemon.messages import (
     KEY_SECTION,
     AudioIn,
     AudioReplay,
     AudioResume,
     Command,
+    FleetBudget,
     PlaybackState,
     SessionStatus,
     SpeechActivity,
@@ -31,6 +33,7 @@ from services.session.direction import Direction
 from services.session.events import EventHandler
 from services.session.lifetime import ConnectionLifetime
 from services.session.outgoing import Outgoing
+from services.session.pacing import FleetPacing
 from services.session.pause import Activity
 from services.session.resume import RESUME_REPEAT_S, RESUME_WAIT_S, AudioIntake
 from services.session.sender import Sender
@@ -79,7 +82,10 @@ class SessionService(Service):
         activity, usage, ids = Activity(), UsageMeter(), protocol.EventIds()
         self.sender = Sender(self, self.outgoing, self.intake, self.direction, activity, usage, ids, self._switched)
         self.events = EventHandler(self, self.direction, activity, usage, self._service_error, self.sender.wake)
-        self.lifetime = ConnectionLifetime(self, self, self.events, self.sender, self.direction, activity, ids)
+        # Jitter of this box's own (its box id), and its turn in the fleet's budget (pacing.py).
+        self.pacing = FleetPacing(cfg)
+        self.lifetime = ConnectionLifetime(self, self, self.events, self.sender, self.direction, activity, ids,
+                                           pacing=self.pacing, rng=box_rng(fleet.box_id(cfg)))  # fmt: skip
         self.visitor = VisitorChoice(
             self.direction, self._visitor_changed, lambda: self.config.control.captions_clear_s, self.log
         )
@@ -93,6 +99,7 @@ class SessionService(Service):
         self._commands = self.bus.subscribe(["control"], Command)
         self._playback = self.bus.subscribe(["playback"], PlaybackState)
         self._speech = self.bus.subscribe(["capture"], SpeechActivity)
+        self._fleet = self.bus.subscribe(["mqtt"], FleetBudget)
 
     async def run(self) -> None:
         self.spawn(self._read_audio(), "audio-in")
@@ -102,6 +109,7 @@ class SessionService(Service):
         self.spawn(self._follow_playback(), "barge-in")
         self.spawn(self._repeat_status(), "status")
         self.spawn(self.visitor.follow(self._speech), "visitor")
+        self.spawn(self.pacing.follow(self._fleet), "fleet-budget")
         await self.lifetime.run()
 
     # --- state ---------------------------------------------------------------------------------

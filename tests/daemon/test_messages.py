@@ -68,6 +68,14 @@ def test_every_topic_is_unique_and_bulk_carries_a_payload() -> None:
             assert cls.payload_field is not None, cls
 
 
+def test_no_topic_begins_with_another() -> None:
+    # A SUB socket filters by prefix: a subscriber to "config" would also get a "config.x" it
+    # cannot handle.
+    topics = [c.topic for c in ALL_MESSAGES]
+    clashes = [(a, b) for a in topics for b in topics if a != b and b.startswith(a)]
+    assert not clashes
+
+
 def test_header_carries_version_seq_and_monotonic_stamp() -> None:
     msg = AudioIn(pcm=b"\x01\x02" * 160, seq=7)
     _topic, header, payload = msg.to_frames()

@@ -3,9 +3,10 @@ overlay of this machine (tests/systemd/boot/), installed by the real ``tolk inst
 
 Shown in order on one boot: the target starts the units its config needs (hardened, as the
 ``tolk`` user, logging structured fields to journald; the camera's is skipped without a source,
-and started when the admin page sets one); ``kill -9`` of one is restarted and the others keep
-running; ``systemctl reload tolk.target`` applies a language change without restarting capture;
-a capture whose microphone stops delivering is restarted by the watchdog.
+and started when the admin page sets one; the mqtt one likewise without a broker); ``kill -9`` of
+one is restarted and the others keep running; ``systemctl reload tolk.target`` applies a language
+change without restarting capture; a capture whose microphone stops delivering is restarted by
+the watchdog.
 """
 
 from __future__ import annotations
@@ -161,6 +162,31 @@ def test_a_camera_set_on_the_admin_page_starts_the_camera_unit(box: Container) -
     # The overlay written by control wakes tolk-camera.path; the unit's condition now passes.
     wait_until(lambda: running(box, "tolk-camera.service"), 30, what="the camera unit started")
     assert "/dev/video7" in box.show("tolk-camera.service", "StatusText")  # missing: said, and retried
+
+
+_SET_BROKER = """
+import json, urllib.request
+mqtt = {"broker": "mqtt://127.0.0.1:1883", "box_id": "boot"}
+request = urllib.request.Request("http://127.0.0.1:8080/api/config", method="PATCH",
+                                 data=json.dumps({"mqtt": mqtt}).encode(),
+                                 headers={"Content-Type": "application/json"})
+print(urllib.request.urlopen(request, timeout=20).status)
+"""
+
+
+def test_a_broker_set_in_the_config_starts_the_mqtt_unit(box: Container) -> None:
+    wait_until(lambda: all(running(box, u) for u in UNITS), 30, what="all four units active")
+    # No broker: skipped by its condition, not failed.
+    assert box.show("tolk-mqtt.service", "ActiveState") == "inactive"
+    assert box.show("tolk-mqtt.service", "Result") != "failed"
+    python = str(INNER_REPO / ".venv/bin/python")
+    assert box.run(python, "-c", _SET_BROKER, timeout=60).stdout.strip().splitlines()[-1] == "200"
+    # tolk-mqtt.path wakes the unit; no password file exists, and its credential's empty default
+    # lets it start; with no broker listening it says so and retries (READY without the network).
+    wait_until(lambda: running(box, "tolk-mqtt.service"), 30, what="the mqtt unit started")
+    wait_until(lambda: "retrying" in box.show("tolk-mqtt.service", "StatusText"), 20, what="a retry")
+    pid = box.show("tolk-mqtt.service", "MainPID")
+    assert box.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip() == "tolk"
 
 
 def test_the_screen_unit_waits_for_control_and_skips_a_box_without_a_display(box: Container) -> None:
