@@ -6,15 +6,18 @@ or PipeWire/PulseAudio) accept any rate and channel count. A raw ``hw:`` device 
 the chip does, and alsa-lib silently picks the nearest rate and channel count; ``Converter``
 then bridges the difference with soxr (a real resampler) and a channel mix, so a ``hw:`` name
 works too. A sample format other than S16_LE is refused with the advice to use ``plughw:``.
+
+NumPy and soxr load only when a conversion is needed: a box whose devices take tolk's own format
+(the usual ``plughw:``/``default`` names) never maps them into the process that plays.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import soxr
+if TYPE_CHECKING:
+    import numpy as np
 
 BYTES_PER_SAMPLE = 2
 
@@ -51,15 +54,17 @@ class Converter:
         self.src = src
         self.dst = dst
         self.identity = src == dst
-        self._resampler = (
-            soxr.ResampleStream(src.rate, dst.rate, dst.channels, dtype="int16", quality="HQ")
-            if src.rate != dst.rate
-            else None
-        )
+        self._resampler = None
+        if src.rate != dst.rate:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(src.rate, dst.rate, dst.channels, dtype="int16", quality="HQ")
 
     def convert(self, pcm: bytes) -> bytes:
         if self.identity:
             return pcm
+        import numpy as np
+
         frames = np.frombuffer(pcm, dtype="<i2").reshape(-1, self.src.channels)
         frames = self._channels(frames)
         if self._resampler is not None:
@@ -67,6 +72,8 @@ class Converter:
         return np.ascontiguousarray(frames, dtype="<i2").tobytes()
 
     def _channels(self, frames: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         have, want = self.src.channels, self.dst.channels
         if have == want:
             return frames
@@ -76,3 +83,10 @@ class Converter:
         if have == 1:
             return np.repeat(frames, want, axis=1)
         raise FormatError(f"cannot map {have} channels to {want}")
+
+
+def scaled(pcm: bytes, volume: float) -> bytes:
+    """S16 samples times ``volume`` (0..1)."""
+    import numpy as np
+
+    return (np.frombuffer(pcm, dtype="<i2") * np.float32(volume)).astype("<i2").tobytes()

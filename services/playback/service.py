@@ -14,8 +14,6 @@ import os
 import time
 from typing import ClassVar
 
-import numpy as np
-
 from daemon.alsa_device import BYTES_PER_FRAME, DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
 from daemon.audio_format import Converter, DeviceFormat
 from daemon.config import Config
@@ -324,6 +322,8 @@ class PlaybackService(Service):
 
 def speaker_test_tone(rate: int = RATE) -> bytes:
     """S16_LE mono sine with 20 ms fades (no clicks)."""
+    import numpy as np  # only when staff ask for the test: the player itself needs none
+
     n = int(rate * TEST_TONE_S)
     t = np.arange(n) / rate
     wave = np.sin(2 * np.pi * TEST_TONE_HZ * t) * TEST_TONE_LEVEL

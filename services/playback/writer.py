@@ -17,10 +17,9 @@ from collections import deque
 from collections.abc import Callable
 
 import alsaaudio
-import numpy as np
 
 from daemon.alsa_device import BYTES_PER_FRAME, Pcm, PcmSpec, alsa_reason
-from daemon.audio_format import Converter, DeviceFormat, FormatError, device_format
+from daemon.audio_format import Converter, DeviceFormat, FormatError, device_format, scaled
 from services.playback.clock import DeviceClock
 from services.playback.queue import Chunk, ChunkQueue
 
@@ -200,7 +199,7 @@ class Writer(threading.Thread):
         pcm = chunk.pcm
         volume = self.volume()
         if volume < 1.0:
-            pcm = (np.frombuffer(pcm, dtype="<i2") * np.float32(volume)).astype("<i2").tobytes()
+            pcm = scaled(pcm, volume)
         data = self.converter.convert(pcm)
         handed = self._write_device(data, chunk.response_id, pcm)
         if handed:

@@ -97,3 +97,19 @@ def test_an_invalid_config_exits_2_naming_the_key(rundir: Path, notify: NotifySo
     proc = _start(rundir, notify, config)
     out = proc.communicate(timeout=10)[0].decode()
     assert proc.returncode == 2 and "audio.period_ms = 500" in out
+
+
+def test_the_player_loads_no_numpy_until_a_conversion_needs_it() -> None:
+    """A box whose speaker takes tolk's own format keeps NumPy and soxr out of the playback process
+    (their pages are ~7 MB of a small box): they load with the first conversion, not before."""
+    code = (
+        "import sys, services.playback.service as p\n"
+        "from daemon.audio_format import Converter, DeviceFormat\n"
+        "assert 'numpy' not in sys.modules and 'soxr' not in sys.modules, 'loaded at import'\n"
+        "same = Converter(DeviceFormat(24000, 1), DeviceFormat(24000, 1))\n"
+        "assert same.convert(b'\\x01\\x00' * 10) == b'\\x01\\x00' * 10 and 'numpy' not in sys.modules\n"
+        "out = Converter(DeviceFormat(24000, 1), DeviceFormat(48000, 2)).convert(b'\\x00\\x10' * 2400)\n"
+        "assert 'soxr' in sys.modules and len(out) > 0\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
