@@ -10,16 +10,19 @@ entered on the admin page, and is never shown.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
-
+from daemon import config_model
 from daemon import languages as lang
+from daemon.config_model import BaseModel, Field, model_validator
 from daemon.config_sections import (  # the sections are part of this module's API
     DEFAULT_MODEL,
     INTL_URL,
@@ -229,6 +232,8 @@ def _fields_at(dotted: str) -> dict[str, Any]:
 
 def validate(data: Mapping[str, Any], source: str = "config") -> Config:
     """Validate plain data (parsed TOML or JSON) into a Config, or raise ConfigError."""
+    from pydantic import ValidationError
+
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -287,12 +292,47 @@ def load_layers(explicit: str | os.PathLike[str] | None = None) -> tuple[dict[st
 
 def load(explicit: str | os.PathLike[str] | None = None) -> Config:
     """The merged, validated config. Raises ConfigError naming the file and key on any problem."""
+    if config_model.is_read_only():
+        return _validated_elsewhere(explicit)
     base, overlay = load_layers(explicit)
     path = config_path(explicit)
     base_cfg = validate(base, str(path or "defaults"))
     if not overlay:
         return base_cfg
     return validate(deep_merge(base, overlay), f"{path or 'defaults'} + {overlay_path()}")
+
+
+#: How long a process that reads configs waits for the validator's verdict (a loaded Pi takes seconds).
+VALIDATOR_TIMEOUT_S = 60.0
+
+
+def _validated_elsewhere(explicit: str | os.PathLike[str] | None) -> Config:
+    """``load()`` in a process that does not validate: a child does (daemon/config_model.py)."""
+    args = [sys.executable, "-m", "daemon.config_validated"]
+    if explicit:
+        args.append(os.fspath(explicit))
+    try:
+        run = subprocess.run(args, capture_output=True, text=True, timeout=VALIDATOR_TIMEOUT_S, check=False)
+        answer = json.loads(run.stdout)
+    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+        detail = (getattr(exc, "stderr", None) or "").strip() or str(exc)
+        raise ConfigError([f"the config validator did not answer: {detail[-300:]}"], "config") from None
+    if "problems" in answer:
+        raise ConfigError(list(answer["problems"]), str(answer.get("source", "config")))
+    return from_validated(answer["config"])
+
+
+def validated_data(cfg: Config) -> dict[str, Any]:
+    """A validated config as plain JSON data, for a process that reads configs (``from_validated``)."""
+    return cfg.model_dump(mode="json")
+
+
+def from_validated(data: Mapping[str, Any]) -> Config:
+    """A Config from ``validated_data``'s output; validated again where this process validates."""
+    if config_model.is_read_only():
+        built: Config = config_model.build(Config, data)
+        return built
+    return validate(data, "validated config")
 
 
 def api_key(cfg: Config) -> tuple[str | None, str]:

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
+from daemon.config_model import BaseModel, ConfigDict, Field, field_validator, model_validator
 from daemon.realtime import profiles
 
 INTL_URL = "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime"

@@ -153,6 +153,7 @@ _SIMPLE_TYPES: dict[str, type | tuple[type, ...]] = {
     "int | None": (int, type(None)),
     "float | None": (int, float, type(None)),
     "dict[str, Any]": dict,
+    "dict[str, Any] | None": (dict, type(None)),
     "dict[str, float]": dict,
     "list[str]": list,
 }
@@ -384,10 +385,17 @@ KEY_SECTION = "key"
 
 @dataclass(kw_only=True)
 class ConfigChanged(Message):
-    """The stored config changed: each service re-reads it and applies what concerns it."""
+    """The stored config changed: each service re-reads it and applies what concerns it.
+
+    ``config`` is the merged config control validated (``daemon.config.validated_data``) on top of
+    the file ``base``: a process that reads the same file takes it as it is instead of validating
+    it again (daemon/config_model.py).
+    """
 
     topic = "config"
     sections: list[str] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+    base: str = ""
 
 
 @dataclass(kw_only=True)

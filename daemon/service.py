@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from daemon import config as config_mod
-from daemon import logs
+from daemon import config_model, logs
 from daemon.bus import Bus
 from daemon.messages import KEY_SECTION, Command, CommandAck, ConfigChanged, Heartbeat, Message, ProcessState
 from daemon.notify import Notifier
@@ -238,11 +238,23 @@ class _Runner:
         sub = svc.bus.subscribe(["control"], ConfigChanged)
         async for msg in sub:
             assert isinstance(msg, ConfigChanged)
-            await self._reload(svc, msg.sections)
+            await self._reload(svc, msg.sections, self._validated_for_us(msg))
 
-    async def _reload(self, svc: Service, hinted: list[str]) -> None:
+    def _validated_for_us(self, msg: ConfigChanged) -> config_mod.Config | None:
+        """Control's validated config, where this process reads configs and the same file."""
+        ours = config_mod.config_path(self.config_path)
+        if msg.config is None or not config_model.is_read_only() or msg.base != str(ours or ""):
+            return None
         try:
-            new = config_mod.load(self.config_path)
+            return config_mod.from_validated(msg.config)
+        except (TypeError, ValueError) as exc:  # another version of the box on the bus: check it here
+            logging.getLogger(f"tolk.{self.cls.name}").warning("cannot take control's config (%s): reading it", exc)
+            return None
+
+    async def _reload(self, svc: Service, hinted: list[str], validated: config_mod.Config | None = None) -> None:
+        try:
+            # Off the loop: a process that reads configs has a child validate them (config_model.py).
+            new = validated if validated is not None else await asyncio.to_thread(config_mod.load, self.config_path)
         except config_mod.ConfigError as exc:
             svc.log.error("config reload refused, keeping the running config: %s", exc)
             return

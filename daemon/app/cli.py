@@ -8,11 +8,15 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from daemon import config as config_mod
+from daemon import config_model
 from daemon.bus import OPTIONAL_PROCESSES, PROCESSES
 
 if TYPE_CHECKING:
     from daemon.service import Service
+
+#: The processes that validate configs themselves (control's HTTP API checks every PATCH); the
+#: others read configs validated for them and never load pydantic (daemon/config_model.py).
+VALIDATING = frozenset({"control"})
 
 
 def load_service(name: str) -> type[Service]:
@@ -27,6 +31,8 @@ def load_service(name: str) -> type[Service]:
 def _cmd_service(args: argparse.Namespace) -> int:
     if args.check:
         return _installed(args.name, args.config)
+    if args.name not in VALIDATING:
+        config_model.read_only()
     from daemon.service import run_service
 
     return run_service(load_service(args.name), args.config)
@@ -35,6 +41,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
 def _installed(name: str, config_path: str | None) -> int:
     """0 when the process has work here; else 1 and why (the units' ExecCondition=, so that a box
     installed without the engine, or without a camera or a broker, skips the unit instead of running it idle)."""
+    from daemon import config as config_mod
     from daemon.backend import engine_installed
 
     if name == "engine" and not engine_installed():
@@ -75,6 +82,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
+    from daemon import config as config_mod
+
     try:
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as exc:
@@ -93,6 +102,8 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 def _as_toml(data: dict[str, object]) -> str:
     import tomlkit
+
+    from daemon import config as config_mod
 
     doc = tomlkit.document()
     for section, values in data.items():

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from daemon import config as config_mod
 from daemon import logs
 from daemon.config import Config
-from daemon.messages import KEY_SECTION, ConfigChanged
+from daemon.messages import KEY_SECTION
 from daemon.messages import Message as BusMessage
 from services.control.commands import ACK_TIMEOUT_S, CommandDesk
 from services.control.devices import DevicesReport, list_devices
@@ -201,7 +201,7 @@ def create_app(
         except OSError as exc:
             return refused(500, "key not stored", f"{config_mod.stored_key_path().parent}: {exc.strerror or exc}")
         setup.withdraw()  # the box is set up: the one-time way in ends
-        publish(ConfigChanged(sections=[KEY_SECTION]))
+        publish(store.announcement([KEY_SECTION]))
         return Response(status_code=204)
 
     @app.delete(
@@ -219,7 +219,7 @@ def create_app(
         except OSError as exc:
             return refused(500, "key not removed", str(exc.strerror or exc))
         if removed:
-            publish(ConfigChanged(sections=[KEY_SECTION]))
+            publish(store.announcement([KEY_SECTION]))
         return Response(status_code=204)
 
     # Shared with the fleet's requests (remote.py): one way to send a command and hear its answer.

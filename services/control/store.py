@@ -137,6 +137,12 @@ class ConfigStore:
     def current(self) -> config_mod.Config:
         return self._config
 
+    def announcement(self, sections: set[str] | list[str]) -> ConfigChanged:
+        """What the bus is told of a change: the sections, and the config as validated here."""
+        base = config_mod.config_path(self._config_path)
+        return ConfigChanged(sections=sorted(sections), config=config_mod.validated_data(self._config),
+                             base=str(base or ""))  # fmt: skip
+
     def replace(self, config: config_mod.Config) -> None:
         """The lifecycle reloaded the config (SIGHUP, or our own ConfigChanged)."""
         self._config = config
@@ -221,5 +227,5 @@ async def apply_patch(store: ConfigStore, publish: Callable[[Message], None], ch
     OverlayUnreadable with nothing changed."""
     _, changed = await store.patch(changes)
     if changed:
-        publish(ConfigChanged(sections=sorted(changed)))
+        publish(store.announcement(changed))
     return changed

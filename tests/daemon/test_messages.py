@@ -35,6 +35,7 @@ _FIELD_STRATEGIES = {
     "float | None": st.none() | st.floats(allow_nan=False, allow_infinity=False, width=64),
     "dict[str, float]": st.dictionaries(_text, st.floats(allow_nan=False, allow_infinity=False), max_size=5),
     "dict[str, Any]": st.dictionaries(_text, st.one_of(_ints, _text, st.booleans()), max_size=5),
+    "dict[str, Any] | None": st.none() | st.dictionaries(_text, st.one_of(_ints, _text, st.booleans()), max_size=5),
     "list[str]": st.lists(_text, max_size=5),
     # The typed names: every value of the Literal travels as its string.
     "ProcessState": st.sampled_from(get_args(ProcessState)),
