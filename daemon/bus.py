@@ -29,6 +29,12 @@ PROCESSES: tuple[str, ...] = ("capture", "camera", "session", "playback", "contr
 #: Run only when the config needs them: the local engine when [service] backend resolves to local,
 #: the fleet's link (mqtt) when [mqtt] broker is set.
 OPTIONAL_PROCESSES: tuple[str, ...] = ("engine", "mqtt")
+#: Processes that run only when the config gives them work (a camera, the engine, a broker). A
+#: subscriber looks for a missing publisher again after ZeroMQ's reconnect interval: 0.1 s for the
+#: box's core (a restarted capture is heard again at once), RARE_RECONNECT_MS for these, which are
+#: mostly absent (ten wake-ups a second each, for nothing, in every process that follows them).
+SOMETIMES: frozenset[str] = frozenset({"camera", *OPTIONAL_PROCESSES})
+RARE_RECONNECT_MS = 2000
 #: The processes whose state control follows.
 SERVICES = PROCESSES
 # Bulk: about 4 s of 20 ms chunks; state: plenty for bursts of captions.
@@ -116,7 +122,10 @@ class Subscriber:
             if cls.channel is not channel:
                 raise BusError(f"{cls.topic} is not on the {channel.value} channel")
             self._sock.setsockopt(zmq.SUBSCRIBE, topic_of(cls))
-        for service in services:
+        # Connected in this order: ZeroMQ takes the reconnect interval at each connect.
+        for service in sorted(services, key=lambda s: s in SOMETIMES):
+            if service in SOMETIMES:
+                self._sock.setsockopt(zmq.RECONNECT_IVL, RARE_RECONNECT_MS)
             self._sock.connect(endpoint(service, channel, directory))
         self.received = 0
         self.rejected = 0
