@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.footprint [--seconds 60] [--idle-seconds 60] [--engine]
 
 ``tolk run`` on its defaults with a key set (``backend = "auto"``: the cloud, the local engine
-standing by), against the simulator in this process, a microphone fed in real time (a PulseAudio
-pipe-source paced by this script) and an alsa-lib ``file`` speaker. Two phases: idle (a faint
+standing by), against the simulator in this process, a microphone with a clock of its own, as a
+sound card has (the monitor of a PulseAudio null sink the speech is played into in real time), and
+an alsa-lib ``file`` speaker. Two phases: idle (a faint
 noise floor, no one speaking) and translating (the bench's dialogue); then the baseline client
 (bench/baseline_client.py, what the service's sample client does) on the same speech.
 
@@ -38,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import feed, proc_pss, proc_usage, speaker_pcm, speech, utterance_spans  # noqa: E402
+from bench.common import proc_pss, proc_usage, speaker_pcm, speech, utterance_spans  # noqa: E402
 from services.simulator.server import running_in_thread  # noqa: E402
 from tests.helpers import PulseMic, alsa_home, free_port, service_env, tolk_cmd  # noqa: E402
 
@@ -112,7 +113,8 @@ def _box(
     work: Path, tag: str, body: str, env: dict[str, str], languages: tuple[str, str] = ("en", "de")
 ) -> Iterator[tuple[PulseMic, int, subprocess.Popen[bytes]]]:
     mic = PulseMic(work / f"pulse-{tag}")
-    home = alsa_home(work, mic.asoundrc("bench_mic") + speaker_pcm("bench_spk", work / f"{tag}-speaker.raw"))
+    room = mic.asoundrc("bench_mic", mic.add_room())
+    home = alsa_home(work, room + speaker_pcm("bench_spk", work / f"{tag}-speaker.raw"))
     port = free_port()
     config = work / f"{tag}.toml"
     config.write_text(
@@ -135,12 +137,12 @@ def _measure_box(sim_url: str, work: Path, pcm: bytes, idle_s: float) -> dict[st
     with _box(work, "tolk", body, {"DASHSCOPE_API_KEY": "sk-bench"}) as (mic, port, box):
         _wait_up(port, {"capture", "session", "playback", "control"})
         pids = {**_children(box.pid), "supervisor": box.pid}
-        feed(mic, _quiet(5.0), threading.Event())  # settled: the first heartbeats and status out
+        mic.speak(_quiet(5.0))  # settled: the first heartbeats and status out
         idle = _Phase(pids)
-        feed(mic, _quiet(idle_s), threading.Event())
+        mic.speak(_quiet(idle_s))
         idle_figures = idle.end()
         talk = _Phase(pids)
-        feed(mic, pcm, threading.Event())
+        mic.speak(pcm)
         talk_figures = talk.end()
         final = _status(port)
     return {"idle": idle_figures, "talk": talk_figures, "processes": sorted(pids),
@@ -149,7 +151,8 @@ def _measure_box(sim_url: str, work: Path, pcm: bytes, idle_s: float) -> dict[st
 
 def _measure_baseline(sim_url: str, work: Path, pcm: bytes) -> dict[str, Any]:
     mic = PulseMic(work / "pulse-base")
-    home = alsa_home(work, mic.asoundrc("bench_mic") + speaker_pcm("bench_spk", work / "base-speaker.raw"))
+    room = mic.asoundrc("bench_mic", mic.add_room())
+    home = alsa_home(work, room + speaker_pcm("bench_spk", work / "base-speaker.raw"))
     seconds = len(pcm) / 32000
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.baseline_client", "--url", sim_url, "--capture", "bench_mic",
@@ -159,7 +162,7 @@ def _measure_baseline(sim_url: str, work: Path, pcm: bytes) -> dict[str, Any]:
     try:
         time.sleep(1.5)  # connected and configured, as the box was before its feed
         phase = _Phase({"baseline": proc.pid})
-        feed(mic, pcm, threading.Event())
+        mic.speak(pcm)
         figures = phase.end()
     finally:
         if proc.poll() is None:
@@ -187,7 +190,7 @@ def _measure_engine(work: Path, seconds: float) -> dict[str, Any]:
         _wait_up(port, {"capture", "session", "playback", "control", "engine"}, timeout=120)
         fell_back = time.monotonic() - started
         phase = _Phase({"engine": pid})
-        feeding = threading.Thread(target=feed, args=(mic, pcm, threading.Event()), daemon=True)
+        feeding = threading.Thread(target=mic.speak, args=(pcm,), daemon=True)
         t0 = time.monotonic()
         feeding.start()
         first_caption = None

@@ -34,6 +34,9 @@ OPTIONAL_PROCESSES: tuple[str, ...] = ("engine", "mqtt")
 #: box's core (a restarted capture is heard again at once), RARE_RECONNECT_MS for these, which are
 #: mostly absent (ten wake-ups a second each, for nothing, in every process that follows them).
 SOMETIMES: frozenset[str] = frozenset({"camera", *OPTIONAL_PROCESSES})
+#: Started on their first connection (systemd's socket activation, or ``tolk run`` doing the same),
+#: and gone again when idle: the engine, while the session uses it.
+ON_DEMAND: frozenset[str] = frozenset({"engine"})
 RARE_RECONNECT_MS = 2000
 #: The processes whose state control follows.
 SERVICES = PROCESSES

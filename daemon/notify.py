@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 log = logging.getLogger("tolk.notify")
 
@@ -55,9 +56,22 @@ class Notifier:
     def watchdog(self) -> None:
         self._send("WATCHDOG=1")
 
-    def reloading(self, status: str) -> None:
-        """The process is about to run itself afresh (same pid): READY=1 follows."""
-        self._send(f"RELOADING=1\nSTATUS={status}")
-
     def stopping(self, status: str = "stopping") -> None:
         self._send(f"STOPPING=1\nSTATUS={status}")
+
+
+#: The first file descriptor a socket-activated process is given (sd_listen_fds(3)).
+LISTEN_FDS_START = 3
+
+
+def listen_sockets() -> list[socket.socket]:
+    """The listening sockets systemd (or ``tolk run``) passed, as sd_listen_fds(3) reads them; [] if none.
+
+    ``LISTEN_FDS``/``LISTEN_PID`` are taken out of the environment: they were for this process, not
+    for the children it may start.
+    """
+    count, pid = os.environ.pop("LISTEN_FDS", ""), os.environ.pop("LISTEN_PID", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if not count.isdigit() or pid != str(os.getpid()):
+        return []
+    return [socket.socket(fileno=LISTEN_FDS_START + k) for k in range(int(count))]

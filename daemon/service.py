@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
@@ -58,8 +57,6 @@ class Service(ABC):
         self.counters: dict[str, float] = {}
         self._fresh_ns = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: Set by a run() that returns to be started again in the same process slot (see run_service).
-        self.start_afresh = False
         self._failure: asyncio.Future[BaseException] | None = None
 
     # --- to override -------------------------------------------------------------------------
@@ -136,7 +133,6 @@ class _Runner:
     def __init__(self, cls: type[Service], config_path: str | None) -> None:
         self.cls = cls
         self.config_path = config_path
-        self.afresh = False
 
     async def main(self) -> int:
         log = logging.getLogger(f"tolk.{self.cls.name}")
@@ -191,12 +187,8 @@ class _Runner:
             rc = 1
         elif run in done and not run.cancelled() and run.exception() is None:
             log.info("work finished")
-            self.afresh = svc.start_afresh
         svc.state = "stopping"
-        if self.afresh:
-            svc.ctx.notifier.reloading("starting afresh")
-        else:
-            svc.ctx.notifier.stopping()
+        svc.ctx.notifier.stopping()
         self._heartbeat_once(svc)
         stop_wait.cancel()
         await svc._cancel_tasks()
@@ -269,15 +261,5 @@ class _Runner:
 
 
 def run_service(cls: type[Service], config_path: str | None = None) -> int:
-    """Run one service to completion; the process exit code.
-
-    A service that asked to start afresh (``start_afresh``, e.g. the engine letting its models go:
-    freed heap and imported libraries stay with a process) is stopped cleanly and the process
-    executes itself again, keeping its pid, so systemd and the supervisor see one process throughout.
-    """
-    runner = _Runner(cls, config_path)
-    rc = asyncio.run(runner.main())
-    if runner.afresh and rc == 0:
-        logging.shutdown()
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-    return rc
+    """Run one service to completion; the process exit code (0 also when its work is done: the engine idle)."""
+    return asyncio.run(_Runner(cls, config_path).main())

@@ -6,8 +6,11 @@ exits before that fails the start: everything is stopped and ``tolk run`` exits 
 SIGINT/SIGTERM are forwarded; a child that dies later is restarted after a pause, like
 ``Restart=always``, unless ``restart=False``. It follows the config as the units do: a process
 the config comes to need (a camera source set on the admin page) is started when control says
-the config changed (``tolk-camera.path`` does this under systemd). The API key in the
-environment reaches only the children whose units load it as a credential (``KEY_HOLDERS``).
+the config changed (``tolk-camera.path`` does this under systemd). The local engine starts on its
+first connection, as ``tolk-engine.socket`` starts it under systemd: ``tolk run`` listens on
+``[engine] listen`` and hands the socket over (``activate.py``); the engine exits when it has been
+idle a while, and the next connection starts it again. The API key in the environment reaches only
+the children whose units load it as a credential (``KEY_HOLDERS``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from daemon import bus as bus_mod
 from daemon import config as config_mod
 from daemon import logs
-from daemon.bus import PROCESSES
+from daemon.bus import ON_DEMAND, PROCESSES
 
 log = logging.getLogger("tolk.run")
 
@@ -35,9 +38,9 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 12.0
 RESTART_SEC = 3.0
 START_LIMIT = (5, 60.0)  # at most 5 restarts of one process in 60 s, as StartLimitBurst/Interval
-#: The processes whose units load the key (LoadCredential=): the session, and the engine, which
-#: must know whether it stands by for the cloud. No other child gets it in its environment.
-KEY_HOLDERS = frozenset({"session", "engine"})
+#: The processes whose units load the key (LoadCredential=): the session. No other child gets it.
+KEY_HOLDERS = frozenset({"session"})
+
 SECRET_ENV = ("DASHSCOPE_API_KEY",)
 
 
@@ -54,6 +57,8 @@ class Child:
     status: str = ""
     restarts: list[float] = field(default_factory=list)
     sock: socket.socket | None = None
+    #: An on-demand child's listening socket, held here between its runs.
+    listener: socket.socket | None = None
 
 
 def prepare_dirs() -> tuple[Path, Path]:
@@ -141,7 +146,11 @@ class Supervisor:
         if child.name not in KEY_HOLDERS:
             for name in SECRET_ENV:
                 env.pop(name, None)
-        child.proc = await asyncio.create_subprocess_exec(*cmd, env=env, start_new_session=False)
+        fds: tuple[int, ...] = ()
+        if child.listener is not None:
+            fds = (child.listener.fileno(),)
+            cmd = [sys.executable, "-m", "daemon.app.activate", str(fds[0]), *cmd]
+        child.proc = await asyncio.create_subprocess_exec(*cmd, env=env, start_new_session=False, pass_fds=fds)
         log.info("started %s (pid %d)", child.name, child.proc.pid)
 
     async def _await_ready(self, child: Child) -> None:
@@ -161,17 +170,56 @@ class Supervisor:
     async def start(self) -> None:
         for child in self.children.values():
             self._bind_notify(child)
-        # The local engine first (the session's first connection goes to it), then control first:
-        # it collects everyone's heartbeats from the start.
-        if (engine := self.children.get("engine")) is not None:
-            await self._spawn(engine)
-            await self._await_ready(engine)
-        order = sorted((c for c in self.children.values() if c.name != "engine"), key=lambda c: c.name != "control")
+        # The on-demand ones listen first (the session's first connection may go to the engine),
+        # then control first: it collects everyone's heartbeats from the start.
+        for child in self.children.values():
+            if child.name in ON_DEMAND:
+                self._listen(child)
+                self._watchers.append(asyncio.create_task(self._on_demand(child), name=f"run:demand-{child.name}"))
+        at_once = [c for c in self.children.values() if c.name not in ON_DEMAND]
+        order = sorted(at_once, key=lambda c: c.name != "control")
         await asyncio.gather(*(self._spawn(c) for c in order))
         await asyncio.gather(*(self._await_ready(c) for c in order))
-        for child in [*order, *([engine] if engine else [])]:
+        for child in order:
             self._watchers.append(asyncio.create_task(self._watch(child), name=f"run:watch-{child.name}"))
         self._watchers.append(asyncio.create_task(self._follow_config(), name="run:follow-config"))
+
+    def _listen(self, child: Child) -> None:
+        """Listen where the on-demand child will serve (``[engine] listen``), as its socket unit does."""
+        listen = config_mod.load(self.config_path).engine.listen
+        host, _, port = listen.rpartition(":")
+        try:
+            child.listener = socket.create_server((host.strip("[]"), int(port)), backlog=16)
+        except OSError as exc:
+            raise StartError(f"cannot listen on {listen} for the {child.name}: {exc.strerror}") from None
+        log.info("%s starts on its first connection to %s", child.name, listen)
+
+    async def _on_demand(self, child: Child) -> None:
+        """Start ``child`` when a connection waits, again after it exits; restart it as ``_watch`` does if it fails."""
+        assert child.listener is not None
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            connection: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(child.listener.fileno(), _settle, connection)
+            try:
+                await connection
+            finally:
+                loop.remove_reader(child.listener.fileno())
+            await self._spawn(child)
+            try:
+                await self._await_ready(child)
+            except StartError as exc:
+                log.error("%s", exc)
+            assert child.proc is not None
+            rc = await child.proc.wait()
+            if self.stopping:
+                return
+            if rc == 0:
+                log.info("%s exited, its work done: it starts again on the next connection", child.name)
+                continue
+            log.error("%s exited with %s", child.name, rc)
+            if not await self._may_restart(child):
+                return
 
     async def _follow_config(self) -> None:
         """Start what a changed config needs (the processes never needed at start are not running)."""
@@ -200,6 +248,14 @@ class Supervisor:
         async with self._adding:
             child = self.children[name] = Child(name, self.runtime / f"run-{name}.notify")
             self._bind_notify(child)
+            if name in ON_DEMAND:
+                try:
+                    self._listen(child)
+                except (StartError, config_mod.ConfigError) as exc:
+                    log.error("%s, which the config now needs: %s", name, exc)
+                    return
+                self._watchers.append(asyncio.create_task(self._on_demand(child), name=f"run:demand-{name}"))
+                return
             await self._spawn(child)
             try:
                 await self._await_ready(child)
@@ -216,25 +272,27 @@ class Supervisor:
             if self.stopping:
                 return
             log.error("%s exited with %s", child.name, rc)
-            now = time.monotonic()
-            child.restarts = [t for t in child.restarts if now - t < START_LIMIT[1]]
-            if not self.restart or len(child.restarts) >= START_LIMIT[0]:
-                if self.restart:
-                    self.failed = (
-                        f"{child.name} keeps failing ({len(child.restarts)} restarts in {START_LIMIT[1]:.0f} s)"
-                    )
-                    log.error("%s", self.failed)
-                    self.request_stop()
-                return
-            child.restarts.append(now)
-            await asyncio.sleep(RESTART_SEC)
-            if self.stopping:
+            if not await self._may_restart(child):
                 return
             await self._spawn(child)
             try:
                 await self._await_ready(child)
             except StartError as exc:
                 log.error("restart failed: %s", exc)
+
+    async def _may_restart(self, child: Child) -> bool:
+        """After a failure: wait ``RESTART_SEC`` and say yes, or give up (no restarts, or too many)."""
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < START_LIMIT[1]]
+        if not self.restart or len(child.restarts) >= START_LIMIT[0]:
+            if self.restart:
+                self.failed = f"{child.name} keeps failing ({len(child.restarts)} restarts in {START_LIMIT[1]:.0f} s)"
+                log.error("%s", self.failed)
+                self.request_stop()
+            return False
+        child.restarts.append(now)
+        await asyncio.sleep(RESTART_SEC)
+        return not self.stopping
 
     def request_stop(self) -> None:
         self._stop_event.set()
@@ -262,6 +320,8 @@ class Supervisor:
                 child.sock.close()
                 with contextlib.suppress(FileNotFoundError):
                     child.notify_path.unlink()
+            if child.listener is not None:
+                child.listener.close()
 
     async def run(self) -> int:
         """Start everything, wait for a signal (or a fatal failure), stop everything."""
@@ -283,6 +343,11 @@ class Supervisor:
             await self.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def run_all(config_path: str | None, restart: bool = True) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from abc import ABC, abstractmethod
 from http import HTTPStatus
 from typing import Any, ClassVar, Generic, TypeVar
@@ -160,16 +161,16 @@ class RealtimeServer(ABC, Generic[C]):
         """The endpoint to put in ``[service] url`` (the client adds ``?model=``)."""
         return f"ws://{self.host}:{self.port}{PATH}"
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on HOST:PORT, or on ``sock``, a listening socket handed over (socket activation)."""
+        where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": self.host, "port": self.port}
         self._server = await serve(
-            self._handle,
-            self.host,
-            self.port,
-            process_request=self._handshake,
-            max_size=self.max_frame_bytes,
-            compression=None,
+            self._handle, process_request=self._handshake, max_size=self.max_frame_bytes, compression=None, **where
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        address = self._server.sockets[0].getsockname()
+        self.port = address[1]
+        if sock is not None:
+            self.host = address[0]
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -1,7 +1,9 @@
 """What control knows about the box: the latest state each process put on the bus.
 
-Every process heartbeats each second on its state socket. A process is ``down`` when its
-last heartbeat is older than ``DOWN_AFTER_S`` or says it is stopping, stopped or failed.
+Every process heartbeats every 2 s on its state socket. A process is ``down`` when its
+last heartbeat is older than ``DOWN_AFTER_S`` or says it is stopping, stopped or failed. The engine
+runs only while the session uses it (``ON_DEMAND``): it is expected while the session says its
+backend is the engine, and ``idle`` otherwise.
 Ages are measured from when control *received* a message (control's own monotonic clock),
 so a publisher with a wrong clock cannot look alive.
 """
@@ -14,7 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from daemon import config as config_mod
-from daemon.bus import OPTIONAL_PROCESSES, SERVICES, Subscriber
+from daemon.backend import FALLBACK
+from daemon.bus import ON_DEMAND, OPTIONAL_PROCESSES, SERVICES, Subscriber
 from daemon.config import Config
 from daemon.messages import (
     Caption,
@@ -49,6 +52,8 @@ SESSION_OK_STATES = frozenset({"live", "backoff"})
 #: Session states that are fine for a while (a connect, a rotation), then mean it is stuck.
 SESSION_SETTLING_STATES = frozenset({"connecting", "configuring"})
 SESSION_SETTLE_S = 30.0
+#: How long the engine may take to start once the session turned to it (a Pi loads its models slowly).
+ON_DEMAND_START_S = 30.0
 #: How many utterances the status keeps (oldest dropped first).
 CAPTIONS_KEPT = 6
 
@@ -107,6 +112,7 @@ class StatusAggregator:
         self._processes = {name: _Process(name) for name in processes}
         self._session: SessionStatus | None = None
         self._session_since = 0.0
+        self._backend_since = 0.0  # when the session last changed backend (cloud, engine)
         self._usage: Usage | None = None
         self._speaking: bool | None = None
         self._playback: PlaybackState | None = None
@@ -118,8 +124,10 @@ class StatusAggregator:
         self.observers: list[Callable[[Message, float], None]] = []
 
     def expect(self, processes: Iterable[str]) -> None:
-        """The processes the config now runs (``daemon.backend.processes``): what health asks of."""
-        names = list(processes)
+        """The processes the config now runs (``daemon.backend.processes``): what health asks of.
+
+        An on-demand process is not asked of by the config but by the session (``_wanted``)."""
+        names = [n for n in processes if n not in ON_DEMAND]
         seen = [n for n, p in self._processes.items() if n in OPTIONAL_PROCESSES and p.seen_at is not None]
         self._processes = {name: self._processes.get(name) or _Process(name) for name in [*names, *seen]}
 
@@ -138,6 +146,8 @@ class StatusAggregator:
         elif isinstance(msg, SessionStatus):
             if self._session is None or self._session.state != msg.state:
                 self._session_since = now
+            if self._session is None or self._session.backend != msg.backend:
+                self._backend_since = now
             self._session = msg
         elif isinstance(msg, Usage):
             self._usage = msg
@@ -188,11 +198,12 @@ class StatusAggregator:
         out = {}
         for proc in self._processes.values():
             age = None if proc.seen_at is None else round(now - proc.seen_at, 2)
-            up = self._process_problem(proc, now) is None
+            idle = self._idle(proc, now)
+            up = idle or self._process_problem(proc, now) is None
             out[proc.name] = ProcessStatus(
                 name=proc.name,
                 up=up,
-                state=proc.state if up else "down",
+                state="idle" if idle else proc.state if up else "down",
                 reported_state=proc.state,
                 status=proc.status,
                 pid=proc.pid,
@@ -201,7 +212,21 @@ class StatusAggregator:
             )
         return out
 
+    def _wanted(self, name: str, now: float) -> bool:
+        """Whether an on-demand process is needed now, and has had time to start."""
+        session = self._session
+        uses_engine = session is not None and session.backend in ("local", FALLBACK)
+        return name not in ON_DEMAND or (uses_engine and now - self._backend_since > ON_DEMAND_START_S)
+
+    def _idle(self, proc: _Process, now: float) -> bool:
+        """An on-demand process that nobody needs now and that does not run: idle by design."""
+        if proc.name not in ON_DEMAND or self._wanted(proc.name, now):
+            return False
+        return proc.seen_at is None or proc.state in DOWN_STATES or now - proc.seen_at > self.down_after_s
+
     def _process_problem(self, proc: _Process, now: float) -> str | None:
+        if self._idle(proc, now):
+            return None
         if proc.seen_at is None:
             return f"{proc.name}: no heartbeat received"
         age = now - proc.seen_at

@@ -1,11 +1,11 @@
 """The engine's models on demand: loaded for the first connection, let go after a quiet while.
 
-Standing by for the cloud, the engine holds ~270 MB of models that a box on the cloud never uses
-(bench/footprint.py). So the process starts light, listening; the first connection (the session
-falling back, or a box on ``backend = "local"``) loads them (~1-2 s, off the event loop), and
-``[engine] unload_after_s`` after the last connection closed the process starts afresh (same pid,
-``daemon/service.run_service``): freed heap and loaded libraries do not go back to the system from a
-live Python process (measured: 359 MB serving, 292 MB after dropping the models, 35 MB afresh).
+The models are ~270 MB that a box on the cloud never uses (bench/footprint.py). The engine process
+starts on its first connection (socket activation: ``tolk-engine.socket``, or ``tolk run`` holding
+the socket), and that connection loads them (~1-2 s, off the event loop). ``[engine]
+unload_after_s`` after the last connection closed, ``idle_long()`` says so and the process exits:
+freed heap and loaded libraries do not go back to the system from a live Python process (measured:
+359 MB serving, 292 MB after dropping the models), and the socket starts it again when it is needed.
 Only this module imports the models' libraries.
 """
 
@@ -54,9 +54,9 @@ class ModelLoader:
             self._idle_since = time.monotonic()
 
     def idle_long(self) -> bool:
-        """The models are loaded and no connection has been open for ``unload_after_s``."""
+        """No connection has been open for ``unload_after_s`` (0: never), and no load is under way."""
         wait = self.cfg.unload_after_s
-        if self.engine is None or not wait or self._idle_since is None or self._lock.locked():
+        if not wait or self._idle_since is None or self._lock.locked():
             return False
         return time.monotonic() - self._idle_since >= wait
 

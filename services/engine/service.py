@@ -1,19 +1,22 @@
-"""``tolk service engine``: the local engine as a box process (optional; ``tolk-engine.service``).
+"""``tolk service engine``: the local engine as a box process (optional; ``tolk-engine.socket``).
 
-READY once the socket listens; the models load on the first connection and are let go after
-``[engine] unload_after_s`` without one (``loader.py``), so an engine standing by for the cloud
-costs a light process. The watchdog is petted while the event loop turns and, with the models
-loaded, while their thread is not stuck: a response that takes far longer than any utterance could
-is a hang.
+It runs only while it is used: systemd (``tolk-engine.socket``) or ``tolk run`` listen on ``[engine]
+listen`` and start it on the first connection, handing it the socket; ``[engine]
+unload_after_s`` after its last connection closed it exits, and the next connection starts it
+again (``loader.py``). READY once it serves on the socket. Started by hand (no socket handed
+over) it binds ``[engine] listen`` itself and stays. The watchdog is petted while the event loop
+turns and, with the models loaded, while their thread is not stuck: a response that takes far
+longer than any utterance could is a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
-from daemon import backend
 from daemon import config as config_mod
+from daemon.notify import listen_sockets
 from daemon.service import Service, ServiceContext
 from services.engine.loader import ModelLoader
 from services.engine.server import EngineServer
@@ -29,28 +32,24 @@ class EngineService(Service):
         super().__init__(ctx)
         self.loader = ModelLoader(ctx.config.engine, config_mod.state_dir())
         self.server: EngineServer | None = None
+        #: Started on a connection, with the socket handed over: it exits when idle (see above).
+        self.activated = False
         self.counters.update(connections=0, responses=0, client_errors=0, model_loads=0)
 
     async def start(self) -> None:
-        if not backend.engine_needed(self.config):
-            # Under tolk.target on every box: with the cloud in use it idles, models unloaded.
-            self.log.info("the backend is the cloud: the engine idles until [service] backend resolves to local")
-            return
-        if backend.standby(self.config):
-            self.log.info("standing by for the cloud: the session falls back here when it is unreachable")
-        await self._listen()
-
-    async def _listen(self) -> None:
         host, _, port = self.config.engine.listen.rpartition(":")
         self.server = EngineServer(self.loader, host.strip("[]"), int(port))
-        await self.server.start()
+        handed = listen_sockets()
+        self.activated = bool(handed)
+        await self.server.start(handed[0] if handed else None)
+        if handed and not _same_address(handed[0], self.config.engine.listen):
+            # The session connects to [engine] listen: a socket elsewhere is never reached.
+            self.log.error("started on %s, but [engine] listen is %s: the session looks for it there",
+                           self.server.url, self.config.engine.listen)  # fmt: skip
 
     async def run(self) -> None:
+        assert self.server is not None
         while True:
-            if self.server is None:
-                self.mark_fresh()  # idle on purpose
-                await asyncio.sleep(1.0)
-                continue
             if (engine := self.loader.engine) is not None:
                 # A trivial job through the model thread: it comes back unless a job there is stuck.
                 probe = asyncio.ensure_future(engine.run("probe", 0.0, lambda: None))
@@ -62,10 +61,9 @@ class EngineService(Service):
             self.mark_fresh()
             live = list(self.server.live.values())
             self.loader.busy(len(live))
-            if self.loader.idle_long():
-                self.log.info("models let go after %.0f s without a connection: starting afresh",
+            if self.activated and self.loader.idle_long():
+                self.log.info("no connection for %.0f s: exiting (the next connection starts the engine again)",
                               self.config.engine.unload_after_s)  # fmt: skip
-                self.start_afresh = True
                 return
             self.counters["connections"] = self.server.connections
             self.counters["responses"] = sum(c.responses for c in live)
@@ -82,12 +80,10 @@ class EngineService(Service):
             # The next connection offers the new folder's pairs; live ones keep theirs.
             engine.translator.use_marian_dir(new.engine.marian_dir)
             self.log.info("Marian pairs now from %s", new.engine.marian_dir)
-        if self.server is None and backend.engine_needed(new):
-            await self._listen()
 
     def status(self) -> str:
         if self.server is None:
-            return "idle: the backend is the cloud" if self.state != "starting" else "starting"
+            return self.state
         models = "models loaded" if self.loader.engine is not None else "models load on the first connection"
         return f"serving {self.server.url} ({len(self.server.live)} connections; {models})"
 
@@ -95,3 +91,10 @@ class EngineService(Service):
         if self.server is not None:
             await self.server.stop()
         self.loader.close()
+
+
+def _same_address(sock: socket.socket, listen: str) -> bool:
+    host, _, port = listen.rpartition(":")
+    bound = sock.getsockname()
+    names = {"localhost": {"127.0.0.1", "::1"}}.get(host.strip("[]"), {host.strip("[]")})
+    return str(bound[1]) == port and bound[0] in names

@@ -119,7 +119,7 @@ class Outgoing:
     def peek_audio(self) -> bytes | None:
         return self._chunks[0].pcm if self._chunks else None
 
-    def pop_audio(self) -> None:
+    def pop_audio(self) -> Chunk:
         """The head chunk went out: it waits, unsettled, for the service to answer it."""
         chunk = self._chunks.popleft()
         self._unsettled.append(chunk)
@@ -129,6 +129,7 @@ class Outgoing:
             self._settle(len(self._unsettled) - -(-LEAD_MS // self.chunk_ms))
         while len(self._unsettled) > self.max_chunks:
             self._settle_oldest()
+        return chunk
 
     # --- settling ------------------------------------------------------------------------------
 

@@ -68,9 +68,9 @@ class Sender:
         # A session that just started holds its backlog until capture's replay is in (resume.py).
         while link.live and not self.intake.resuming and (chunk := self.outgoing.peek_audio()) is not None:
             await link.send(protocol.audio_append(chunk, self.ids.next()))
-            self.outgoing.pop_audio()
+            sent = self.outgoing.pop_audio()
             self.direction.sent(chunk)
-            self.activity.sent(chunk, time.monotonic())
+            self.activity.sent(sent.loud, time.monotonic())
             link.audio_sent = True
             self.process.count("chunks_sent")
             self.process.count("audio_seconds_sent", len(chunk) / _BYTES_PER_S)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -141,11 +142,11 @@ class Simulator(RealtimeServer[Conversation]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._recorder: Recorder | None = None
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         if self.record_path is not None:
             self._recorder = Recorder(self.record_path)
-        await super().start()
+        await super().start(sock)
         log.info("simulator listening on %s (faults: %s)", self.url, self.faults.describe())
 
     async def stop(self) -> None:

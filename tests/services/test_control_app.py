@@ -16,6 +16,7 @@ import pytest
 import tomlkit
 
 from daemon import config as config_mod
+from daemon.backend import FALLBACK
 from daemon.bus import PROCESSES
 from daemon.messages import (
     Caption,
@@ -29,7 +30,7 @@ from daemon.messages import (
 )
 from services.control.api import create_app
 from services.control.notice import notice
-from services.control.status import DOWN_AFTER_S, StatusAggregator
+from services.control.status import DOWN_AFTER_S, ON_DEMAND_START_S, StatusAggregator
 from services.control.status_cli import format_status
 from services.control.store import ConfigStore, write_atomic
 
@@ -375,19 +376,45 @@ def test_the_privacy_notice_follows_the_languages_the_camera_and_the_owner() -> 
     assert notice(config_mod.validate({"control": {"notice": ""}}), camera_on=True) == []
 
 
-async def test_the_engine_is_expected_from_its_first_heartbeat_and_missed_when_silent(setup: tuple[Any, ...]) -> None:
-    # Control holds no key, so it cannot tell whether the engine stands by: its heartbeat says so.
+async def test_the_engine_is_expected_while_the_session_uses_it_and_idle_otherwise(setup: tuple[Any, ...]) -> None:
+    """The engine starts on a connection and exits when idle (socket activation): control asks
+    for it while the session says its backend is the engine, and shows it idle otherwise."""
     app, agg, _, clock, _, _ = setup
     async with client(app) as http:
+
+        async def engine() -> dict[str, Any]:
+            return dict((await http.get("/api/status")).json()["processes"]["engine"])
+
+        def beat_the_others() -> None:
+            for name in PROCESSES:
+                agg.handle(Heartbeat(service=name, state="ready"))
+
         all_alive(agg)
         assert "engine" not in (await http.get("/api/status")).json()["processes"]
-        assert (await http.get("/health")).status_code == 200
         agg.handle(Heartbeat(service="engine", pid=200, state="ready", status="serving"))
-        assert (await http.get("/api/status")).json()["processes"]["engine"]["pid"] == 200
+        assert (await engine())["pid"] == 200 and (await engine())["up"]
         agg.expect(PROCESSES)  # a config change keeps an engine it has heard
-        clock.now += DOWN_AFTER_S + 0.5
-        for name in PROCESSES:
-            agg.handle(Heartbeat(service=name, state="ready"))
+        agg.handle(Heartbeat(service="engine", pid=200, state="stopped", status="stopped"))  # idle: it exited
+        assert (await engine())["state"] == "idle" and (await engine())["up"]
+        assert (await http.get("/health")).status_code == 200
+
+        # The cloud is unreachable: the session turns to the engine, which has a while to start.
+        agg.handle(SessionStatus(state="connecting", backend=FALLBACK))
+        clock.now += ON_DEMAND_START_S - 1
+        beat_the_others()
+        agg.handle(SessionStatus(state="live", backend=FALLBACK))
+        assert (await http.get("/health")).status_code == 200
+        clock.now += 2  # still stopped, and wanted now
+        beat_the_others()
+        down = await http.get("/health")
+        assert down.status_code == 503
+        assert down.json()["reasons"] == [f"engine: no heartbeat for {ON_DEMAND_START_S + 1:.1f} s"]
+        agg.handle(Heartbeat(service="engine", pid=201, state="running", status="serving"))
+        assert (await http.get("/health")).status_code == 200
+        clock.now += DOWN_AFTER_S + 0.5  # it goes silent while the session uses it
+        beat_the_others()
         down = await http.get("/health")
         assert down.status_code == 503
         assert down.json()["reasons"] == [f"engine: no heartbeat for {DOWN_AFTER_S + 0.5:g} s"]
+        agg.handle(SessionStatus(state="live", backend="cloud"))  # the cloud is back: idle again
+        assert (await http.get("/health")).status_code == 200 and (await engine())["state"] == "idle"
