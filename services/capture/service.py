@@ -88,6 +88,7 @@ class CaptureService(Service):
         self.echo_figures = EchoState()
         self._aec_failed = ""
         self._reader: Reader | None = None
+        self._reference_task: asyncio.Task[None] | None = None
         self._configure_gate()
         self._gap_at_ns = 0
         self._speaking_published = False
@@ -112,7 +113,7 @@ class CaptureService(Service):
 
     async def run(self) -> None:
         self.spawn(self._follow_playback(), "follow-playback")
-        self.spawn(self._follow_rendered(), "echo-reference")
+        self._follow_reference()
         self.spawn(self._follow_commands(), "follow-commands")
         self.spawn(self._follow_session(), "follow-session")
         while True:
@@ -148,6 +149,7 @@ class CaptureService(Service):
         self.config = new
         self.ring.resize(new.service.backlog_s, new.audio.period_ms)
         self._configure_gate()
+        self._follow_reference()
         self.policy.settings = self._policy_settings()
         if new.audio.vad != vad_before:
             self.detector = SpeechDetector(make_vad(new.audio.vad))
@@ -329,13 +331,25 @@ class CaptureService(Service):
             elif isinstance(msg, Heartbeat) and self.gate.speaker and msg.state in PLAYBACK_GONE:
                 self.gate.speaker_drained(msg.t)
 
+    def _follow_reference(self) -> None:
+        """Take what the speaker plays while the canceller runs, and only then: unheard, it is not sent."""
+        wanted = self.echo is not None
+        if wanted and self._reference_task is None:
+            self._reference_task = self.spawn(self._follow_rendered(), "echo-reference")
+        elif not wanted and self._reference_task is not None:
+            self._reference_task.cancel()
+            self._reference_task = None
+
     async def _follow_rendered(self) -> None:
-        """Keep what the speaker plays as the canceller's reference (only while it is on)."""
+        """Keep what the speaker plays as the canceller's reference."""
         sub = self.bus.subscribe(["playback"], RenderedAudio)
-        async for msg in sub:
-            assert isinstance(msg, RenderedAudio)
-            if self.echo is not None:
-                self.reference.add(msg.pcm, msg.t, msg.rate)
+        try:
+            async for msg in sub:
+                assert isinstance(msg, RenderedAudio)
+                if self.echo is not None:
+                    self.reference.add(msg.pcm, msg.t, msg.rate)
+        finally:
+            sub.close()
 
     async def _follow_session(self) -> None:
         """How far the session's audio is settled, and its requests for the rest (ring.py)."""

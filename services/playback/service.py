@@ -195,10 +195,12 @@ class PlaybackService(Service):
         return error
 
     def _publish_rendered(self, pcm: bytes, plays_ns: int, held_s: float) -> None:  # on the writer thread
-        """The echo canceller's reference (capture with ``echo = "aec"``); costs nothing unheard.
+        """The echo canceller's reference (capture with ``echo = "aec"``), sent only in that mode.
 
         The writer thread is the only user of this process's bulk socket.
         """
+        if self.config.audio.echo != "aec":
+            return
         self.bus.bulk.publish(RenderedAudio(pcm=pcm, t=plays_ns, rate=RATE, delay_ms=round(held_s * 1000, 2)))
 
     def _publish_state(self, state: str, response_id: str, frames: int, t: int) -> None:

@@ -30,12 +30,12 @@ from tests.services.playback_rig import FakeCapture, FakeSession, StateTap, play
 
 
 def _playback(
-    rundir: Path, notify: NotifySocket, device: str, start_ms: int = 120
+    rundir: Path, notify: NotifySocket, device: str, start_ms: int = 120, echo: str = "half-duplex"
 ) -> AbstractContextManager[subprocess.Popen[bytes]]:
     speaker = rundir / "speaker.raw"
     home = alsa_home(rundir, f'pcm.test_spk {{\n type file\n slave.pcm null\n file "{speaker}"\n format raw\n}}\n')
     config = rundir / "tolk.toml"
-    config.write_text(f'[audio]\nplayback_device = "{device}"\nplayback_start_ms = {start_ms}\n')
+    config.write_text(f'[audio]\nplayback_device = "{device}"\nplayback_start_ms = {start_ms}\necho = "{echo}"\n')
     env = service_env(rundir, HOME=str(home), NOTIFY_SOCKET=notify.path)
     return running(tolk_cmd("service", "playback", "--config", str(config)), env, rundir / "playback.log")
 
@@ -43,6 +43,11 @@ def _playback(
 def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> None:
     session = FakeSession(rundir)
     speaker = rundir / "speaker.raw"
+    # Half duplex: no canceller wants what the speaker plays, so none of it goes on the bus.
+    ctx = zmq.Context()
+    reference = ctx.socket(zmq.SUB)
+    reference.setsockopt(zmq.SUBSCRIBE, topic_of(RenderedAudio))
+    reference.connect(endpoint("playback", Channel.BULK, rundir))
     try:
         with _playback(rundir, sd, "test_spk", start_ms=400) as proc:
             assert "idle, test_spk open" in playback_ready(sd)
@@ -96,11 +101,14 @@ def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> 
                 assert beat.counters["gap_fills"] == 1 and beat.counters["underruns"] == 0
                 assert 0 < beat.counters["latency_ms_p50"] < 1000
                 assert beat.state == "running"
+                assert reference.poll(0) == 0, "the echo reference went out in half duplex"
             finally:
                 tap.close()
             stop_playback(proc, rundir)
     finally:
         session.close()
+        reference.close(0)
+        ctx.term()
 
 
 def test_missing_speaker_is_waited_for_and_a_config_change_applies(rundir: Path, sd: NotifySocket) -> None:
@@ -201,7 +209,7 @@ def test_the_echo_reference_is_what_played_stamped_by_count(rundir: Path, sd: No
     answers = [[speech_like(0.1, 200 + 10 * n + i) for i in range(4)] for n in range(2)]
     got: list[RenderedAudio] = []
     try:
-        with _playback(rundir, sd, "test_spk") as proc:
+        with _playback(rundir, sd, "test_spk", echo="aec") as proc:
             playback_ready(sd)
             tap = StateTap(rundir)
             try:

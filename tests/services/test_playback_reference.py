@@ -58,7 +58,8 @@ def _lag_ms(recording: Recording, run: list[RenderedAudio]) -> float:
 def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mic: PulseMic) -> None:
     home = alsa_home(rundir, mic.asoundrc("spk24", "spk"))
     config = rundir / "tolk.toml"
-    config.write_text('[audio]\nplayback_device = "spk24"\n')
+    # The reference goes out for the canceller only.
+    config.write_text('[audio]\nplayback_device = "spk24"\necho = "aec"\n')
     env = service_env(rundir, HOME=str(home), NOTIFY_SOCKET=sd.path)
     session = FakeSession(rundir)
     ctx = zmq.Context()
