@@ -360,8 +360,8 @@ class EngineConfig(_Section):
         300.0,
         ge=0,
         le=86400,
-        description="The models load on the engine's first connection and are let go this long after its last "
-        "one closed (the box back on the cloud); 0: kept once loaded.",
+        description="The engine starts on its first connection and loads its models; it exits this long after "
+        "its last connection closed (the box back on the cloud); 0: it stays once started.",
     )
 
     @field_validator("listen")

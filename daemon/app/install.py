@@ -44,7 +44,7 @@ class InstallError(Exception):
 
 def units() -> list[Path]:
     folder = CHECKOUT / "systemd"
-    found = sorted(p for p in folder.glob("tolk*") if p.suffix in (".service", ".target", ".path"))
+    found = sorted(p for p in folder.glob("tolk*") if p.suffix in (".service", ".socket", ".target", ".path"))
     if not found:
         raise InstallError(f"no units in {folder}: run tolk install from a checkout of tolk")
     return found

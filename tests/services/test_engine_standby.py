@@ -1,4 +1,10 @@
-"""The engine process standing by costs a light process: models on the first connection, let go after."""
+"""The engine runs only while it is used: started on its first connection, gone when idle.
+
+``tolk run``'s supervisor holds the engine's socket as ``tolk-engine.socket`` does under systemd: no
+engine process (and no memory) until the session connects; then the process starts, loads its
+models and translates; ``[engine] unload_after_s`` after the last connection it exits (0), and the
+next connection starts a new one.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +16,14 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.helpers import (
-    NotifySocket,
-    espeak_wav,
-    free_port,
-    running,
-    service_env,
-    short_tmpdir,
-    tolk_cmd,
-    wait_until,
-    wav_pcm,
-)
+from daemon.app.supervisor import Supervisor
+from tests.helpers import espeak_wav, free_port, service_env, short_tmpdir, wav_pcm
 
 pytestmark = pytest.mark.skipif(
     __import__("importlib").util.find_spec("faster_whisper") is None, reason="the engine extra is not installed"
 )
 
-#: The models (Whisper, the translator, the voices) are ~270 MB; the process without them ~35 MB.
-LIGHT_MB = 90
+#: The models (Whisper, the translator, the voices) are ~270 MB.
 LOADED_MB = 150
 
 
@@ -39,7 +35,7 @@ def _pss_mb(pid: int) -> float:
 
 
 async def _translate(url: str, pcm: bytes) -> str:
-    async with websockets.connect(url) as ws:
+    async with websockets.connect(url, open_timeout=60) as ws:
         await ws.send(json.dumps({"event_id": "e1", "type": "session.update", "session": {
             "modalities": ["text"], "input_audio_format": "pcm16", "translation": {"language": "en"},
             "input_audio_transcription": {"model": "qwen3-asr-flash-realtime", "language": "de"}}}))  # fmt: skip
@@ -56,7 +52,7 @@ async def _translate(url: str, pcm: bytes) -> str:
     raise AssertionError("no translation")
 
 
-def test_models_load_on_the_first_connection_and_go_after_a_quiet_while() -> None:
+def test_the_engine_starts_on_a_connection_and_exits_when_idle(monkeypatch: pytest.MonkeyPatch) -> None:
     work = short_tmpdir("tke")
     (work / "state").mkdir()
     port = free_port()
@@ -65,32 +61,37 @@ def test_models_load_on_the_first_connection_and_go_after_a_quiet_while() -> Non
         f'[service]\nbackend = "local"\n[languages]\nsource = "de"\ntarget = "en"\n'
         f'[engine]\nlisten = "127.0.0.1:{port}"\nunload_after_s = 2\n'
     )
-    notify = NotifySocket(work)
+    env = service_env(work)
+    for name in ("TOLK_RUNTIME_DIR", "TOLK_STATE_DIR"):
+        monkeypatch.setenv(name, env[name])
     pcm = wav_pcm(espeak_wav("Guten Morgen. Wo ist der Bahnhof?", work / "de.wav", voice="de"))
     url = f"ws://127.0.0.1:{port}/api-ws/v1/realtime?model=qwen3-livetranslate-flash-realtime"
-    env = service_env(work, NOTIFY_SOCKET=notify.path)
-    with running(tolk_cmd("service", "engine", "--config", str(config)), env, work / "engine.log") as proc:
-        notify.wait_for("READY=1", timeout=60)
-        standby = _pss_mb(proc.pid)
-        assert standby < LIGHT_MB, f"standing by with {standby:.0f} MB: the models loaded before anyone asked"
 
-        text = asyncio.run(_translate(url, pcm))
-        assert "morning" in text.lower(), text
-        serving = _pss_mb(proc.pid)
-        assert serving > LOADED_MB, f"{serving:.0f} MB while serving: were the models loaded at all?"
+    async def scenario() -> tuple[float, list[int]]:
+        box = Supervisor(str(config), restart=False, env=env, services=("engine",))
+        await box.start()
+        engine = box.children["engine"]
+        try:
+            await asyncio.sleep(1.0)
+            assert engine.proc is None, "the engine started before anyone connected"
 
-        # Quiet for unload_after_s: the same process (same pid) starts afresh, light again.
-        notify.messages.clear()
-        notify.wait_for("RELOADING=1", timeout=30)
-        notify.wait_for("READY=1", timeout=60)
-        assert proc.poll() is None
-        after = wait_until(lambda: (mb := _pss_mb(proc.pid)) < LIGHT_MB and mb, 10, what="the models let go")
-        # One pid, started twice ("ready:" is logged just after READY=1 is sent: waited for).
-        started = f"tolk-engine[{proc.pid}] INFO tolk.engine: ready:"
-        wait_until(lambda: (work / "engine.log").read_text().count(started) == 2, 10, what="the second start logged")
-        assert "models let go after 2 s without a connection" in (work / "engine.log").read_text()
+            assert "morning" in (await _translate(url, pcm)).lower()  # the connection starts it
+            assert engine.proc is not None and engine.proc.returncode is None
+            first = engine.proc
+            serving = _pss_mb(first.pid)
+            assert serving > LOADED_MB, f"{serving:.0f} MB while serving: were the models loaded at all?"
 
-        # And it serves again, loading them anew.
-        assert "morning" in asyncio.run(_translate(url, pcm)).lower()
-    notify.close()
-    print(f"engine PSS: standing by {standby:.0f} MB, serving {serving:.0f} MB, afresh {after:.0f} MB")
+            # Idle for unload_after_s: the process exits, its work done (0), the socket stays.
+            assert await asyncio.wait_for(first.wait(), 30) == 0
+            assert box.failed is None
+
+            # The next connection starts a new process, which serves as the first did.
+            assert "morning" in (await _translate(url, pcm)).lower()
+            assert engine.proc is not first and engine.proc.returncode is None
+            return serving, [first.pid, engine.proc.pid]
+        finally:
+            await box.stop()
+
+    serving, pids = asyncio.run(scenario())
+    assert pids[0] != pids[1]
+    print(f"engine PSS serving {serving:.0f} MB; none between its runs (pids {pids})")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.bus import OPTIONAL_PROCESSES, PROCESSES
+from daemon.bus import ON_DEMAND, OPTIONAL_PROCESSES, PROCESSES
+from daemon.config import EngineConfig
 from tests.helpers import REPO
 
 UNITS = REPO / "systemd"
@@ -42,7 +43,7 @@ def _unit(name: str) -> configparser.ConfigParser:
     return parser
 
 
-@pytest.mark.parametrize("unit", [*SERVICES, "tolk-screen.service", "tolk.target"])
+@pytest.mark.parametrize("unit", [*SERVICES, "tolk-engine.socket", "tolk-screen.service", "tolk.target"])
 def test_verify_is_silent(root: Path, unit: str) -> None:
     result = subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}", unit], capture_output=True, text=True, cwd=root
@@ -68,9 +69,21 @@ def test_each_unit_runs_its_process_under_the_target(name: str) -> None:
     assert unit["Unit"]["PartOf"] == "tolk.target"
     assert unit["Service"]["Type"] == "notify"
     assert unit["Service"]["ExecStart"] == f"/usr/local/bin/tolk service {name}"
-    assert unit["Service"]["Restart"] == "always" and unit["Service"]["RuntimeDirectory"] == "tolk"
-    assert "WatchdogSec" in unit["Service"]
-    assert f"tolk-{name}.service" in _unit("tolk.target")["Unit"]["Wants"]
+    assert unit["Service"]["RuntimeDirectory"] == "tolk" and "WatchdogSec" in unit["Service"]
+    if name in ON_DEMAND:
+        # Started by its socket, which the target wants; its exit 0 (idle) is not restarted.
+        assert unit["Service"]["Restart"] == "on-failure" and unit["Unit"]["Requires"] == f"tolk-{name}.socket"
+        assert f"tolk-{name}.socket" in _unit("tolk.target")["Unit"]["Wants"]
+        assert f"tolk-{name}.service" not in _unit("tolk.target")["Unit"]["Wants"] and "Install" not in unit
+    else:
+        assert unit["Service"]["Restart"] == "always" and unit["Install"]["WantedBy"] == "tolk.target"
+        assert f"tolk-{name}.service" in _unit("tolk.target")["Unit"]["Wants"]
+
+
+def test_the_engines_socket_is_where_the_session_looks_for_it() -> None:
+    socket_unit = _unit("tolk-engine.socket")
+    assert socket_unit["Socket"]["ListenStream"] == EngineConfig().listen
+    assert socket_unit["Socket"]["Accept"] == "no" and socket_unit["Unit"]["PartOf"] == "tolk.target"
 
 
 def test_the_screen_comes_after_control_and_only_when_enabled() -> None:
@@ -88,7 +101,7 @@ PER_PROCESS = frozenset(
         "Description", "After", "Wants", "Before", "ExecCondition", "ExecStart", "SyslogIdentifier",
         "WatchdogSec", "TimeoutStartSec", "MemoryDenyWriteExecute", "SupplementaryGroups", "DeviceAllow",
         "PrivateNetwork", "PrivateDevices", "IPAddressDeny", "RestrictAddressFamilies", "LimitRTPRIO",
-        "LimitMEMLOCK", "MemoryMax", "LoadCredential",
+        "LimitMEMLOCK", "MemoryMax", "LoadCredential", "SetCredential", "Restart", "Requires", "WantedBy",
     }
 )  # fmt: skip
 
