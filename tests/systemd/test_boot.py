@@ -6,7 +6,7 @@ Shown in order on one boot: the target starts the units its config needs (harden
 and started when the admin page sets one; the mqtt one likewise without a broker); ``kill -9`` of
 one is restarted and the others keep running; ``systemctl reload tolk.target`` applies a language
 change without restarting capture; a capture whose microphone stops delivering is restarted by
-the watchdog.
+the watchdog; the engine's socket starts the engine on a connection, and it leaves when idle.
 """
 
 from __future__ import annotations
@@ -187,6 +187,32 @@ def test_a_broker_set_in_the_config_starts_the_mqtt_unit(box: Container) -> None
     wait_until(lambda: "retrying" in box.show("tolk-mqtt.service", "StatusText"), 20, what="a retry")
     pid = box.show("tolk-mqtt.service", "MainPID")
     assert box.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip() == "tolk"
+
+
+_ENGINE_HANDSHAKE = """
+import asyncio, json, websockets
+async def main():
+    url = "ws://127.0.0.1:8790/api-ws/v1/realtime?model=qwen3-livetranslate-flash-realtime"
+    async with websockets.connect(url, open_timeout=120) as ws:
+        print(json.loads(await asyncio.wait_for(ws.recv(), 120))["type"])
+asyncio.run(main())
+"""
+
+
+def test_the_engine_starts_on_a_connection_and_leaves_when_idle(box: Container) -> None:
+    """tolk-engine.socket listens; the first connection starts tolk-engine, which answers as the
+    service does; idle for [engine] unload_after_s it exits, and the socket stays for the next."""
+    assert box.show("tolk-engine.socket", "ActiveState") == "active"
+    assert box.show("tolk-engine.service", "ActiveState") == "inactive"
+    python = str(INNER_REPO / ".venv/bin/python")
+    answer = box.run(python, "-c", _ENGINE_HANDSHAKE, timeout=180).stdout.strip().splitlines()
+    assert answer[-1] == "session.created", answer
+    pid = box.show("tolk-engine.service", "MainPID")
+    assert pid != "0" and box.run("stat", "-c", "%U", f"/proc/{pid}").stdout.strip() == "tolk"
+    wait_until(lambda: box.show("tolk-engine.service", "ActiveState") == "inactive", 60, what="the idle engine gone")
+    assert box.show("tolk-engine.service", "Result") == "success"
+    assert box.show("tolk-engine.socket", "ActiveState") == "active"
+    assert "exiting (the next connection starts the engine again)" in box.journal("-u", "tolk-engine.service")
 
 
 def test_the_screen_unit_waits_for_control_and_skips_a_box_without_a_display(box: Container) -> None:

@@ -73,6 +73,9 @@ period_ms = 20
 
 [control]
 listen = "127.0.0.1:8080"
+
+[engine]
+unload_after_s = 3
 """
 
 # One 20 ms period of quiet noise every 20 ms, on a clock: a microphone in a quiet room.
