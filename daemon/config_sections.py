@@ -358,6 +358,12 @@ class EngineConfig(_Section):
         description="The models load on the engine's first connection and are let go this long after its last "
         "one closed (the box back on the cloud); 0: kept once loaded.",
     )
+    uncertain_speech: Literal["phrase", "nothing"] = Field(
+        "phrase",
+        description="When the engine does not trust its translation (the caption shows the source text, marked "
+        '"offline — translation uncertain"): "phrase" says a short fixed sentence in the target language '
+        '("Sorry, I could not translate that."), "nothing" stays silent.',
+    )
 
     @field_validator("listen")
     @classmethod

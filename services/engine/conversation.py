@@ -23,11 +23,12 @@ from websockets.exceptions import ConnectionClosed
 
 from daemon import engine_languages as eng_lang
 from daemon.realtime.rules import Rejected
-from services.engine import events
+from services.engine import events, reliability
 from services.engine.core import Engine
 from services.engine.model import ModelError
 from services.engine.rules import EngineRules
 from services.engine.segmenter import Segmenter, Utterance
+from services.engine.translate import Heard, Translation
 from services.engine.tts import sentences
 
 log = logging.getLogger("tolk.engine")
@@ -128,29 +129,38 @@ class Conversation:
         audio_s = len(utterance.pcm) / 32000
         pair = eng_lang.pair(source, target, rules.marian)
         assert pair is not None  # refused at session.update otherwise
-        heard: tuple[str, str] | None = None
+        heard: Heard | None = None
         if pair.path != "whisper-translate":  # the transcription is the first step anyway
-            heard = await engine.run("asr", audio_s, lambda: engine.translator.transcribe(utterance.pcm, source))
+            heard = await self._transcribe(utterance, source)
+        translation: Translation | None = None
         try:
-            text = await engine.run(
-                "translate",
-                audio_s,
-                lambda: engine.translator.translate(utterance.pcm, source, target, heard[0] if heard else None),
+            translation = await engine.run(
+                "translate", audio_s, lambda: engine.translator.translate(utterance.pcm, source, target, heard)
             )
         except (ModelError, ValueError) as exc:
             # A Marian pair folder that cannot be loaded, or was removed since the connection opened
             # (ValueError: the refusal): the client is told why, and the connection lives.
             log.error("connection %d: %s", self.number, exc)
             await self.send(events.error_event(self.ids, str(exc), "model_error", "session.translation"))
-            text = ""
-        if text:
-            await self._stream_response(text, target, session, utterance)
+        if translation is not None and translation.text:
+            verdict = reliability.judge(
+                reliability.limits(translation.path), translation.whisper, translation.text_score
+            )
+            if verdict.reliable:
+                await self._stream_response(translation.text, target, session, utterance)
+            else:
+                heard = await self._uncertain(translation, heard, verdict, source, target, session, utterance)
         if rules.source_captions:
-            if heard is None:
-                heard = await engine.run("asr", audio_s, lambda: engine.translator.transcribe(utterance.pcm, source))
-            if heard[0]:
-                for event in events.transcription_events(self.ids, heard[0], heard[1]):
+            heard = heard or await self._transcribe(utterance, source)
+            if heard.text:
+                for event in events.transcription_events(self.ids, heard.text, heard.language):
                     await self.send(event)
+
+    async def _transcribe(self, utterance: Utterance, source: str) -> Heard:
+        translator = self.engine.translator
+        return await self.engine.run(
+            "asr", len(utterance.pcm) / 32000, lambda: translator.transcribe(utterance.pcm, source)
+        )
 
     async def _stream_response(self, text: str, target: str, session: dict[str, Any], utterance: Utterance) -> None:
         stream = events.ResponseStream(self.ids, session)
@@ -161,12 +171,51 @@ class Conversation:
         for n, part in enumerate(parts):
             await self.send(stream.snapshot(" ".join(parts[: n + 1]), " ".join(parts[n + 1 :])))
             if speak:
-                pcm = await self.engine.run("tts", 0.0, functools.partial(self.engine.speaker.speak, part, target))
-                self.engine.stages.audio_s["tts"] = self.engine.stages.audio_s.get("tts", 0.0) + len(pcm) / 48000
-                if self.first_audio_s is None and pcm:
-                    self.first_audio_s = time.monotonic() - utterance.ended_at
-                for event in stream.audio(pcm):
-                    await self.send(event)
+                await self._speak(stream, part, target, utterance)
+        await self._close(stream, text, utterance)
+
+    async def _uncertain(
+        self,
+        translation: Translation,
+        heard: Heard | None,
+        verdict: reliability.Verdict,
+        source: str,
+        target: str,
+        session: dict[str, Any],
+        utterance: Utterance,
+    ) -> Heard:
+        """A translation not to be trusted: a fixed phrase or silence, and the source text, marked."""
+        stream = events.ResponseStream(self.ids, session)
+        for event in stream.opening():
+            await self.send(event)
+        phrase = reliability.UNCERTAIN_PHRASES.get(target, "") if self.engine.cfg.uncertain_speech == "phrase" else ""
+        if phrase and stream.with_audio and self.engine.speaker.can_speak(target):
+            # First: the phrase does not wait for the transcript (one more decode after the
+            # translate task), so the listener hears it as soon as a translation.
+            await self._speak(stream, phrase, target, utterance)
+        heard = heard or await self._transcribe(utterance, source)
+        caption = f"{heard.text} {reliability.UNCERTAIN_MARK}".strip()
+        log.info(
+            "connection %d: %s translation %r not trusted (%s): shown as %r",
+            self.number,
+            translation.path,
+            translation.text[:120],
+            verdict.reason,
+            caption[:120],
+        )
+        await self.send(stream.snapshot(caption, ""))
+        await self._close(stream, caption, utterance)
+        return heard
+
+    async def _speak(self, stream: events.ResponseStream, text: str, target: str, utterance: Utterance) -> None:
+        pcm = await self.engine.run("tts", 0.0, functools.partial(self.engine.speaker.speak, text, target))
+        self.engine.stages.audio_s["tts"] = self.engine.stages.audio_s.get("tts", 0.0) + len(pcm) / 48000
+        if self.first_audio_s is None and pcm:
+            self.first_audio_s = time.monotonic() - utterance.ended_at
+        for event in stream.audio(pcm):
+            await self.send(event)
+
+    async def _close(self, stream: events.ResponseStream, text: str, utterance: Utterance) -> None:
         for event in stream.closing(text):
             await self.send(event)
         self.responses += 1

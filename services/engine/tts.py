@@ -32,10 +32,10 @@ def sentences(text: str) -> list[str]:
     return [s for s in (p.strip() for p in _SENTENCE_END.split(text)) if s]
 
 
-def to_output_rate(samples: np.ndarray, rate: int) -> bytes:
-    """int16 samples at ``rate`` → 24 kHz s16le bytes."""
-    if rate != OUTPUT_RATE:
-        resampled = soxr.resample(samples.astype(np.float32) / 32768.0, rate, OUTPUT_RATE, quality="HQ")
+def to_output_rate(samples: np.ndarray, rate: int, output_rate: int = OUTPUT_RATE) -> bytes:
+    """int16 samples at ``rate`` → s16le bytes at ``output_rate`` (24 kHz: the protocol's ``pcm24``)."""
+    if rate != output_rate:
+        resampled = soxr.resample(samples.astype(np.float32) / 32768.0, rate, output_rate, quality="HQ")
         samples = np.clip(np.round(resampled * 32767.0), -32768, 32767).astype(np.int16)
     return samples.astype("<i2").tobytes()
 
