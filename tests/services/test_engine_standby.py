@@ -41,8 +41,8 @@ def _pss_mb(pid: int) -> float:
 async def _translate(url: str, pcm: bytes) -> str:
     async with websockets.connect(url) as ws:
         await ws.send(json.dumps({"event_id": "e1", "type": "session.update", "session": {
-            "modalities": ["text"], "input_audio_format": "pcm16", "translation": {"language": "en"},
-            "input_audio_transcription": {"model": "qwen3-asr-flash-realtime", "language": "de"}}}))  # fmt: skip
+            "modalities": ["text"], "input_audio_format": "pcm16", "translation": {"language": "pt"},
+            "input_audio_transcription": {"model": "qwen3-asr-flash-realtime", "language": "en"}}}))  # fmt: skip
         audio = pcm + bytes(32000)
         for n, i in enumerate(range(0, len(audio), 3200)):
             chunk = base64.b64encode(audio[i : i + 3200]).decode()
@@ -62,11 +62,11 @@ def test_models_load_on_the_first_connection_and_go_after_a_quiet_while() -> Non
     port = free_port()
     config = work / "tolk.toml"
     config.write_text(
-        f'[service]\nbackend = "local"\n[languages]\nsource = "de"\ntarget = "en"\n'
+        f'[service]\nbackend = "local"\n[languages]\nsource = "en"\ntarget = "pt"\n'
         f'[engine]\nlisten = "127.0.0.1:{port}"\nunload_after_s = 2\n'
     )
     notify = NotifySocket(work)
-    pcm = wav_pcm(espeak_wav("Guten Morgen. Wo ist der Bahnhof?", work / "de.wav", voice="de"))
+    pcm = wav_pcm(espeak_wav("Where is the train station?", work / "en.wav", voice="en-us"))
     url = f"ws://127.0.0.1:{port}/api-ws/v1/realtime?model=qwen3-livetranslate-flash-realtime"
     env = service_env(work, NOTIFY_SOCKET=notify.path)
     with running(tolk_cmd("service", "engine", "--config", str(config)), env, work / "engine.log") as proc:
@@ -75,7 +75,7 @@ def test_models_load_on_the_first_connection_and_go_after_a_quiet_while() -> Non
         assert standby < LIGHT_MB, f"standing by with {standby:.0f} MB: the models loaded before anyone asked"
 
         text = asyncio.run(_translate(url, pcm))
-        assert "morning" in text.lower(), text
+        assert "estação" in text.lower(), text
         serving = _pss_mb(proc.pid)
         assert serving > LOADED_MB, f"{serving:.0f} MB while serving: were the models loaded at all?"
 
@@ -91,6 +91,6 @@ def test_models_load_on_the_first_connection_and_go_after_a_quiet_while() -> Non
         assert "models let go after 2 s without a connection" in (work / "engine.log").read_text()
 
         # And it serves again, loading them anew.
-        assert "morning" in asyncio.run(_translate(url, pcm)).lower()
+        assert "estação" in asyncio.run(_translate(url, pcm)).lower()
     notify.close()
     print(f"engine PSS: standing by {standby:.0f} MB, serving {serving:.0f} MB, afresh {after:.0f} MB")
