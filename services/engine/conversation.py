@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,9 +191,9 @@ class Conversation:
             await self.send(event)
         phrase = reliability.UNCERTAIN_PHRASES.get(target, "") if self.engine.cfg.uncertain_speech == "phrase" else ""
         if phrase and stream.with_audio and self.engine.speaker.can_speak(target):
-            # First: the phrase does not wait for the transcript (one more decode after the
-            # translate task), so the listener hears it as soon as a translation.
-            await self._speak(stream, phrase, target, utterance)
+            # First, and synthesized once: the phrase waits neither for the transcript (one more
+            # decode after the translate task) nor for a voice, so it comes as soon as a translation.
+            await self._speak(stream, phrase, target, utterance, self.engine.speaker.speak_fixed)
         heard = heard or await self._transcribe(utterance, source)
         caption = f"{heard.text} {reliability.UNCERTAIN_MARK}".strip()
         log.info(
@@ -207,8 +208,16 @@ class Conversation:
         await self._close(stream, caption, utterance)
         return heard
 
-    async def _speak(self, stream: events.ResponseStream, text: str, target: str, utterance: Utterance) -> None:
-        pcm = await self.engine.run("tts", 0.0, functools.partial(self.engine.speaker.speak, text, target))
+    async def _speak(
+        self,
+        stream: events.ResponseStream,
+        text: str,
+        target: str,
+        utterance: Utterance,
+        voice: Callable[[str, str], bytes] | None = None,
+    ) -> None:
+        synthesize = functools.partial(voice or self.engine.speaker.speak, text, target)
+        pcm = await self.engine.run("tts", 0.0, synthesize)
         self.engine.stages.audio_s["tts"] = self.engine.stages.audio_s.get("tts", 0.0) + len(pcm) / 48000
         if self.first_audio_s is None and pcm:
             self.first_audio_s = time.monotonic() - utterance.ended_at

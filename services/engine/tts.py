@@ -52,6 +52,7 @@ class Speaker:
         )
         self._piper_rate = int(self._piper.config.sample_rate)
         self._espeak = shutil.which("espeak-ng")
+        self._fixed: dict[tuple[str, str], bytes] = {}
 
     def can_speak(self, language: str) -> bool:
         return language in eng_lang.PIPER_LANGUAGES or (self._espeak is not None and language in eng_lang.ESPEAK_VOICES)
@@ -66,6 +67,12 @@ class Speaker:
                 return b""
             return to_output_rate(np.concatenate(chunks), self._piper_rate)
         return self._espeak_speak(text, language)
+
+    def speak_fixed(self, text: str, language: str) -> bytes:
+        """``speak`` for one of the engine's few set sentences: synthesized once, then kept."""
+        if (text, language) not in self._fixed:
+            self._fixed[(text, language)] = self.speak(text, language)
+        return self._fixed[(text, language)]
 
     def _espeak_speak(self, text: str, language: str) -> bytes:
         voice = eng_lang.ESPEAK_VOICES.get(language)
