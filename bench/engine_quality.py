@@ -19,8 +19,10 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from bench.quality_set import WRONG_BELOW_CHRF, QualitySet, Sentence, chrf, error_rate, load, synthesize
 from daemon import engine_languages as eng_lang
@@ -31,6 +33,8 @@ from services.engine.segmenter import Segmenter
 from services.engine.translate import SpeechTranslator
 from services.engine.tts import Speaker
 
+P = ParamSpec("P")
+T = TypeVar("T")
 #: Other limits on Whisper's mean log-probability, to show what the engine's choice trades.
 SWEEP = (-0.2, -0.3, -0.4, -0.5, -0.6, -0.7, -0.8, -1.0, float("-inf"))
 
@@ -53,7 +57,7 @@ class Outcome:
 
 
 @dataclass
-class Heard:
+class Spoken:
     """One spoken sentence: what Whisper transcribed, and every path's translation."""
 
     sentence: Sentence
@@ -65,9 +69,9 @@ class Heard:
     outcomes: list[Outcome]
 
 
-def _timed(fn, *args):  # type: ignore[no-untyped-def]
+def _timed(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[T, float]:
     started = time.perf_counter()
-    result = fn(*args)
+    result = fn(*args, **kwargs)
     return result, time.perf_counter() - started
 
 
@@ -82,7 +86,7 @@ def as_the_engine_cuts_it(speech: bytes) -> tuple[bytes, int]:
     return b"".join(u.pcm for u in cut), len(cut)
 
 
-def run(qset: QualitySet, translator: SpeechTranslator, speaker: Speaker, work: Path) -> list[Heard]:
+def run(qset: QualitySet, translator: SpeechTranslator, speaker: Speaker, work: Path) -> list[Spoken]:
     marian = translator.marian_pairs()
     results = []
     for n, sentence in enumerate(qset.sentences, 1):
@@ -113,7 +117,7 @@ def run(qset: QualitySet, translator: SpeechTranslator, speaker: Speaker, work: 
                     )
                 )
             results.append(
-                Heard(
+                Spoken(
                     sentence,
                     voice,
                     len(pcm) / 32000,
@@ -132,7 +136,7 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def report_pairs(results: list[Heard], marian: frozenset[tuple[str, str]]) -> None:
+def report_pairs(results: list[Spoken], marian: frozenset[tuple[str, str]]) -> None:
     print("\n## Per pair and path (chrF: mean over utterances; right: chrF >= 30; s: compute per utterance)")
     print("| pair | voice(s) | n | WER/CER | path | chrF | right | s (median) | RTF | chosen |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -169,7 +173,7 @@ def _share(part: int, whole: int) -> str:
     return f"{part}/{whole} ({part / whole:.0%})" if whole else "0/0"
 
 
-def report_reliability(results: list[Heard], marian: frozenset[tuple[str, str]]) -> int:
+def report_reliability(results: list[Spoken], marian: frozenset[tuple[str, str]]) -> int:
     """The engine's limits on the set; returns how many wrong translations it would speak unmarked."""
     print("\n## Honest when unsure: the engine's limits (services/engine/reliability.py)")
     print("| path | limits | wrong (chrF < 30) let through | right held back |")
@@ -198,7 +202,7 @@ def report_reliability(results: list[Heard], marian: frozenset[tuple[str, str]])
     return through
 
 
-def report_sweep(results: list[Heard]) -> None:
+def report_sweep(results: list[Spoken]) -> None:
     print("\n## Other limits on Whisper's mean log-probability (the rest of each path's limits as the engine's)")
     print("| path | logprob >= | wrong let through | right held back |")
     print("|---|---|---|---|")

@@ -4,8 +4,10 @@ The reader checks each client event (``rules.py``); a bad one is answered with a
 the connection goes on. Audio feeds the end-of-speech detector on the event loop (it is cheap);
 each ended utterance goes to one responder task, in order, which runs the models on the engine's
 worker thread and streams the response: text first, then each sentence's speech as soon as it is
-synthesized, then the source transcription. ``session.finish`` is answered after the last
-utterance (flushed), with ``session.finished``.
+synthesized, then the source transcription. A translation the models are not sure of
+(``reliability.py``) is not spoken: the response says a fixed phrase (or nothing) and its caption
+is the source transcript, marked "(offline — translation uncertain)". ``session.finish`` is
+answered after the last utterance (flushed), with ``session.finished``.
 """
 
 from __future__ import annotations
