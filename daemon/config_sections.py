@@ -363,6 +363,12 @@ class EngineConfig(_Section):
         description="The engine starts on its first connection and loads its models; it exits this long after "
         "its last connection closed (the box back on the cloud); 0: it stays once started.",
     )
+    uncertain_speech: Literal["phrase", "nothing"] = Field(
+        "phrase",
+        description="When the engine does not trust its translation (the caption shows the source text, marked "
+        '"offline — translation uncertain"): "phrase" says a short fixed sentence in the target language '
+        '("Sorry, I could not translate that."), "nothing" stays silent.',
+    )
 
     @field_validator("listen")
     @classmethod

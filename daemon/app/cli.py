@@ -170,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wav", help="demo: the speech to translate (default: a sentence spoken by espeak-ng)")
     run.add_argument("--out", default="tolk-demo-out", help="demo: folder for the translated audio")
     run.add_argument("--simulator", action="store_true", help="demo: the protocol simulator, not the local engine")
-    run.add_argument("--source", help="demo: the language spoken (default: de with the engine, the config's otherwise)")
+    run.add_argument(
+        "--source",
+        help="demo: the language spoken (default: en, into pt, with the engine; another goes into en; "
+        "the config's with the simulator)",
+    )
     run.set_defaults(func=_cmd_run)
 
     svc = with_config(sub.add_parser("service", help="run one process (what each systemd unit calls)"))

@@ -107,16 +107,22 @@ class MarianTranslator:
         return eng_lang.marian_pairs(self.folder)
 
     def translate(self, text: str, source: str, target: str) -> str:
+        return self.translate_scored(text, source, target)[0]
+
+    def translate_scored(self, text: str, source: str, target: str) -> tuple[str, float | None]:
+        """The translation, and the model's mean log-probability per token (of its least sure sentence)."""
         model = self._pair(source, target)
         # Marian models are trained on sentences: one hypothesis per sentence, in one batch.
         batch = [model.source_spm.encode(part, out_type=str) for part in sentences(text) or [text]]
         batch = [pieces for pieces in batch if pieces]
         if not batch:
-            return ""
+            return "", None
         results = model.translator.translate_batch(
-            batch, beam_size=BEAM_SIZE, max_decoding_length=self.max_tokens, return_scores=False
+            batch, beam_size=BEAM_SIZE, max_decoding_length=self.max_tokens, return_scores=True
         )
-        return " ".join(str(model.target_spm.decode(r.hypotheses[0])).strip() for r in results).strip()
+        translated = " ".join(str(model.target_spm.decode(r.hypotheses[0])).strip() for r in results).strip()
+        # CTranslate2's score is the hypothesis' log-probability divided by its length (length_penalty 1).
+        return translated, min(float(r.scores[0]) for r in results)
 
     def _pair(self, source: str, target: str) -> LoadedPair:
         with self._lock:

@@ -76,6 +76,9 @@ class EngineService(Service):
     async def apply_config(self, new: config_mod.Config, changed: set[str]) -> None:
         old, self.config = self.config, new
         self.loader.cfg = new.engine
+        if self.loader.engine is not None:
+            # What is read per utterance ([engine] uncertain_speech) applies from the next one.
+            self.loader.engine.cfg = new.engine
         if (engine := self.loader.engine) is not None and new.engine.marian_dir != old.engine.marian_dir:
             # The next connection offers the new folder's pairs; live ones keep theirs.
             engine.translator.use_marian_dir(new.engine.marian_dir)

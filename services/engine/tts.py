@@ -32,10 +32,10 @@ def sentences(text: str) -> list[str]:
     return [s for s in (p.strip() for p in _SENTENCE_END.split(text)) if s]
 
 
-def to_output_rate(samples: np.ndarray, rate: int) -> bytes:
-    """int16 samples at ``rate`` → 24 kHz s16le bytes."""
-    if rate != OUTPUT_RATE:
-        resampled = soxr.resample(samples.astype(np.float32) / 32768.0, rate, OUTPUT_RATE, quality="HQ")
+def to_output_rate(samples: np.ndarray, rate: int, output_rate: int = OUTPUT_RATE) -> bytes:
+    """int16 samples at ``rate`` → s16le bytes at ``output_rate`` (24 kHz: the protocol's ``pcm24``)."""
+    if rate != output_rate:
+        resampled = soxr.resample(samples.astype(np.float32) / 32768.0, rate, output_rate, quality="HQ")
         samples = np.clip(np.round(resampled * 32767.0), -32768, 32767).astype(np.int16)
     return samples.astype("<i2").tobytes()
 
@@ -52,6 +52,7 @@ class Speaker:
         )
         self._piper_rate = int(self._piper.config.sample_rate)
         self._espeak = shutil.which("espeak-ng")
+        self._fixed: dict[tuple[str, str], bytes] = {}
 
     def can_speak(self, language: str) -> bool:
         return language in eng_lang.PIPER_LANGUAGES or (self._espeak is not None and language in eng_lang.ESPEAK_VOICES)
@@ -66,6 +67,12 @@ class Speaker:
                 return b""
             return to_output_rate(np.concatenate(chunks), self._piper_rate)
         return self._espeak_speak(text, language)
+
+    def speak_fixed(self, text: str, language: str) -> bytes:
+        """``speak`` for one of the engine's few set sentences: synthesized once, then kept."""
+        if (text, language) not in self._fixed:
+            self._fixed[(text, language)] = self.speak(text, language)
+        return self._fixed[(text, language)]
 
     def _espeak_speak(self, text: str, language: str) -> bytes:
         voice = eng_lang.ESPEAK_VOICES.get(language)

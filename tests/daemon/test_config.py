@@ -113,6 +113,7 @@ def test_bad_modalities(mods: list[str]) -> None:
         ({"control": {"listen": "8080"}}, "control.listen"),
         ({"control": {"listen": "0.0.0.0:99999"}}, "control.listen"),
         ({"nonsense": {}}, "nonsense"),
+        ({"engine": {"uncertain_speech": "loud"}}, "engine.uncertain_speech = 'loud': Input should be 'phrase' or"),
     ],
 )
 def test_other_keys_are_checked(data: dict, key: str) -> None:

@@ -29,13 +29,15 @@ def _seconds(wav: Path) -> float:
 
 
 def test_demo_translates_for_real_offline_with_the_local_engine(rundir: Path) -> None:
-    """No account, no network: German speech in, English text and speech out, from real models."""
+    """No account, no network: English speech in, Portuguese text and speech out, from real models."""
     result, out = _demo(rundir)
     assert "the box's own engine" in result.stdout
-    translation = next(line for line in result.stdout.splitlines() if "[translation en]" in line)
-    source = next(line for line in result.stdout.splitlines() if "[source de]" in line)
-    assert "museum" in translation.lower() and "simulated" not in translation
-    assert "Museum" in source and "Morgen" in source
+    translation = next(line for line in result.stdout.splitlines() if "[translation pt]" in line)
+    source = next(line for line in result.stdout.splitlines() if "[source en]" in line)
+    # "Welcome to the museum. How can I help you today?", translated right and trusted.
+    assert "Bem-vindo ao museu. Como posso" in translation, translation
+    assert "uncertain" not in translation and "simulated" not in translation
+    assert "museum" in source.lower() and "help you" in source.lower(), source
     assert _seconds(out / "translation.wav") > 1.5
 
 

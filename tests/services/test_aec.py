@@ -79,7 +79,7 @@ def test_double_talk_keeps_the_talkers_words(voices: Voices, recogniser: SpeechT
     span = slice(*scene.talker_span)
 
     def read(x: np.ndarray) -> str:
-        return recogniser.transcribe(np.clip(x[span], -32768, 32767).astype("<i2").tobytes(), "en")[0]
+        return recogniser.transcribe(np.clip(x[span], -32768, 32767).astype("<i2").tobytes(), "en").text
 
     clean, cancelled, raw = read(scene.talker), read(out), read(scene.mic)
     said = TALKER_TEXT.replace("seventeen twenty", "1720")  # as the recogniser writes it

@@ -32,8 +32,10 @@ from daemon.realtime.rules import Rejected
 from services.control.api import create_app
 from services.control.status import StatusAggregator
 from services.control.store import ConfigStore
+from services.engine import reliability
 from services.engine.marian import MarianTranslator, load_pair
 from services.engine.model import ModelError
+from services.engine.reliability import UNCERTAIN_MARK, WhisperSignals, judge
 from services.engine.rules import EngineRules
 from tests.helpers import espeak_wav, wav_pcm
 
@@ -234,6 +236,19 @@ def test_folders_that_are_not_pairs_are_ignored_with_a_log_line(
 # --- translating ------------------------------------------------------------------------------
 
 
+def test_the_models_own_score_comes_with_its_translation_and_a_guessing_model_is_not_trusted(
+    marian_dir: Path,
+) -> None:
+    translator = MarianTranslator(marian_dir, threads=1, max_tokens=MAX_TOKENS)
+    text, score = translator.translate_scored("Guten Morgen und willkommen im Museum.", "de", "fr")
+    assert text == translator.translate("Guten Morgen und willkommen im Museum.", "de", "fr")
+    assert score is not None and score < 0  # a mean log-probability per token
+    # Whisper sure of what it heard: the text model's score alone holds the translation back.
+    sure = WhisperSignals(avg_logprob=-0.05, no_speech_prob=0.0, compression_ratio=1.0)
+    verdict = judge(reliability.limits("whisper+marian"), sure, score)
+    assert not verdict.reliable and "text model" in verdict.reason, (score, verdict)
+
+
 def test_text_goes_through_the_real_model_and_back_deterministically(
     marian_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -326,10 +341,12 @@ def test_the_engine_hears_german_and_answers_through_the_marian_pair(engine_url:
         events = until(ws, "conversation.item.input_audio_transcription.completed")
         assert not [e for e in events if e["type"] == "error"]
         done = next(e for e in events if e["type"] == "response.audio_transcript.done")
-        assert done["transcript"].strip()  # the Marian model's (random) French, through target.spm
-        assert any(e["type"] == "response.audio.delta" for e in events)  # spoken by espeak-ng
         heard = events[-1]
         assert heard["language"] == "de" and "museum" in heard["transcript"].lower()
+        # The model's random weights are unsure of every word, and say so in their score: the
+        # engine does not trust the French, shows the German marked, and says its French phrase.
+        assert done["transcript"] == f"{heard['transcript']} {UNCERTAIN_MARK}", done["transcript"]
+        assert any(e["type"] == "response.audio.delta" for e in events)  # spoken by espeak-ng
 
         # A pair whose model is broken: offered (its files are there), refused when used, said why.
         assert update(ws, 2, "es")["type"] == "session.updated"

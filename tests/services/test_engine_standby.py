@@ -37,8 +37,8 @@ def _pss_mb(pid: int) -> float:
 async def _translate(url: str, pcm: bytes) -> str:
     async with websockets.connect(url, open_timeout=60) as ws:
         await ws.send(json.dumps({"event_id": "e1", "type": "session.update", "session": {
-            "modalities": ["text"], "input_audio_format": "pcm16", "translation": {"language": "en"},
-            "input_audio_transcription": {"model": "qwen3-asr-flash-realtime", "language": "de"}}}))  # fmt: skip
+            "modalities": ["text"], "input_audio_format": "pcm16", "translation": {"language": "pt"},
+            "input_audio_transcription": {"model": "qwen3-asr-flash-realtime", "language": "en"}}}))  # fmt: skip
         audio = pcm + bytes(32000)
         for n, i in enumerate(range(0, len(audio), 3200)):
             chunk = base64.b64encode(audio[i : i + 3200]).decode()
@@ -58,13 +58,13 @@ def test_the_engine_starts_on_a_connection_and_exits_when_idle(monkeypatch: pyte
     port = free_port()
     config = work / "tolk.toml"
     config.write_text(
-        f'[service]\nbackend = "local"\n[languages]\nsource = "de"\ntarget = "en"\n'
+        f'[service]\nbackend = "local"\n[languages]\nsource = "en"\ntarget = "pt"\n'
         f'[engine]\nlisten = "127.0.0.1:{port}"\nunload_after_s = 2\n'
     )
     env = service_env(work)
     for name in ("TOLK_RUNTIME_DIR", "TOLK_STATE_DIR"):
         monkeypatch.setenv(name, env[name])
-    pcm = wav_pcm(espeak_wav("Guten Morgen. Wo ist der Bahnhof?", work / "de.wav", voice="de"))
+    pcm = wav_pcm(espeak_wav("Where is the train station?", work / "en.wav", voice="en-us"))
     url = f"ws://127.0.0.1:{port}/api-ws/v1/realtime?model=qwen3-livetranslate-flash-realtime"
 
     async def scenario() -> tuple[float, list[int]]:
@@ -75,7 +75,7 @@ def test_the_engine_starts_on_a_connection_and_exits_when_idle(monkeypatch: pyte
             await asyncio.sleep(1.0)
             assert engine.proc is None, "the engine started before anyone connected"
 
-            assert "morning" in (await _translate(url, pcm)).lower()  # the connection starts it
+            assert "estação" in (await _translate(url, pcm)).lower()  # the connection starts it
             assert engine.proc is not None and engine.proc.returncode is None
             first = engine.proc
             serving = _pss_mb(first.pid)
@@ -86,7 +86,7 @@ def test_the_engine_starts_on_a_connection_and_exits_when_idle(monkeypatch: pyte
             assert box.failed is None
 
             # The next connection starts a new process, which serves as the first did.
-            assert "morning" in (await _translate(url, pcm)).lower()
+            assert "estação" in (await _translate(url, pcm)).lower()
             assert engine.proc is not first and engine.proc.returncode is None
             return serving, [first.pid, engine.proc.pid]
         finally:
