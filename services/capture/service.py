@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from daemon.alsa_device import DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
 from daemon.config import Config
+from daemon.device_loop import DeviceLoop, OnEnd
 from daemon.messages import (
     AudioResume,
     AudioSettled,
@@ -80,6 +81,7 @@ class CaptureService(Service):
         self.gate = MuteGate()
         self.operator_mute = OperatorMute(self.bus.directory)
         self.keeper = DeviceKeeper(type(self).pcm_factory, self.log)
+        self.device = DeviceLoop(self, self.keeper, self.spec, self.counters, self.log, self._opened)
         self.detector = SpeechDetector(make_vad(self.config.audio.vad))
         self.policy = StreamingPolicy(self._policy_settings())
         self.reference = RenderReference()
@@ -87,12 +89,10 @@ class CaptureService(Service):
         self.echo: aec_mod.EchoCanceller | None = None
         self.echo_figures = EchoState()
         self._aec_failed = ""
-        self._reader: Reader | None = None
         self._reference_task: asyncio.Task[None] | None = None
         self._configure_gate()
         self._gap_at_ns = 0
         self._speaking_published = False
-        self._pcm: Pcm | None = None
         self._reading_since_ns = 0
         self._last_chunk_ns = 0
 
@@ -107,8 +107,7 @@ class CaptureService(Service):
             self.gate.operator = True
             self.log.info("microphone muted by the operator (kept from before this start)")
         self.counters["operator_muted"] = float(self.gate.operator)  # the fleet's view shows it (mqtt)
-        self._pcm = self._try_open()
-        if self._pcm is None:
+        if not self.device.try_open():
             self.log.warning("starting without a microphone; it is retried in the background")
 
     async def run(self) -> None:
@@ -116,32 +115,14 @@ class CaptureService(Service):
         self._follow_reference()
         self.spawn(self._follow_commands(), "follow-commands")
         self.spawn(self._follow_session(), "follow-session")
-        while True:
-            if self._pcm is None:
-                self.state = "degraded"
-                self._pcm = await self.keeper.open(self._next_spec)
-                self._opened()
-            self.state = "running"
-            spec = self.spec()
-            error = await self._read(self._pcm, spec)
-            self._pcm = None
+
+        def ended(_error: str | None) -> None:
             self._speech_changed(False, time.monotonic_ns())  # nothing is heard until it reopens
-            if error is not None:
-                self.keeper.lost(spec, error)
+
+        await self.device.run(self._reader_on, ended)
 
     async def stop(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.stop()
-            await asyncio.to_thread(reader.join, READER_STOP_S)
-            if reader.is_alive():
-                # A read can block for good on a device that delivers nothing; closing the PCM
-                # under it is not safe, and the daemon thread ends with the process.
-                self.log.warning("capture read still blocked in the device; leaving it to process exit")
-        elif self._pcm is not None:
-            with contextlib.suppress(Exception):
-                self._pcm.close()
-        self._pcm = None
+        await self.device.stop(READER_STOP_S, "capture read still blocked in the device")
 
     async def apply_config(self, new: Config, changed: set[str]) -> None:
         before = self.spec()
@@ -160,20 +141,15 @@ class CaptureService(Service):
         audio = new.audio
         self.log.info("capture now %r, %d ms periods: reopening", audio.capture_device, audio.period_ms)
         self._last_chunk_ns = 0  # another device: its silence counts from its open
-        if self._reader is not None:
-            self._reader.stop()
-        else:
-            self.keeper.retry_now()
+        self.device.reopen()
 
     def heartbeat_parts(self) -> list[Message]:
         return [dataclasses.replace(self.echo_figures, t=time.monotonic_ns())]  # a copy: the thread adds on
 
     def status(self) -> str:
         device = self.config.audio.capture_device
-        if self._pcm is None:
-            if self.keeper.waiting_reason is not None:
-                return f"waiting for device {device!r}: {self.keeper.waiting_reason}"
-            return f"opening {device!r}" if self.state != "stopped" else "stopped"
+        if (waiting := self.device.waiting(device, self.state)) is not None:
+            return waiting
         now = time.monotonic_ns()
         # Counted from the last audio, not from a reopen: a device reopened because it went
         # silent has still given nothing.
@@ -199,35 +175,22 @@ class CaptureService(Service):
         # Waiting for a missing microphone is the work this process can do; a restart by the
         # watchdog would not plug it in, and repeated restarts would hit the unit's start limit
         # and leave it failed for good. A device that is open but silent is stale.
-        return self.keeper.retrying or super().is_fresh()
+        return self.device.retrying or super().is_fresh()
 
     # --- the device --------------------------------------------------------------------------
 
-    def _next_spec(self) -> PcmSpec:
-        self.counters["open_failures"] = self.keeper.failures
-        return self.spec()
-
-    def _try_open(self) -> Pcm | None:
-        pcm = self.keeper.try_open(self.spec())
-        self.counters["open_failures"] = self.keeper.failures
-        if pcm is not None:
-            self._opened()
-        return pcm
+    @property
+    def _reader(self) -> Reader | None:
+        worker = self.device.worker
+        return worker if isinstance(worker, Reader) else None
 
     def _opened(self) -> None:
-        self.counters["open_failures"] = self.keeper.failures
-        self.counters["reopens"] = max(0, self.keeper.opens - 1)
         audio = self.config.audio
         self.log.info("capturing from %r: %d Hz mono, %d ms periods", audio.capture_device, RATE, audio.period_ms)
 
-    async def _read(self, pcm: Pcm, spec: PcmSpec) -> str | None:
-        """Run a reader thread on ``pcm`` until it stops; ALSA's reason if the device failed."""
+    def _reader_on(self, pcm: Pcm, spec: PcmSpec, on_end: OnEnd) -> Reader:
+        """The thread that reads ``pcm`` (DeviceLoop runs it)."""
         loop = asyncio.get_running_loop()
-        ended: asyncio.Future[str | None] = loop.create_future()
-
-        def on_end(error: str | None) -> None:  # on the reader thread
-            with contextlib.suppress(RuntimeError):  # the loop is already closed at exit
-                loop.call_soon_threadsafe(_settle, ended, error)
 
         def on_speech(speaking: bool, t: int) -> None:  # on the reader thread
             with contextlib.suppress(RuntimeError):
@@ -236,15 +199,8 @@ class CaptureService(Service):
         pipeline = CapturePipeline(self.bus.bulk, self.gate, self.detector, self.policy, self.counters, on_speech)
         pipeline.echo = self.echo
         pipeline.ring = self.ring
-        reader = Reader(pcm, spec, pipeline, self.counters, self._on_chunk, on_end)
         self._reading_since_ns = time.monotonic_ns()
-        self._reader = reader
-        reader.start()
-        # Cancelled (the service stops): the reader stays recorded for stop() to end it.
-        error = await ended
-        # on_end is the thread's last act: it is done with the PCM and the bulk socket.
-        self._reader = None
-        return error
+        return Reader(pcm, spec, pipeline, self.counters, self._on_chunk, on_end)
 
     def _on_chunk(self, t: int) -> None:  # on the reader thread
         last, self._last_chunk_ns = self._last_chunk_ns, t
@@ -376,7 +332,3 @@ class CaptureService(Service):
                 self.log.info("microphone %s by the operator", what)
                 self.acknowledge(msg, f"microphone {what}")
 
-
-def _settle(fut: asyncio.Future[str | None], error: str | None) -> None:
-    if not fut.done():
-        fut.set_result(error)

@@ -17,6 +17,7 @@ from typing import ClassVar
 from daemon.alsa_device import BYTES_PER_FRAME, DeviceKeeper, Pcm, PcmFactory, PcmSpec, open_alsa_pcm
 from daemon.audio_format import Converter, DeviceFormat
 from daemon.config import Config
+from daemon.device_loop import DeviceLoop, OnEnd
 from daemon.messages import AudioOut, Command, PlaybackState, RenderedAudio, SpeechActivity
 from daemon.service import Service, ServiceContext
 from services.playback.queue import Chunk, ChunkQueue
@@ -60,8 +61,7 @@ class PlaybackService(Service):
             self.counters[key] = 0
         self.queue = ChunkQueue(MAX_QUEUED_S * RATE * BYTES_PER_FRAME)
         self.keeper = DeviceKeeper(type(self).pcm_factory, self.log)
-        self._pcm: Pcm | None = None
-        self._writer: Writer | None = None
+        self.device = DeviceLoop(self, self.keeper, self.spec, self.counters, self.log, self._opened)
         self._speaking = False
         self._playing_response = ""  # the response the speaker last started
         #: The response a barge-in stopped: the rest of it, still arriving, is dropped.
@@ -76,40 +76,24 @@ class PlaybackService(Service):
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._pcm = self._try_open()
-        if self._pcm is None:
+        if not self.device.try_open():
             self.log.warning("starting without a speaker; it is retried in the background")
 
     async def run(self) -> None:
         self.spawn(self._receive(), "receive")
         self.spawn(self._follow_commands(), "commands")
         self.spawn(self._follow_speech(), "barge-in")
-        while True:
-            if self._pcm is None:
-                self.state = "degraded"
-                self._pcm = await self.keeper.open(self._next_spec)
-                self._opened()
-            self.state = "running"
-            spec = self.spec()
-            error = await self._play(self._pcm, spec)
-            self._pcm = None
+
+        def ended(error: str | None) -> None:
             if error is not None:
-                self.keeper.lost(spec, error)
                 # Seconds-old speech would play out of context once the device is back.
                 self.counters["dropped_chunks"] += self.queue.clear()
 
+        await self.device.run(self._writer_on, ended)
+
     async def stop(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.stop()
-            await asyncio.to_thread(writer.join, WRITER_STOP_S)
-            if writer.is_alive():
-                self.log.warning("playback write still blocked in the device; leaving it to process exit")
-            await asyncio.sleep(0)  # let the writer's last "drained" reach the bus
-        elif self._pcm is not None:
-            with contextlib.suppress(Exception):
-                self._pcm.close()
-        self._pcm = None
+        await self.device.stop(WRITER_STOP_S, "playback write still blocked in the device")
+        await asyncio.sleep(0)  # let the writer's last "drained" reach the bus
         if self._speaking:
             self._publish_state("drained", "", 0, time.monotonic_ns())
 
@@ -119,17 +103,12 @@ class PlaybackService(Service):
         if self.spec() == before:
             return  # playback_start_ms, volume and barge_in are read where they are used
         self.log.info("speaker now %r: reopening", new.audio.playback_device)
-        if self._writer is not None:
-            self._writer.stop()
-        else:
-            self.keeper.retry_now()
+        self.device.reopen()
 
     def status(self) -> str:
         device = self.config.audio.playback_device
-        if self._pcm is None:
-            if self.keeper.waiting_reason is not None:
-                return f"waiting for device {device!r}: {self.keeper.waiting_reason}"
-            return f"opening {device!r}" if self.state != "stopped" else "stopped"
+        if (waiting := self.device.waiting(device, self.state)) is not None:
+            return waiting
         p50 = self.counters["latency_ms_p50"]
         if self._speaking:
             return f"playing on {device} (24 kHz, {len(self.queue)} chunks queued, latency p50 {p50:g} ms)"
@@ -142,40 +121,27 @@ class PlaybackService(Service):
         writer = self._writer
         if writer is not None and writer.is_alive() and writer.in_device_since_ns == 0:
             return True
-        return self.keeper.retrying or super().is_fresh()
+        return self.device.retrying or super().is_fresh()
 
     # --- the device --------------------------------------------------------------------------
 
-    def _next_spec(self) -> PcmSpec:
-        self.counters["open_failures"] = self.keeper.failures
-        return self.spec()
-
-    def _try_open(self) -> Pcm | None:
-        pcm = self.keeper.try_open(self.spec())
-        self.counters["open_failures"] = self.keeper.failures
-        if pcm is not None:
-            self._opened()
-        return pcm
+    @property
+    def _writer(self) -> Writer | None:
+        worker = self.device.worker
+        return worker if isinstance(worker, Writer) else None
 
     def _opened(self) -> None:
-        self.counters["open_failures"] = self.keeper.failures
-        self.counters["reopens"] = max(0, self.keeper.opens - 1)
         self.log.info("playing to %r: %d Hz mono, %d ms periods", self.config.audio.playback_device, RATE, PERIOD_MS)
 
-    async def _play(self, pcm: Pcm, spec: PcmSpec) -> str | None:
-        """Run a writer thread on ``pcm`` until it stops; ALSA's reason if the device failed."""
+    def _writer_on(self, pcm: Pcm, spec: PcmSpec, on_end: OnEnd) -> Writer:
+        """The thread that plays into ``pcm`` (DeviceLoop runs it)."""
         loop = asyncio.get_running_loop()
-        ended: asyncio.Future[str | None] = loop.create_future()
-
-        def on_end(error: str | None) -> None:  # on the writer thread
-            with contextlib.suppress(RuntimeError):  # the loop is already closed at exit
-                loop.call_soon_threadsafe(_settle, ended, error)
 
         def on_state(state: str, response_id: str, frames: int, t: int) -> None:  # on the writer thread
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._publish_state, state, response_id, frames, t)
 
-        writer = Writer(
+        return Writer(
             pcm,
             spec,
             self.queue,
@@ -187,12 +153,6 @@ class PlaybackService(Service):
             on_end,
             self._publish_rendered,
         )
-        self._writer = writer
-        writer.start()
-        # Cancelled (the service stops): the writer stays recorded for stop() to end it.
-        error = await ended
-        self._writer = None  # on_end is the thread's last act
-        return error
 
     def _publish_rendered(self, pcm: bytes, plays_ns: int, held_s: float) -> None:  # on the writer thread
         """The echo canceller's reference (capture with ``echo = "aec"``), sent only in that mode.
@@ -334,8 +294,3 @@ def speaker_test_tone(rate: int = RATE) -> bytes:
     wave[:fade] *= ramp
     wave[-fade:] *= ramp[::-1]
     return (wave * 32767).astype("<i2").tobytes()
-
-
-def _settle(fut: asyncio.Future[str | None], error: str | None) -> None:
-    if not fut.done():
-        fut.set_result(error)
