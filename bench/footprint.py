@@ -2,10 +2,10 @@
 
     .venv/bin/python -m bench.footprint [--seconds 60] [--idle-seconds 60] [--engine]
 
-``tolk run`` on its defaults with a key set (``backend = "auto"``: the cloud, the local engine
-standing by), against the simulator in this process, a microphone with a clock of its own, as a
-sound card has (the monitor of a PulseAudio null sink the speech is played into in real time), and
-an alsa-lib ``file`` speaker. Two phases: idle (a faint
+``tolk run`` on its defaults with a key set (``backend = "auto"``: the cloud, the local engine's
+socket held for the cloud's outages, no engine process), against the simulator in this process, a
+microphone with a clock of its own, as a sound card has (the monitor of a PulseAudio null sink the
+speech is played into in real time), and an alsa-lib ``file`` speaker. Two phases: idle (a faint
 noise floor, no one speaking) and translating (the bench's dialogue); then the baseline client
 (bench/baseline_client.py, what the service's sample client does) on the same speech.
 
@@ -172,7 +172,7 @@ def _measure_baseline(sim_url: str, work: Path, pcm: bytes) -> dict[str, Any]:
 
 
 def _measure_engine(work: Path, seconds: float) -> dict[str, Any]:
-    """The cloud unreachable, the engine cold: PSS standing by, the fallback, load time, first answer."""
+    """The cloud unreachable: the fallback starts the engine (PSS just started, serving), load time, first answer."""
     pcm, spans = utterance_spans(work, seconds)
     listen = f"127.0.0.1:{free_port()}"
     body = (f'[service]\nurl = "ws://127.0.0.1:{free_port()}/api-ws/v1/realtime"\nfallback_after_s = 3\n'
@@ -186,7 +186,7 @@ def _measure_engine(work: Path, seconds: float) -> dict[str, Any]:
             time.sleep(0.1)
         assert pid is not None, "no engine process"
         time.sleep(1.0)
-        standby = proc_pss(pid) / 1024
+        started_mb = proc_pss(pid) / 1024
         _wait_up(port, {"capture", "session", "playback", "control", "engine"}, timeout=120)
         fell_back = time.monotonic() - started
         phase = _Phase({"engine": pid})
@@ -202,7 +202,7 @@ def _measure_engine(work: Path, seconds: float) -> dict[str, Any]:
         feeding.join()
         figures = phase.end()
         counters = _status(port)["processes"]["engine"].get("counters", {})
-    return {"pss_standby": standby, "pss_serving": figures["peak"]["engine"], "cpu": figures["cpu"]["engine"],
+    return {"pss_started": started_mb, "pss_serving": figures["peak"]["engine"], "cpu": figures["cpu"]["engine"],
             "fallback_s": fell_back, "first_caption_after_speech_s": first_caption, "counters": counters}  # fmt: skip
 
 
@@ -257,8 +257,9 @@ def main() -> int:
         engine = _measure_engine(work, 20.0)
         figures["engine"] = engine
         c = engine["counters"]
-        print(f"\nlocal engine, the cloud unreachable (fallback after 3 s): PSS {engine['pss_standby']:.1f} MB "
-              f"standing by, {engine['pss_serving']:.1f} MB serving; session live on it {engine['fallback_s']:.1f} s "
+        print(f"\nlocal engine, the cloud unreachable (fallback after 3 s): no process until the session's "
+              f"fallback connection started it; PSS {engine['pss_started']:.1f} MB just started, "
+              f"{engine['pss_serving']:.1f} MB serving; session live on it {engine['fallback_s']:.1f} s "
               f"after the box started (models loaded {c.get('model_loads', 0):.0f}× in {c.get('model_load_s')} s); "
               f"first caption {engine['first_caption_after_speech_s']:.2f} s after the first utterance ended; "
               f"CPU serving {engine['cpu']:.1f} s/min")  # fmt: skip
