@@ -322,6 +322,12 @@ def _validated_elsewhere(explicit: str | os.PathLike[str] | None) -> Config:
     return from_validated(answer["config"])
 
 
+def layers_named(explicit: str | os.PathLike[str] | None = None) -> str:
+    """Which files make the merged config (the base file, then the overlay): two processes that name
+    the same layers read the same config."""
+    return f"{config_path(explicit) or ''} + {overlay_path()}"
+
+
 def validated_data(cfg: Config) -> dict[str, Any]:
     """A validated config as plain JSON data, for a process that reads configs (``from_validated``)."""
     return cfg.model_dump(mode="json")

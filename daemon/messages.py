@@ -387,9 +387,9 @@ KEY_SECTION = "key"
 class ConfigChanged(Message):
     """The stored config changed: each service re-reads it and applies what concerns it.
 
-    ``config`` is the merged config control validated (``daemon.config.validated_data``) on top of
-    the file ``base``: a process that reads the same file takes it as it is instead of validating
-    it again (daemon/config_model.py).
+    ``config`` is the merged config control validated (``daemon.config.validated_data``) from the
+    files ``base`` names (``daemon.config.layers_named``): a process that reads the same files takes
+    it as it is instead of validating it again (daemon/config_model.py).
     """
 
     topic = "config"

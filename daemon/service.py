@@ -233,9 +233,9 @@ class _Runner:
             await self._reload(svc, msg.sections, self._validated_for_us(msg))
 
     def _validated_for_us(self, msg: ConfigChanged) -> config_mod.Config | None:
-        """Control's validated config, where this process reads configs and the same file."""
-        ours = config_mod.config_path(self.config_path)
-        if msg.config is None or not config_model.is_read_only() or msg.base != str(ours or ""):
+        """Control's validated config, where this process reads configs and the same files."""
+        same_files = msg.base == config_mod.layers_named(self.config_path)
+        if msg.config is None or not config_model.is_read_only() or not same_files:
             return None
         try:
             return config_mod.from_validated(msg.config)

@@ -139,9 +139,8 @@ class ConfigStore:
 
     def announcement(self, sections: set[str] | list[str]) -> ConfigChanged:
         """What the bus is told of a change: the sections, and the config as validated here."""
-        base = config_mod.config_path(self._config_path)
         return ConfigChanged(sections=sorted(sections), config=config_mod.validated_data(self._config),
-                             base=str(base or ""))  # fmt: skip
+                             base=config_mod.layers_named(self._config_path))  # fmt: skip
 
     def replace(self, config: config_mod.Config) -> None:
         """The lifecycle reloaded the config (SIGHUP, or our own ConfigChanged)."""

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from daemon import config as config_mod
-from tests.helpers import REPO
+from daemon.bus import Bus
+from daemon.messages import ConfigChanged
+from tests.helpers import REPO, NotifySocket, running, service_env, tolk_cmd, wait_until
 
 CASES = {
     "defaults": "",
@@ -86,3 +88,39 @@ def test_read_only_must_come_before_the_config_is_built() -> None:
     code = "from daemon import config\nfrom daemon import config_model\nconfig_model.read_only()\n"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert run.returncode != 0 and "read_only() after daemon.config_sections" in run.stderr
+
+
+def test_a_reading_process_takes_the_config_control_validated_for_the_same_files(
+    rundir: Path, sd: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change on the admin page costs the other processes no validation of their own: they take
+    the config control sends with its ConfigChanged, when it was made from the files they read."""
+    config = rundir / "tolk.toml"
+    config.write_text('[audio]\nplayback_device = "absent_a"\n[log]\nlevel = "info"\n', encoding="utf-8")
+    env = service_env(rundir, NOTIFY_SOCKET=sd.path)
+    monkeypatch.setenv("TOLK_STATE_DIR", env["TOLK_STATE_DIR"])  # layers_named() names the overlay there
+    log = rundir / "playback.log"
+    control = Bus("control", rundir)
+
+    def announce(device: str, files: str) -> None:
+        cfg = config_mod.validate({"audio": {"playback_device": device}, "log": {"level": "info"}})
+        control.publish(ConfigChanged(sections=["audio"], config=config_mod.validated_data(cfg), base=files))
+
+    try:
+        with running(tolk_cmd("service", "playback", "--config", str(config)), env, log):
+            sd.wait_for("READY=1", timeout=30)
+            # Not the file's device: the process took the config as sent (repeated: the slow joiner).
+            ours = config_mod.layers_named(config)
+
+            def taken() -> bool:
+                announce("absent_b", ours)
+                return "speaker now 'absent_b'" in log.read_text()
+
+            wait_until(taken, 20, what="the sent config applied")
+            # Made from other files: not taken; the process reads its own file, which says absent_a.
+            for _ in range(3):
+                announce("absent_c", "/elsewhere/tolk.toml + /elsewhere/config.toml")
+            wait_until(lambda: "speaker now 'absent_a'" in log.read_text(), 30, what="its own file read")
+            assert "absent_c" not in log.read_text()
+    finally:
+        control.close()
