@@ -5,12 +5,16 @@ as ``PATCH /api/config`` does (the same validation and refusals, stored in the s
 announced by the same ``ConfigChanged``), and a ``RemoteCommand`` through the same
 ``CommandDesk`` as ``POST /api/mute`` (answered by the process that carries it out). Each request
 gets one ``RemoteAnswer`` with its id. Requests are taken one at a time, in order: two changes
-from the broker apply as they were sent.
+from the broker apply as they were sent. The mqtt process sends a request again until it hears the
+answer (a bus message can be lost while the two find each other); a repeated id is answered with
+the answer it had, from memory, and not applied again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
 from daemon.bus import Subscriber
@@ -20,6 +24,8 @@ from services.control.store import ConfigStore, OverlayUnreadable, PatchRejected
 
 #: The processes whose requests control takes.
 REMOTE_SOURCES = ("mqtt",)
+#: Answers kept for repeated requests: the mqtt process asks one request at a time.
+REMEMBERED = 32
 
 log = logging.getLogger("tolk.control")
 
@@ -30,18 +36,25 @@ class RemoteDesk:
         self.desk = desk
         self.publish = publish
         self.handled = 0
+        self._answers: OrderedDict[str, RemoteAnswer] = OrderedDict()
 
     async def serve(self, sub: Subscriber) -> None:
         """Answer each request from ``sub`` until cancelled."""
         async for msg in sub:
-            if isinstance(msg, RemotePatch):
-                answer = await self.patch(msg)
-            elif isinstance(msg, RemoteCommand):
-                answer = await self.command(msg)
-            else:
+            if not isinstance(msg, RemotePatch | RemoteCommand):
                 continue
-            self.handled += 1
-            self.publish(answer)
+            answer = self._answers.get(msg.id) if msg.id else None
+            if answer is None:
+                answer = await (self.patch(msg) if isinstance(msg, RemotePatch) else self.command(msg))
+                self.handled += 1
+                self._remember(answer)
+            self.publish(dataclasses.replace(answer, seq=0))
+
+    def _remember(self, answer: RemoteAnswer) -> None:
+        if answer.id:
+            self._answers[answer.id] = answer
+            while len(self._answers) > REMEMBERED:
+                self._answers.popitem(last=False)
 
     async def patch(self, msg: RemotePatch) -> RemoteAnswer:
         try:

@@ -11,12 +11,17 @@ it out. Here only what is particular to MQTT is refused:
 - a command other than ``mute``, ``unmute``, ``restart-session``.
 
 Requests are answered one at a time, in the order they came; a backlog beyond ``QUEUE_MAX`` is
-refused at once rather than answered minutes late.
+refused at once rather than answered minutes late. A request is sent again, with the same id, every
+``RESEND_S`` until control answers: control hears this process again up to two seconds after either
+of them starts (the bus's reconnect interval for a sometimes-process), and a bus message sent before
+that is lost. Control answers a repeated id from memory, so nothing is applied twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -31,6 +36,8 @@ from services.mqtt.topics import COMMANDS, Topics
 MAX_PAYLOAD_BYTES = 64 * 1024
 #: Control answers within milliseconds, a command within its carrier's 3 s; beyond this it is not there.
 ANSWER_TIMEOUT_S = 10.0
+#: Past the bus's reconnect interval for this process (daemon.bus.RARE_RECONNECT_MS), twice within it.
+RESEND_S = 1.0
 QUEUE_MAX = 16
 
 
@@ -113,8 +120,12 @@ class Requests:
         answer: asyncio.Future[RemoteAnswer] = asyncio.get_running_loop().create_future()
         self._waiting[request.id] = answer  # before publishing: an answer may come at once
         try:
-            self.publish(request)
-            return await asyncio.wait_for(answer, ANSWER_TIMEOUT_S)
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                while True:
+                    # A fresh message each time (its own bus sequence number), the same request id.
+                    self.publish(dataclasses.replace(request, seq=0))
+                    with contextlib.suppress(TimeoutError):
+                        return await asyncio.wait_for(asyncio.shield(answer), RESEND_S)
         except TimeoutError:
             return RemoteAnswer(
                 id=request.id,
