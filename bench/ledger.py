@@ -317,6 +317,14 @@ def _missed_answers(obs: Observations) -> dict[str, str]:
     arrived in (or the one that began right after), and a run plays its answers in order."""
     missed: dict[str, str] = {}
     runs = _joined(sorted(obs.runs, key=lambda r: r.start_ns))
+    # A run that never drained took nothing after its process was killed (or, failing a kill on
+    # record, after the next run began): answers that came later belong to its successor's runs.
+    killed_at = {k.pid: k.t_ns for k in obs.kills if k.name == "playback"}
+    nexts: list[int | None] = [r.start_ns for r in runs[1:]]
+    ends = [
+        r.end_ns if r.end_ns is not None else killed_at.get(r.pid, nxt)
+        for r, nxt in zip(runs, [*nexts, None], strict=True)
+    ]
     queued: dict[int, list[Answer]] = {}
     for answer in sorted(obs.answers, key=lambda a: a.first_ns):
         if answer.audio_bytes == 0:
@@ -325,7 +333,7 @@ def _missed_answers(obs: Observations) -> dict[str, str]:
             (
                 i
                 for i, r in enumerate(runs)
-                if (r.end_ns is None or r.end_ns >= answer.first_ns) and r.start_ns <= answer.last_ns + S
+                if ((end := ends[i]) is None or end >= answer.first_ns) and r.start_ns <= answer.last_ns + S
             ),
             None,
         )

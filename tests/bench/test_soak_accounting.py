@@ -143,6 +143,14 @@ def test_an_answer_playback_did_not_play() -> None:
     assert _fates(obs)[1] == ("received", "unexplained")
 
 
+def test_a_run_cut_by_a_kill_takes_no_answer_its_successor_played() -> None:
+    obs = _observed()
+    # The first playback is killed while it speaks the first answer; its successor plays the second.
+    obs.runs = [Run(100, 3 * S + 120 * MS, None, 0), Run(200, 7 * S + 120 * MS, 8 * S + 200 * MS, 24000)]
+    obs.kills = [Kill("playback", 100, 3 * S + 300 * MS, 5 * S)]
+    assert _fates(obs) == [("received", "kill window (playback)"), ("played", "")]
+
+
 def test_the_report_counts_every_utterance_once() -> None:
     obs = _observed()
     obs.heard = [h for h in obs.heard if not h.digest.startswith(b"u2")]
