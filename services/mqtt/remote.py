@@ -36,7 +36,7 @@ from services.mqtt.topics import COMMANDS, Topics
 MAX_PAYLOAD_BYTES = 64 * 1024
 #: Control answers within milliseconds, a command within its carrier's 3 s; beyond this it is not there.
 ANSWER_TIMEOUT_S = 10.0
-#: Past the bus's reconnect interval for this process (daemon.bus.RARE_RECONNECT_MS), twice within it.
+#: Twice within the bus's reconnect interval for this process (daemon.bus.RARE_RECONNECT_MS, 2 s).
 RESEND_S = 1.0
 QUEUE_MAX = 16
 
