@@ -369,7 +369,8 @@ class AudioReplay(Message):
 
 @dataclass(kw_only=True)
 class Heartbeat(Message):
-    """Sent by every service each second; control marks a service down when they stop."""
+    """Sent by every service every 2 s, and at once on a change worth seeing (capture: a mute's
+    edges); control marks a service down when they stop."""
 
     topic = "heartbeat"
     service: str = ""

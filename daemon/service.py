@@ -58,6 +58,7 @@ class Service(ABC):
         self._fresh_ns = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failure: asyncio.Future[BaseException] | None = None
+        self._beat_due = asyncio.Event()
 
     # --- to override -------------------------------------------------------------------------
 
@@ -91,6 +92,11 @@ class Service(ABC):
 
     def is_fresh(self) -> bool:
         return (time.monotonic_ns() - self._fresh_ns) < self.fresh_within_s * 1e9
+
+    def beat_now(self) -> None:
+        """Send the next heartbeat at once: a change worth seeing now, not at the next tick
+        (capture: a mute's edges). On the event loop; threads use call_soon_threadsafe."""
+        self._beat_due.set()
 
     def count(self, name: str, by: float = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
@@ -224,7 +230,10 @@ class _Runner:
             notifier.status(svc.status())
             if notifier.watchdog_usec and svc.is_fresh():
                 notifier.watchdog()
-            await asyncio.sleep(period)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await svc._beat_due.wait()
+            svc._beat_due.clear()
 
     async def _config_listener(self, svc: Service) -> None:
         sub = svc.bus.subscribe(["control"], ConfigChanged)

@@ -5,7 +5,9 @@ With ``echo = "aec"`` the canceller comes first, so everything after it (the VAD
 hears the room without the box's own voice. Runs on the capture thread (it owns the bulk
 publisher). The VAD sees what the session could get — zeros while muted — so in half duplex
 the box's own voice never counts as speech (and never triggers a barge-in). Speech start/stop
-goes to ``on_speech`` for the event loop to publish on the state socket.
+goes to ``on_speech`` for the event loop to publish on the state socket, a mute's edges to
+``on_mute`` (capture then sends its heartbeat at once: its counters then say when it muted, to the
+period, and the status page shows the mute as it begins).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class CapturePipeline:
         counters: dict[str, float],
         on_speech: Callable[[bool, int], None],
         rate: int = 16000,
+        on_mute: Callable[[bool], None] | None = None,
     ) -> None:
         self.publisher = publisher
         self.gate = gate
@@ -52,6 +55,8 @@ class CapturePipeline:
         self.policy = policy
         self.counters = counters
         self.on_speech = on_speech
+        self.on_mute = on_mute
+        self._muted = False
         self.rate = rate
         #: Set by the service for ``echo = "aec"`` (one assignment, read once per period).
         self.echo: EchoCanceller | None = None
@@ -90,3 +95,7 @@ class CapturePipeline:
                 ring.keep(msg)
             counters["seconds_sent"] += len(out.pcm) / BYTES_PER_SECOND
         counters["keepalives"] = self.policy.keepalives
+        if muted != self._muted:  # after the counters: they include this period
+            self._muted = muted
+            if self.on_mute is not None:
+                self.on_mute(muted)

@@ -196,7 +196,13 @@ class CaptureService(Service):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._speech_changed, speaking, t)
 
-        pipeline = CapturePipeline(self.bus.bulk, self.gate, self.detector, self.policy, self.counters, on_speech)
+        def on_mute(muted: bool) -> None:  # on the reader thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.beat_now)
+
+        pipeline = CapturePipeline(
+            self.bus.bulk, self.gate, self.detector, self.policy, self.counters, on_speech, on_mute=on_mute
+        )
         pipeline.echo = self.echo
         pipeline.ring = self.ring
         self._reading_since_ns = time.monotonic_ns()
@@ -331,4 +337,3 @@ class CaptureService(Service):
                     self.log.warning("the operator's mute is not kept: %s", exc)
                 self.log.info("microphone %s by the operator", what)
                 self.acknowledge(msg, f"microphone {what}")
-

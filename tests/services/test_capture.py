@@ -295,6 +295,55 @@ def test_half_duplex_and_operator_mute(rundir: Path, sd: NotifySocket, mic: Puls
         control.close()
 
 
+def test_a_mute_edge_is_in_the_next_heartbeat(rundir: Path, sd: NotifySocket, mic: PulseMic) -> None:
+    """Capture sends its heartbeat as a speaker mute begins and as it ends, not at its next 2 s
+    tick: the status page shows the mute when it happens, and the counters (chunks, muted_chunks)
+    say to the period when the microphone was muted (the soak's accountant reads them)."""
+    home = alsa_home(rundir, mic.asoundrc("test_mic"))
+    playback = Bus("playback", rundir)
+    feeder = Feeder(mic.fd, b"\xe8\x03" * (PERIOD_BYTES // 2))
+    feeder.start()
+    try:
+        with start_capture(rundir, home, sd) as proc:
+            capture_ready(sd)
+            audio = Tap(rundir, Channel.BULK, AudioIn)
+            beats = Tap(rundir, Channel.STATE, Heartbeat)
+            edges: list[tuple[bool, int]] = []  # (muted from then on, the first such period's end)
+            try:
+                audio.until(lambda m: not m.muted and any(m.pcm), 10, "live audio")
+                for n in range(3):
+                    deadline = time.monotonic() + 10
+                    while not (isinstance(msg := audio.recv(0.1), AudioIn) and msg.muted):
+                        assert time.monotonic() < deadline, "the speaker's start never muted the microphone"
+                        playback.publish(PlaybackState(state="started", response_id=f"r{n}"))
+                    edges.append((True, msg.t))
+                    time.sleep(0.3)
+                    playback.publish(PlaybackState(state="drained", response_id=f"r{n}", t=time.monotonic_ns()))
+                    back = audio.until(lambda m: not m.muted, 3, "the microphone back")
+                    edges.append((False, back.t))
+                    time.sleep(0.5)
+                time.sleep(0.5)
+                heartbeats: list[Heartbeat] = []
+                while isinstance(msg := beats.recv(0.1), Heartbeat):
+                    heartbeats.append(msg)
+            finally:
+                audio.close()
+                beats.close()
+            stop_capture(proc, rundir)
+    finally:
+        feeder.stop()
+        playback.close()
+    period_ns = 20_000_000
+    for muted, t in edges:
+        beat = next(b for b in heartbeats if b.t >= t - period_ns)
+        late_ms = (beat.t - t) / 1e6
+        # Ticking every 2 s, the first beat after an edge comes in 0.5 s one time in four.
+        assert late_ms < 500, f"the heartbeat after the mute's {'start' if muted else 'end'} came {late_ms:.0f} ms late"
+        assert ("muted (speaker)" in beat.status) == muted, beat.status
+    counts = [(b.counters["chunks"], b.counters["muted_chunks"]) for b in heartbeats]
+    assert all(b[0] >= a[0] and b[1] >= a[1] for a, b in itertools.pairwise(counts)), "counters never go back"
+
+
 def test_a_restarted_playback_ends_the_mute_its_predecessor_began(
     rundir: Path, sd: NotifySocket, mic: PulseMic
 ) -> None:
