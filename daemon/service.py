@@ -230,9 +230,13 @@ class _Runner:
             notifier.status(svc.status())
             if notifier.watchdog_usec and svc.is_fresh():
                 notifier.watchdog()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(period):
-                    await svc._beat_due.wait()
+            # A timer, not asyncio.timeout: on 3.11 a stop's cancel landing as the timeout fires
+            # can be taken for the timeout, and the loop would outlive the stop.
+            tick = asyncio.get_running_loop().call_later(period, svc._beat_due.set)
+            try:
+                await svc._beat_due.wait()
+            finally:
+                tick.cancel()
             svc._beat_due.clear()
 
     async def _config_listener(self, svc: Service) -> None:
