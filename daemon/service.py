@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -58,7 +58,7 @@ class Service(ABC):
         self._fresh_ns = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failure: asyncio.Future[BaseException] | None = None
-        self._beat_due = asyncio.Event()
+        self._beat: Callable[[], None] | None = None  # set by the runner once started
 
     # --- to override -------------------------------------------------------------------------
 
@@ -96,7 +96,8 @@ class Service(ABC):
     def beat_now(self) -> None:
         """Send the next heartbeat at once: a change worth seeing now, not at the next tick
         (capture: a mute's edges). On the event loop; threads use call_soon_threadsafe."""
-        self._beat_due.set()
+        if self._beat is not None:
+            self._beat()
 
     def count(self, name: str, by: float = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
@@ -183,6 +184,7 @@ class _Runner:
         svc.state = "ready"
         svc.ctx.notifier.ready(svc.status())
         log.info("ready: %s", svc.status())
+        svc._beat = lambda: self._heartbeat_once(svc)
         svc.spawn(self._heartbeats(svc), "heartbeat")
         svc.spawn(self._config_listener(svc), "config-listener")
         run = svc.spawn(svc.run(), "run")
@@ -230,14 +232,7 @@ class _Runner:
             notifier.status(svc.status())
             if notifier.watchdog_usec and svc.is_fresh():
                 notifier.watchdog()
-            # A timer, not asyncio.timeout: on 3.11 a stop's cancel landing as the timeout fires
-            # can be taken for the timeout, and the loop would outlive the stop.
-            tick = asyncio.get_running_loop().call_later(period, svc._beat_due.set)
-            try:
-                await svc._beat_due.wait()
-            finally:
-                tick.cancel()
-            svc._beat_due.clear()
+            await asyncio.sleep(period)
 
     async def _config_listener(self, svc: Service) -> None:
         sub = svc.bus.subscribe(["control"], ConfigChanged)
