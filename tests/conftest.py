@@ -28,7 +28,7 @@ def notify(rundir: Path) -> Iterator[NotifySocket]:
 @pytest.fixture
 def sd(notify: NotifySocket) -> Iterator[NotifySocket]:
     """The notify socket, read all the time as systemd does: a datagram socket nobody reads
-    holds 10 messages, then the sender's next sd_notify() blocks (and its event loop with it)."""
+    holds 10 messages and refuses the rest (the service keeps them for later, see daemon/notify.py)."""
     stop = threading.Event()
 
     def pump() -> None:

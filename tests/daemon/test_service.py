@@ -60,6 +60,27 @@ def test_watchdog_follows_the_work_loop(rundir: Path, notify: NotifySocket) -> N
         proc.wait(10)
 
 
+def test_a_supervisor_that_reads_late_stalls_nothing(rundir: Path, notify: NotifySocket) -> None:
+    # Pets every 0.1 s into a socket nobody reads: its queue (10 datagrams) is full after a second.
+    proc = _start(rundir, notify, _config(rundir), WATCHDOG_USEC="200000")
+    try:
+        notify.wait_for("READY=1")
+        time.sleep(2.5)
+        _config(rundir, target="ja")
+        proc.send_signal(signal.SIGHUP)  # the loop still answers signals: it is not stuck in a send
+        wait_until(lambda: (rundir / "applied").exists(), 5, what="the reload applied while nobody read")
+        # The supervisor reads again: the pets resume, and the stop is said and clean.
+        assert len(notify.drain(1.0)) > 10
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0, "the stop waited on the supervisor"
+        notify.wait_for("STOPPING=1", timeout=2)
+        assert (rundir / "stopped").read_text() == "yes"
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        assert out.count("reads its notify socket late") == 1, out  # said once, not at every refused pet
+    finally:
+        proc.kill()
+
+
 def test_sighup_applies_what_changed(rundir: Path, notify: NotifySocket) -> None:
     config = _config(rundir)
     proc = _start(rundir, notify, config)
