@@ -89,7 +89,8 @@ def test_reload_applies_a_language_change_without_restarting_capture(box: Contai
         lambda: "sending the new configuration to the live session" in box.journal("-u", "tolk-session.service"),
         15, what="the session to send the new languages",
     )  # fmt: skip
-    assert "config changed: languages" in box.journal("-u", "tolk-capture.service")
+    # Capture applies the same change in its own process: its line may reach the journal after the session's.
+    wait_until(lambda: "config changed: languages" in box.journal("-u", "tolk-capture.service"), 10, what="capture")
     wait_until(lambda: "zh → ja" in box.show("tolk-session.service", "StatusText"), 10, what="session on zh → ja")
     assert main_pids(box) == before, "a reload restarted a process"
 
@@ -212,7 +213,8 @@ def test_the_engine_starts_on_a_connection_and_leaves_when_idle(box: Container) 
     wait_until(lambda: box.show("tolk-engine.service", "ActiveState") == "inactive", 60, what="the idle engine gone")
     assert box.show("tolk-engine.service", "Result") == "success"
     assert box.show("tolk-engine.socket", "ActiveState") == "active"
-    assert "exiting (the next connection starts the engine again)" in box.journal("-u", "tolk-engine.service")
+    # The engine said why before it exited; journald may file the line after systemd saw the exit.
+    wait_until(lambda: "exiting (the next connection starts the engine" in box.journal("-u", "tolk-engine.service"), 5)
 
 
 def test_the_screen_unit_waits_for_control_and_skips_a_box_without_a_display(box: Container) -> None:
