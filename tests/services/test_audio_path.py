@@ -37,7 +37,12 @@ def test_the_box_never_translates_its_own_voice(rundir: Path, mic: PulseMic, ech
         try:
             talker.say(question)
             # The answer is played and echoed, then the room is quiet for a while.
-            wait_until(lambda: talker.echoed_loud >= 10, 25, 0.1, "the answer, echoed into the microphone")
+            try:
+                wait_until(lambda: talker.echoed_loud >= 10, 25, 0.1, "the answer, echoed into the microphone")
+            except AssertionError as exc:  # seen once in a fresh-clone run: say where the answer stopped
+                heard_so_far = loud_periods(bytes(sim.audio_in))
+                raise AssertionError(f"{exc}; the service heard {heard_so_far} loud periods and answered "
+                                     f"{sim.responses} time(s)\n{box_logs(rundir)}") from exc  # fmt: skip
             if echo == "off":
                 # The box answers its own voice, and that answer again: a loop, so stop at the first.
                 with contextlib.suppress(AssertionError):
