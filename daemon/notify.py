@@ -33,10 +33,6 @@ class Notifier:
         self._last_status = ""
 
     @property
-    def enabled(self) -> bool:
-        return self.socket is not None
-
-    @property
     def watchdog_interval_s(self) -> float | None:
         """How often to pet the watchdog: half its timeout, as sd_watchdog_enabled(3) advises."""
         return self.watchdog_usec / 2e6 if self.watchdog_usec else None
