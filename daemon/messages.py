@@ -225,10 +225,16 @@ class VideoFrame(Message):
 
 @dataclass(kw_only=True)
 class SpeechActivity(Message):
-    """Capture's view of whether someone is speaking."""
+    """Capture's view of whether someone is speaking; ``t`` is the end of the period it was heard in.
+
+    ``over_answer``: capture already knew the box was playing an answer when this speech began.
+    Only such speech is someone breaking in (a barge-in): an onset capture heard before it knew is
+    the speech being answered, or the answer's first echo, reaching playback late.
+    """
 
     topic = "speech"
     speaking: bool = False
+    over_answer: bool = False
 
 
 @dataclass(kw_only=True)

@@ -45,7 +45,7 @@ class CapturePipeline:
         detector: SpeechDetector,
         policy: StreamingPolicy,
         counters: dict[str, float],
-        on_speech: Callable[[bool, int], None],
+        on_speech: Callable[[bool, int, bool], None],
         rate: int = 16000,
         on_mute: Callable[[bool], None] | None = None,
     ) -> None:
@@ -78,7 +78,7 @@ class CapturePipeline:
             echo.account(speaking, len(data) / BYTES_PER_SECOND)
         if speaking != was:
             self.counters["utterances"] += speaking
-            self.on_speech(speaking, t)
+            self.on_speech(speaking, t, self.gate.speaker)  # over an answer capture knows of (a barge-in)
         counters = self.counters
         counters["chunks"] += 1
         counters["bytes"] += len(data)

@@ -192,9 +192,9 @@ class CaptureService(Service):
         """The thread that reads ``pcm`` (DeviceLoop runs it)."""
         loop = asyncio.get_running_loop()
 
-        def on_speech(speaking: bool, t: int) -> None:  # on the reader thread
+        def on_speech(speaking: bool, t: int, over_answer: bool) -> None:  # on the reader thread
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._speech_changed, speaking, t)
+                loop.call_soon_threadsafe(self._speech_changed, speaking, t, over_answer)
 
         def on_mute(muted: bool) -> None:  # on the reader thread
             with contextlib.suppress(RuntimeError):
@@ -260,11 +260,11 @@ class CaptureService(Service):
             keepalive_ms=self.config.service.chunk_ms,
         )
 
-    def _speech_changed(self, speaking: bool, t: int) -> None:
+    def _speech_changed(self, speaking: bool, t: int, over_answer: bool = False) -> None:
         if speaking == self._speaking_published:
             return
         self._speaking_published = speaking
-        self.bus.publish(SpeechActivity(speaking=speaking, t=t))
+        self.bus.publish(SpeechActivity(speaking=speaking, t=t, over_answer=over_answer and speaking))
         self.log.debug("speech %s", "started" if speaking else "stopped")
 
     # --- the bus -----------------------------------------------------------------------------

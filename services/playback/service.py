@@ -64,6 +64,7 @@ class PlaybackService(Service):
         self.device = DeviceLoop(self, self.keeper, self.spec, self.counters, self.log, self._opened)
         self._speaking = False
         self._playing_response = ""  # the response the speaker last started
+        self._started_ns = 0  # when its first sample was handed to the device
         #: The response a barge-in stopped: the rest of it, still arriving, is dropped.
         self._interrupted = ""
         self._inbound: Converter | None = None  # speech at another rate than the speaker's
@@ -168,7 +169,7 @@ class PlaybackService(Service):
             return  # said already (stop() and the writer may both say it)
         self._speaking = state == "started"
         if self._speaking:
-            self._playing_response = response_id
+            self._playing_response, self._started_ns = response_id, t
         underruns = int(self.counters["underruns"])
         self.bus.publish(
             PlaybackState(
@@ -210,15 +211,21 @@ class PlaybackService(Service):
     async def _follow_speech(self) -> None:
         """Barge-in: the visitor speaks again while the translation plays: stop it.
 
-        In half duplex the microphone is muted while the speaker talks, so the box's own voice
-        can never trigger this; with ``echo = "off"`` only an echo-free microphone should be
-        combined with ``barge_in = true``.
+        Only speech that began over this answer counts (``SpeechActivity.over_answer``, heard after
+        the answer started): an onset capture heard before it knew of the answer is the question's
+        tail or the answer's first echo arriving late on a busy box, and stopped whole answers. In
+        half duplex the microphone is muted while the speaker talks, so nothing is heard over an
+        answer; with ``echo = "off"`` only an echo-free microphone suits ``barge_in = true``.
         """
         sub = self.bus.subscribe(["capture"], SpeechActivity)
         async for msg in sub:
             assert isinstance(msg, SpeechActivity)
             writer = self._writer
             if not (msg.speaking and self.config.audio.barge_in and self._speaking and writer is not None):
+                continue
+            if not msg.over_answer or msg.t < self._started_ns:
+                self.log.debug("speech heard before capture knew of the answer (%.0f ms after it began): "
+                               "not a barge-in", (msg.t - self._started_ns) / 1e6)  # fmt: skip
                 continue
             dropped = self.queue.clear()
             writer.flush()

@@ -151,7 +151,7 @@ def run_capture(voices: Voices, scene: Scene, echo: str, vad: str = "webrtc") ->
         SpeechDetector(make_vad(vad)),
         StreamingPolicy(PolicySettings(mode="always", period_ms=PERIOD_MS)),
         counters,
-        lambda speaking, t: None,
+        lambda speaking, t, over: None,
     )
     reference = RenderReference()
     figures = EchoState()

@@ -63,8 +63,10 @@ class FakeCapture:
         wait_until(lambda: self.sock.poll(100) and self.sock.recv() == wanted, timeout,
                    what="playback listening for speech")  # fmt: skip
 
-    def someone_speaks(self) -> None:
-        self.sock.send_multipart(SpeechActivity(speaking=True).to_frames())
+    def someone_speaks(self, over_answer: bool = True, t: int | None = None) -> None:
+        """Speech capture heard begin (at ``t``, by default now) over an answer, or before it knew of one."""
+        msg = SpeechActivity(speaking=True, over_answer=over_answer, t=t or time.monotonic_ns())
+        self.sock.send_multipart(msg.to_frames())
 
     def close(self) -> None:
         self.sock.close(0)

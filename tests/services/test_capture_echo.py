@@ -80,7 +80,7 @@ def _run(
         SpeechDetector(make_vad("silero")),
         StreamingPolicy(PolicySettings(mode="always", period_ms=20)),
         counters,
-        lambda speaking, t_ns: starts.append((t_ns - T0_NS) / 1e9) if speaking else None,
+        lambda speaking, t_ns, _over: starts.append((t_ns - T0_NS) / 1e9) if speaking else None,
     )
     reference = RenderReference(source_rate=RATE)
     reference.add(box[: 5 * PERIOD].astype("<i2").tobytes(), T0_NS, RATE)
@@ -126,3 +126,29 @@ def test_erle_is_what_the_canceller_takes_out_of_the_box_alone(talker: np.ndarra
     assert alone.erle_db == pytest.approx(30, abs=1), alone
     assert talked_over.erle_db == pytest.approx(30, abs=2), talked_over
     assert talked_over.double_talk_s > 0, talked_over
+
+
+def test_only_speech_begun_while_capture_knows_the_box_speaks_is_over_the_answer(talker: np.ndarray) -> None:
+    """Playback barges in only on speech "over the answer": speech capture heard begin before it
+    knew an answer was playing (the question's tail, read late on a busy box) is not."""
+    onsets: list[bool] = []
+    gate = MuteGate()
+    gate.half_duplex = False  # a microphone without echo: heard whether or not the box speaks
+    pipeline = CapturePipeline(
+        SessionSink(),  # type: ignore[arg-type]
+        gate,
+        SpeechDetector(make_vad("silero")),
+        StreamingPolicy(PolicySettings(mode="always", period_ms=20)),
+        {k: 0.0 for k in COUNTERS},
+        lambda speaking, _t, over: onsets.append(over) if speaking else None,
+    )
+    quiet = np.zeros(RATE, dtype="<i2")
+    said = np.concatenate([quiet, talker[:RATE].astype("<i2"), quiet])
+    t = T0_NS
+    for started in (False, True):
+        if started:
+            gate.speaker_started(pid=1)
+        for k in range(len(said) // PERIOD):
+            t += 20_000_000
+            pipeline.period(said[k * PERIOD : (k + 1) * PERIOD].tobytes(), t, 20_000_000)
+    assert onsets == [False, True]

@@ -243,6 +243,41 @@ def test_the_echo_reference_is_what_played_stamped_by_count(rundir: Path, sd: No
     assert runs[1][0].t >= runs[0][-1].t  # the second answer starts a run of its own, after the first
 
 
+def test_speech_heard_before_the_answer_began_does_not_stop_it(rundir: Path, sd: NotifySocket) -> None:
+    """On a busy box capture's "someone speaks" can reach playback after an answer started, for
+    speech capture heard before it knew of the answer: the question's tail, or the answer's own
+    first echo before the half-duplex mute. Neither is someone breaking in: the answer plays on.
+    Speech heard over the answer still stops it."""
+    session = FakeSession(rundir)
+    capture = FakeCapture(rundir)
+    try:
+        with _playback(rundir, sd, "test_spk") as proc:
+            playback_ready(sd)
+            tap = StateTap(rundir)
+            try:
+                tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
+                session.wait_for_subscriber()
+                capture.wait_for_subscriber()
+                for seed in range(30):  # a 3 s answer, faster than it plays
+                    session.send(speech_like(0.1, seed), "resp-1")
+                tap.until(lambda: [s.state for s in tap.states] == ["started"], what="the answer playing")
+                began = tap.states[0].t
+                capture.someone_speaks(over_answer=False)  # heard before capture knew of the answer
+                capture.someone_speaks(t=began - 50_000_000)  # heard 50 ms before the answer began
+                tap.pump(0.5)
+                assert [s.state for s in tap.states] == ["started"], tap.states
+                capture.someone_speaks()
+                tap.until(lambda: [s.state for s in tap.states] == ["started", "interrupted", "drained"],
+                          what="the barge-in")  # fmt: skip
+                tap.until(lambda: tap.heartbeats[-1].counters["barge_ins"] == 1, what="the count")
+            finally:
+                tap.close()
+            stop_playback(proc, rundir)
+    finally:
+        capture.close()
+        session.close()
+
+
 def test_a_barge_in_drops_the_rest_of_the_answer_not_only_what_was_queued(rundir: Path, sd: NotifySocket) -> None:
     """The service keeps streaming the interrupted answer: none of it plays, the next answer does."""
     session = FakeSession(rundir)
