@@ -66,6 +66,9 @@ class CapturePipeline:
     def period(self, data: bytes, t: int, period_ns: int) -> None:
         echo = self.echo
         heard = echo.process(data, t, period_ns) if echo is not None else data
+        # Read once, before the mute: the event loop may learn of an answer while the VAD runs,
+        # and speech heard unmuted before that is not speech over the answer.
+        over_answer = self.gate.speaker
         muted = self.gate.muted(t - period_ns)
         pcm = bytes(len(data)) if muted else heard
         was = self.detector.speaking
@@ -78,7 +81,7 @@ class CapturePipeline:
             echo.account(speaking, len(data) / BYTES_PER_SECOND)
         if speaking != was:
             self.counters["utterances"] += speaking
-            self.on_speech(speaking, t, self.gate.speaker)  # over an answer capture knows of (a barge-in)
+            self.on_speech(speaking, t, over_answer)
         counters = self.counters
         counters["chunks"] += 1
         counters["bytes"] += len(data)

@@ -128,16 +128,34 @@ def test_erle_is_what_the_canceller_takes_out_of_the_box_alone(talker: np.ndarra
     assert talked_over.double_talk_s > 0, talked_over
 
 
+class _AnswerStartsWhileJudged(SpeechDetector):
+    """The event loop learns of an answer while the VAD judges the period speech begins in."""
+
+    def __init__(self, gate: MuteGate) -> None:
+        super().__init__(make_vad("silero"))
+        self.gate = gate
+        self.armed = False
+
+    def feed(self, pcm: bytes) -> bool:
+        speaking = super().feed(pcm)
+        if speaking and self.armed:
+            self.armed = False
+            self.gate.speaker_started(pid=1)
+        return speaking
+
+
 def test_only_speech_begun_while_capture_knows_the_box_speaks_is_over_the_answer(talker: np.ndarray) -> None:
     """Playback barges in only on speech "over the answer": speech capture heard begin before it
-    knew an answer was playing (the question's tail, read late on a busy box) is not."""
+    knew an answer was playing (the question's tail, the answer's first echo before the mute) is
+    not, even when it learns of the answer while judging that very period."""
     onsets: list[bool] = []
     gate = MuteGate()
     gate.half_duplex = False  # a microphone without echo: heard whether or not the box speaks
+    detector = _AnswerStartsWhileJudged(gate)
     pipeline = CapturePipeline(
         SessionSink(),  # type: ignore[arg-type]
         gate,
-        SpeechDetector(make_vad("silero")),
+        detector,
         StreamingPolicy(PolicySettings(mode="always", period_ms=20)),
         {k: 0.0 for k in COUNTERS},
         lambda speaking, _t, over: onsets.append(over) if speaking else None,
@@ -145,10 +163,12 @@ def test_only_speech_begun_while_capture_knows_the_box_speaks_is_over_the_answer
     quiet = np.zeros(RATE, dtype="<i2")
     said = np.concatenate([quiet, talker[:RATE].astype("<i2"), quiet])
     t = T0_NS
-    for started in (False, True):
-        if started:
+    for when in ("never", "while judged", "before"):
+        if when == "before":
             gate.speaker_started(pid=1)
+        detector.armed = when == "while judged"
         for k in range(len(said) // PERIOD):
             t += 20_000_000
             pipeline.period(said[k * PERIOD : (k + 1) * PERIOD].tobytes(), t, 20_000_000)
-    assert onsets == [False, True]
+        gate.speaker_drained(t)
+    assert onsets == [False, False, True]
