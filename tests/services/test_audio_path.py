@@ -1,7 +1,7 @@
 """The audio path end to end with real processes: capture, session and playback against the simulator.
 
-The microphone is a PulseAudio pipe-source (a real clock) fed by a talker thread that writes one
-20 ms period every 20 ms. The speaker is an alsa-lib ``file`` PCM behind ``plug`` at 16 kHz, so
+The microphone is a PulseAudio pipe-source fed by a talker thread that writes one 20 ms period
+every 20 ms: the talker is the clock (a pipe-source has none of its own, TESTING.md). The speaker is an alsa-lib ``file`` PCM behind ``plug`` at 16 kHz, so
 what the box plays can be copied back into the microphone as it is played: the echo test's
 loudspeaker-next-to-the-microphone, at full level.
 """
