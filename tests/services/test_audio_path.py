@@ -1,9 +1,10 @@
 """The audio path end to end with real processes: capture, session and playback against the simulator.
 
 The microphone is a PulseAudio pipe-source fed by a talker thread that writes one 20 ms period
-every 20 ms: the talker is the clock (a pipe-source has none of its own, TESTING.md). The speaker is an alsa-lib ``file`` PCM behind ``plug`` at 16 kHz, so
-what the box plays can be copied back into the microphone as it is played: the echo test's
-loudspeaker-next-to-the-microphone, at full level.
+every 20 ms: the talker is the clock (a pipe-source has none of its own, TESTING.md). The speaker
+is an alsa-lib ``file`` PCM behind ``plug`` at 16 kHz, so what the box plays can be copied back
+into the microphone as it is played: the echo test's loudspeaker-next-to-the-microphone, at full
+level.
 """
 
 from __future__ import annotations
