@@ -7,10 +7,12 @@ frames exactly as the session's publisher does. Everything played lands in a raw
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -38,6 +40,28 @@ def _playback(
     config.write_text(f'[audio]\nplayback_device = "{device}"\nplayback_start_ms = {start_ms}\necho = "{echo}"\n')
     env = service_env(rundir, HOME=str(home), NOTIFY_SOCKET=notify.path)
     return running(tolk_cmd("service", "playback", "--config", str(config)), env, rundir / "playback.log")
+
+
+@contextlib.contextmanager
+def _answering(rundir: Path, sd: NotifySocket) -> Iterator[tuple[FakeSession, FakeCapture, StateTap]]:
+    """Playback on the test speaker, with a fake session and capture it listens to, its states tapped."""
+    session = FakeSession(rundir)
+    capture = FakeCapture(rundir)
+    try:
+        with _playback(rundir, sd, "test_spk") as proc:
+            playback_ready(sd)
+            tap = StateTap(rundir)
+            try:
+                tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
+                session.wait_for_subscriber()
+                capture.wait_for_subscriber()
+                yield session, capture, tap
+            finally:
+                tap.close()
+            stop_playback(proc, rundir)
+    finally:
+        capture.close()
+        session.close()
 
 
 def test_plays_exactly_what_the_session_sent(rundir: Path, sd: NotifySocket) -> None:
@@ -248,79 +272,49 @@ def test_speech_heard_before_the_answer_began_does_not_stop_it(rundir: Path, sd:
     speech capture heard before it knew of the answer: the question's tail, or the answer's own
     first echo before the half-duplex mute. Neither is someone breaking in: the answer plays on.
     Speech heard over the answer still stops it."""
-    session = FakeSession(rundir)
-    capture = FakeCapture(rundir)
-    try:
-        with _playback(rundir, sd, "test_spk") as proc:
-            playback_ready(sd)
-            tap = StateTap(rundir)
-            try:
-                tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
-                session.wait_for_subscriber()
-                capture.wait_for_subscriber()
-                for seed in range(30):  # a 3 s answer, faster than it plays
-                    session.send(speech_like(0.1, seed), "resp-1")
-                tap.until(lambda: [s.state for s in tap.states] == ["started"], what="the answer playing")
-                began = tap.states[0].t
-                capture.someone_speaks(over_answer=False)  # heard before capture knew of the answer
-                capture.someone_speaks(t=began - 50_000_000)  # heard 50 ms before the answer began
-                tap.pump(0.5)
-                assert [s.state for s in tap.states] == ["started"], tap.states
-                capture.someone_speaks()
-                tap.until(lambda: [s.state for s in tap.states] == ["started", "interrupted", "drained"],
-                          what="the barge-in")  # fmt: skip
-                tap.until(lambda: tap.heartbeats[-1].counters["barge_ins"] == 1, what="the count")
-            finally:
-                tap.close()
-            stop_playback(proc, rundir)
-    finally:
-        capture.close()
-        session.close()
+    with _answering(rundir, sd) as (session, capture, tap):
+        for seed in range(30):  # a 3 s answer, faster than it plays
+            session.send(speech_like(0.1, seed), "resp-1")
+        tap.until(lambda: [s.state for s in tap.states] == ["started"], what="the answer playing")
+        began = tap.states[0].t
+        capture.someone_speaks(over_answer=False)  # heard before capture knew of the answer
+        capture.someone_speaks(t=began - 50_000_000)  # heard 50 ms before the answer began
+        tap.pump(0.5)
+        assert [s.state for s in tap.states] == ["started"], tap.states
+        capture.someone_speaks()
+        tap.until(lambda: [s.state for s in tap.states] == ["started", "interrupted", "drained"],
+                  what="the barge-in")  # fmt: skip
+        tap.until(lambda: tap.heartbeats[-1].counters["barge_ins"] == 1, what="the count")
 
 
 def test_a_barge_in_drops_the_rest_of_the_answer_not_only_what_was_queued(rundir: Path, sd: NotifySocket) -> None:
     """The service keeps streaming the interrupted answer: none of it plays, the next answer does."""
-    session = FakeSession(rundir)
     speaker = rundir / "speaker.raw"
-    capture = FakeCapture(rundir)
-    try:
-        with _playback(rundir, sd, "test_spk") as proc:
-            playback_ready(sd)
-            tap = StateTap(rundir)
-            try:
-                tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
-                session.wait_for_subscriber()
-                capture.wait_for_subscriber()
-                for seed in range(10):  # a 1 s answer, faster than it plays
-                    session.send(speech_like(0.1, seed), "resp-1")
-                tap.until(lambda: [s.state for s in tap.states] == ["started"], what="the answer playing")
-                capture.someone_speaks()
-                tap.until(lambda: [s.state for s in tap.states] == ["started", "interrupted", "drained"],
-                          what="the barge-in")  # fmt: skip
-                assert tap.states[1].response_id == "resp-1"
-                before = len(speaker.read_bytes())
-                # The rest of the same answer, still arriving from the service.
-                late = [speech_like(0.1, 100 + seed) for seed in range(10)]
-                for pcm in late:
-                    session.send(pcm, "resp-1")
-                    time.sleep(0.02)
-                session.send(b"", "resp-1")
-                tap.pump(1.0)
-                assert [s.state for s in tap.states] == ["started", "interrupted", "drained"], tap.states
-                assert len(speaker.read_bytes()) == before
-                # The next answer plays whole.
-                answer = speech_like(0.3, 200)
-                session.send(answer, "resp-2")
-                session.send(b"", "resp-2")
-                tap.until(lambda: len(tap.states) >= 5, what="the next answer")
-                played = [(s.state, s.response_id) for s in tap.states[3:5]]
-                assert played == [("started", "resp-2"), ("drained", "resp-2")]
-                assert speaker.read_bytes()[before:] == answer
-                tap.until(lambda: tap.heartbeats[-1].counters["barge_in_dropped_chunks"] == 11, what="the count")
-                assert tap.heartbeats[-1].counters["barge_ins"] == 1
-            finally:
-                tap.close()
-            stop_playback(proc, rundir)
-    finally:
-        capture.close()
-        session.close()
+    with _answering(rundir, sd) as (session, capture, tap):
+        for seed in range(10):  # a 1 s answer, faster than it plays
+            session.send(speech_like(0.1, seed), "resp-1")
+        tap.until(lambda: [s.state for s in tap.states] == ["started"], what="the answer playing")
+        capture.someone_speaks()
+        tap.until(lambda: [s.state for s in tap.states] == ["started", "interrupted", "drained"],
+                  what="the barge-in")  # fmt: skip
+        assert tap.states[1].response_id == "resp-1"
+        before = len(speaker.read_bytes())
+        # The rest of the same answer, still arriving from the service.
+        late = [speech_like(0.1, 100 + seed) for seed in range(10)]
+        for pcm in late:
+            session.send(pcm, "resp-1")
+            time.sleep(0.02)
+        session.send(b"", "resp-1")
+        tap.pump(1.0)
+        assert [s.state for s in tap.states] == ["started", "interrupted", "drained"], tap.states
+        assert len(speaker.read_bytes()) == before
+        # The next answer plays whole.
+        answer = speech_like(0.3, 200)
+        session.send(answer, "resp-2")
+        session.send(b"", "resp-2")
+        tap.until(lambda: len(tap.states) >= 5, what="the next answer")
+        played = [(s.state, s.response_id) for s in tap.states[3:5]]
+        assert played == [("started", "resp-2"), ("drained", "resp-2")]
+        assert speaker.read_bytes()[before:] == answer
+        tap.until(lambda: tap.heartbeats[-1].counters["barge_in_dropped_chunks"] == 11, what="the count")
+        assert tap.heartbeats[-1].counters["barge_ins"] == 1
