@@ -4,10 +4,11 @@ and capture (its speech starts), and a tap on playback's states.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,21 @@ class StateTap:
 
 def playback_ready(notify: NotifySocket) -> str:
     return str(wait_until(lambda: next((m for m in notify.messages if "READY=1" in m), None), 15, what="READY=1"))
+
+
+@contextlib.contextmanager
+def listening(notify: NotifySocket, rundir: Path, session: FakeSession, capture: FakeCapture) -> Iterator[StateTap]:
+    """A playback just started: ready, its first heartbeat heard, both stand-ins' subscriptions in;
+    its states tapped until the block ends."""
+    playback_ready(notify)
+    tap = StateTap(rundir)
+    try:
+        tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
+        session.wait_for_subscriber()
+        capture.wait_for_subscriber()
+        yield tap
+    finally:
+        tap.close()
 
 
 def stop_playback(proc: subprocess.Popen[bytes], rundir: Path) -> None:

@@ -28,7 +28,15 @@ from daemon.messages import (
     topic_of,
 )
 from tests.helpers import NotifySocket, alsa_home, running, service_env, tolk_cmd
-from tests.services.playback_rig import FakeCapture, FakeSession, StateTap, playback_ready, speech_like, stop_playback
+from tests.services.playback_rig import (
+    FakeCapture,
+    FakeSession,
+    StateTap,
+    listening,
+    playback_ready,
+    speech_like,
+    stop_playback,
+)
 
 
 def _playback(
@@ -49,15 +57,8 @@ def _answering(rundir: Path, sd: NotifySocket) -> Iterator[tuple[FakeSession, Fa
     capture = FakeCapture(rundir)
     try:
         with _playback(rundir, sd, "test_spk") as proc:
-            playback_ready(sd)
-            tap = StateTap(rundir)
-            try:
-                tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
-                session.wait_for_subscriber()
-                capture.wait_for_subscriber()
+            with listening(sd, rundir, session, capture) as tap:
                 yield session, capture, tap
-            finally:
-                tap.close()
             stop_playback(proc, rundir)
     finally:
         capture.close()

@@ -24,7 +24,7 @@ from daemon.bus import endpoint
 from daemon.messages import Channel, Message, RenderedAudio, topic_of
 from services.playback.clock import DeviceClock
 from tests.helpers import NotifySocket, PulseMic, alsa_home, running, service_env, tolk_cmd, wait_until
-from tests.services.playback_rig import FakeCapture, FakeSession, StateTap, playback_ready, speech_like, stop_playback
+from tests.services.playback_rig import FakeCapture, FakeSession, listening, speech_like, stop_playback
 from tests.services.recording import Recording
 
 RATE = 24000
@@ -72,12 +72,7 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
     wait_until(lambda: recording.arrivals, 10, what="the recording to start")
     try:
         with running(tolk_cmd("service", "playback", "--config", str(config)), env, rundir / "playback.log") as proc:
-            playback_ready(sd)
-            tap = StateTap(rundir)
-            try:
-                tap.until(lambda: tap.heartbeats, 5, "playback's heartbeat")
-                session.wait_for_subscriber()
-                capture.wait_for_subscriber()
+            with listening(sd, rundir, session, capture) as tap:
                 time.sleep(0.5)  # the reference's subscriber joins playback's bulk socket
                 for n in range(8):
                     barge_in = n % 3 == 1
@@ -95,8 +90,6 @@ def test_every_answer_is_laid_where_it_played(rundir: Path, sd: NotifySocket, mi
                     assert isinstance(msg, RenderedAudio)
                     got.append(msg)
                 tap.until(lambda: tap.heartbeats[-1].counters["barge_ins"] >= 3, 10, "three barge-ins counted")
-            finally:
-                tap.close()
             stop_playback(proc, rundir)
     finally:
         recording.stop()
