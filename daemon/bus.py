@@ -135,13 +135,19 @@ class Subscriber:
         self.received = 0
         self.rejected = 0
         self.last_error = ""
+        self._fd = int(self._sock.getsockopt(zmq.FD))
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the descriptor is watched from
+        self._waiter: asyncio.Future[None] | None = None
 
     async def recv(self) -> Message:
         while True:
+            # EVENTS before reading: a read that finds nothing raises, and costs more than asking.
+            if not int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                await self._readable()
+                continue
             try:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                await self._readable()
                 continue
             try:
                 msg = Message.from_frames(frames)
@@ -153,19 +159,27 @@ class Subscriber:
             return msg
 
     async def _readable(self) -> None:
-        """Until a message waits. ZeroMQ's descriptor only says "look at EVENTS" (edge-triggered):
-        it is watched first, then EVENTS read, so that a message arriving in between is not missed."""
+        """Until ZeroMQ's descriptor signals. It only says "look at EVENTS" (edge-triggered), so
+        recv() reads EVENTS after every wake; the descriptor stays registered for the socket's life
+        (registering it per message cost more than the message)."""
         loop = asyncio.get_running_loop()
-        fd = int(self._sock.getsockopt(zmq.FD))
-        signalled: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, _settle, signalled)
-        try:
-            while not int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                await signalled
-                signalled = loop.create_future()
-                loop.add_reader(fd, _settle, signalled)
-        finally:
-            loop.remove_reader(fd)
+        if loop is not self._loop:
+            self._unwatch()
+            self._loop, self._waiter = loop, None
+            loop.add_reader(self._fd, self._signalled)
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = loop.create_future()
+        await waiter
+
+    def _signalled(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        else:
+            # No one waits (the reader is busy elsewhere): reading EVENTS quiets the descriptor,
+            # which would otherwise stay readable and wake the loop on every turn.
+            self._sock.getsockopt(zmq.EVENTS)
 
     def __aiter__(self) -> Subscriber:
         return self
@@ -173,7 +187,13 @@ class Subscriber:
     async def __anext__(self) -> Message:
         return await self.recv()
 
+    def _unwatch(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._loop = None
+
     def close(self) -> None:
+        self._unwatch()
         self._sock.close(0)
 
 
@@ -211,7 +231,3 @@ class Bus:
         self.bulk.close()
         self.ctx.term()
 
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
