@@ -10,6 +10,7 @@ second in on 3.5 and 3.8, 12.5 on qwen3).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import signal
@@ -88,7 +89,9 @@ class CaptionStream(threading.Thread):
     def __init__(self, port: int) -> None:
         super().__init__(daemon=True, name="captions")
         self.messages: list[dict[str, Any]] = []
-        self._ws = connect(f"ws://127.0.0.1:{port}/api/captions", open_timeout=10)
+        # Entered as a context manager, as websockets asks of a connection that is iterated.
+        self._open = contextlib.ExitStack()
+        self._ws = self._open.enter_context(connect(f"ws://127.0.0.1:{port}/api/captions", open_timeout=10))
         self.start()
 
     def run(self) -> None:
@@ -103,7 +106,7 @@ class CaptionStream(threading.Thread):
         return [c[kind] for c in captions if c.get("utterance") == utterance and c.get(kind)]
 
     def close(self) -> None:
-        self._ws.close()
+        self._open.close()
         self.join(5)
 
 
