@@ -122,7 +122,7 @@ def speech(seconds: float) -> np.ndarray:
             raw, out = Path(tmp) / "a.wav", Path(tmp) / "b.wav"
             text = "The exhibition opens at nine tomorrow morning. Tickets are sold at the door."
             subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
-            subprocess.run(["sox", "-R", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
+            subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
             with wave.open(str(out)) as w:
                 voice = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
     else:

@@ -128,9 +128,7 @@ def espeak_wav(text: str, out: Path, voice: str = "en", rate16k: bool = True) ->
     subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True, capture_output=True)
     if not rate16k:
         return raw
-    # -R: sox dithers the conversion to 16 bits with a seed of its own each run, unless told to
-    # repeat it; the same text must give the same samples, or a test's audio changes run to run.
-    subprocess.run(["sox", "-R", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
     return out
 
 
