@@ -30,6 +30,13 @@ def _beat(n: int) -> Heartbeat:
     return Heartbeat(service="capture", state="ready", status=f"beat {n}", pid=1)
 
 
+async def _next_beat(sub: Subscriber) -> str:
+    """The status line of the next message, which must be a heartbeat."""
+    msg = await asyncio.wait_for(sub.recv(), 5)
+    assert isinstance(msg, Heartbeat), msg
+    return msg.status
+
+
 async def _joined(sub: Subscriber, publisher: Bus) -> None:
     """Until a probe message gets through (the subscription is live), then no probe left behind."""
     deadline = time.monotonic() + 10
@@ -80,8 +87,7 @@ async def test_what_arrived_while_the_reader_was_busy_is_all_read_and_the_loop_s
     assert [m.status for m in got if isinstance(m, Heartbeat)] == [f"beat {n}" for n in range(20)]
     # And the reader still wakes for what comes next.
     publisher.publish(_beat(20))
-    msg = await asyncio.wait_for(sub.recv(), 5)
-    assert isinstance(msg, Heartbeat) and msg.status == "beat 20"
+    assert await _next_beat(sub) == "beat 20"
 
 
 async def test_a_reader_cancelled_while_waiting_can_read_again(buses: tuple[Bus, Bus]) -> None:
@@ -91,8 +97,7 @@ async def test_a_reader_cancelled_while_waiting_can_read_again(buses: tuple[Bus,
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(sub.recv(), 0.2)  # nothing sent: the wait is cancelled
     publisher.publish(_beat(1))
-    msg = await asyncio.wait_for(sub.recv(), 5)
-    assert isinstance(msg, Heartbeat) and msg.status == "beat 1"
+    assert await _next_beat(sub) == "beat 1"
 
 
 async def test_undecodable_frames_are_counted_and_skipped(buses: tuple[Bus, Bus]) -> None:
@@ -102,8 +107,7 @@ async def test_undecodable_frames_are_counted_and_skipped(buses: tuple[Bus, Bus]
     # A peer speaking another version of the protocol, then a good message.
     publisher.state._sock.send_multipart([b"heartbeat", b'{"v": 999}'])
     publisher.publish(_beat(2))
-    msg = await asyncio.wait_for(sub.recv(), 5)
-    assert isinstance(msg, Heartbeat) and msg.status == "beat 2"
+    assert await _next_beat(sub) == "beat 2"
     assert sub.rejected == 1 and "protocol version" in sub.last_error
 
 
