@@ -53,6 +53,14 @@ async def _joined(sub: Subscriber, publisher: Bus) -> None:
     raise AssertionError("the subscriber never joined")
 
 
+async def _subscribed(buses: tuple[Bus, Bus]) -> tuple[Bus, Subscriber]:
+    """The publishing bus, and a reader's subscription to its heartbeats, live."""
+    publisher, reader = buses
+    sub = reader.subscribe(["capture"], Heartbeat, SpeechActivity)
+    await _joined(sub, publisher)
+    return publisher, sub
+
+
 async def test_every_message_arrives_in_order_at_the_pace_it_is_sent(buses: tuple[Bus, Bus]) -> None:
     publisher, reader = buses
     sub = reader.subscribe(["capture"], Heartbeat)
@@ -72,9 +80,7 @@ async def test_every_message_arrives_in_order_at_the_pace_it_is_sent(buses: tupl
 async def test_what_arrived_while_the_reader_was_busy_is_all_read_and_the_loop_stays_idle(
     buses: tuple[Bus, Bus],
 ) -> None:
-    publisher, reader = buses
-    sub = reader.subscribe(["capture"], Heartbeat, SpeechActivity)
-    await _joined(sub, publisher)
+    publisher, sub = await _subscribed(buses)
     for n in range(20):
         publisher.publish(_beat(n))
     # The reader is away (a service awaiting something else): the messages wait in ZeroMQ, and
@@ -91,9 +97,7 @@ async def test_what_arrived_while_the_reader_was_busy_is_all_read_and_the_loop_s
 
 
 async def test_a_reader_cancelled_while_waiting_can_read_again(buses: tuple[Bus, Bus]) -> None:
-    publisher, reader = buses
-    sub = reader.subscribe(["capture"], Heartbeat, SpeechActivity)
-    await _joined(sub, publisher)
+    publisher, sub = await _subscribed(buses)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(sub.recv(), 0.2)  # nothing sent: the wait is cancelled
     publisher.publish(_beat(1))
@@ -101,9 +105,7 @@ async def test_a_reader_cancelled_while_waiting_can_read_again(buses: tuple[Bus,
 
 
 async def test_undecodable_frames_are_counted_and_skipped(buses: tuple[Bus, Bus]) -> None:
-    publisher, reader = buses
-    sub = reader.subscribe(["capture"], Heartbeat, SpeechActivity)
-    await _joined(sub, publisher)
+    publisher, sub = await _subscribed(buses)
     # A peer speaking another version of the protocol, then a good message.
     publisher.state._sock.send_multipart([b"heartbeat", b'{"v": 999}'])
     publisher.publish(_beat(2))
